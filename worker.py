@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.directory import Directory, DirectoryActivities
 from activities.event_store import EventStoreActivities, PostgresEventStore
@@ -21,7 +22,11 @@ from activities.notifications import (
     PostgresDeliveryLog,
     channels_from_settings,
 )
+from activities.projections import ProjectionFollower
+from mentorflow.codec import EncryptionCodec
 from mentorflow.config import Settings
+from mentorflow.keyring import Keyring
+from mentorflow.metrics import MetricsInterceptor, report_relationships_by_phase, runtime_of
 from workflows.matching_round import MatchingRound
 from workflows.relationship import Relationship
 
@@ -35,13 +40,17 @@ def build_worker(
     *,
     channels: Sequence[NotificationChannel] | None = None,
     settings: Settings | None = None,
+    workflows: Sequence[type] = (Relationship, MatchingRound),
 ) -> Worker:
-    """`channels` see every notification besides the recipients' own channels (tests record with one)."""
-    store = EventStoreActivities(PostgresEventStore(pool))
+    """`channels` see every notification besides the recipients' own channels (tests record with one).
+
+    `workflows`: tests run other implementations of the same workflow types (tests/workflow_variants.py)."""
+    settings = settings or Settings.from_env()
+    store = EventStoreActivities(PostgresEventStore(pool, store_keyring(client, settings)))
     notifications = NotificationActivities(
         deliveries=PostgresDeliveryLog(pool),
         contacts=DirectoryContacts(Directory(pool)),
-        channels=channels_from_settings(settings or Settings.from_env()),
+        channels=channels_from_settings(settings),
         taps=channels or (),
     )
     directory = DirectoryActivities(Directory(pool))
@@ -49,7 +58,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[Relationship, MatchingRound],
+        workflows=list(workflows),
         activities=[
             store.append_events,
             store.read_stream,
@@ -59,15 +68,63 @@ def build_worker(
             directory.get_contacts,
             *matching.all_activities(),
         ],
+        interceptors=[MetricsInterceptor()],
+        deployment_config=deployment_config(settings),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
 
-async def run_worker(client: Client, pool: asyncpg.Pool, task_queue: str, *, ready: asyncio.Event | None = None) -> None:
-    """Run until cancelled; sets `ready` once polling has started."""
-    worker = build_worker(client, pool, task_queue)
-    async with worker:
-        log.info("worker polling task queue %s", task_queue)
+def store_keyring(client: Client, settings: Settings) -> Keyring | None:
+    """The keys that wrap the event store's per-relationship data keys: the ones the client
+    encrypts Temporal payloads with, else MENTORFLOW_ENCRYPTION_KEYS (None: neither)."""
+    codec = client.data_converter.payload_codec
+    if isinstance(codec, EncryptionCodec):
+        return codec.keyring
+    return settings.keyring() if settings.encryption_keys is not None else None
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker Deployment Versioning when a build id is configured (docs/deploying.md).
+
+    AUTO_UPGRADE: a running relationship moves to whichever version is current at its next
+    workflow task, so every change to workflow code must replay old histories (patched()).
+    """
+    if settings.build_id is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=settings.deployment_name, build_id=settings.build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+    )
+
+
+async def run_worker(
+    client: Client,
+    pool: asyncpg.Pool,
+    task_queue: str,
+    *,
+    ready: asyncio.Event | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Run until cancelled; sets `ready` once polling has started.
+
+    With metrics on (MENTORFLOW_METRICS_PORT, and `client` connected on the metrics
+    runtime), also keeps the relationships-by-phase gauge up to date."""
+    settings = settings or Settings.from_env()
+    worker = build_worker(client, pool, task_queue, settings=settings)
+    async with worker, asyncio.TaskGroup() as tasks:
+        if settings.build_id is None:
+            log.info("worker polling task queue %s (unversioned)", task_queue)
+        else:
+            log.info(
+                "worker polling task queue %s as version %s.%s (tasks arrive once it is current or ramping)",
+                task_queue, settings.deployment_name, settings.build_id,
+            )  # fmt: skip
+        if settings.metrics_port is not None:
+            meter = runtime_of(client).metric_meter
+            tasks.create_task(report_relationships_by_phase(client, meter, settings.metrics_phase_interval))
+        # Read models for `mentorflow report`; workers take turns (activities/projections.py).
+        tasks.create_task(ProjectionFollower(pool).follow(), name="projection follower")
         if ready is not None:
             ready.set()
         await asyncio.Future()  # until cancelled

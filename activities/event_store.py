@@ -1,27 +1,41 @@
-"""The event store on PostgreSQL (asyncpg), and the activity the workflow appends through."""
+"""The event store on PostgreSQL (asyncpg), and the activity the workflow appends through.
+
+Confidential text in payloads is encrypted with the relationship's own data key
+(activities/data_keys.py); reads decrypt it, or return "[forgotten]" once the key is deleted.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from events.model import AnyEvent, event_payload_json, load_event
+from activities.data_keys import ENCRYPTED, FORGOTTEN, SEALED, DataKeys, StreamCipher, has_text, open_payload, seal_payload
+from events.model import CONFIDENTIAL_PATHS, AnyEvent, event_payload, event_payload_json, load_event
 from events.store import AppendRequest, ConcurrencyConflict, ReadStreamRequest, StoredEvent
+from mentorflow.keyring import Keyring
 
 _CONFLICT = "MF409"
-_COLUMNS = "position, stream_id, version, event_id, event_type, schema_version, occurred_at, command_id, payload"
+# Each event with its stream's wrapped data key (NULL when it has none, or it was forgotten).
+_FROM = "events e LEFT JOIN data_keys k ON k.stream_id = e.stream_id"
+_COLUMNS = (
+    "e.position, e.stream_id, e.version, e.event_id, e.event_type, e.schema_version, e.occurred_at, "
+    "e.command_id, e.payload, k.wrapped_key, k.kek_id, k.forgotten_at"
+)
 
 
 class PostgresEventStore:
     """Implements `events.store.EventStore`; see migrations/0001_event_store.sql for the design."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring | None = None):
+        """Without a keyring, confidential text cannot be appended and reads as "[encrypted]"."""
         self._pool = pool
+        self._keys = DataKeys(pool, keyring)
 
     async def append(self, stream_id: str, expected_version: int, events: Sequence[AnyEvent]) -> list[int]:
         if not events:
@@ -40,7 +54,7 @@ class PostgresEventStore:
             [event.schema_version for event in events],
             [event.occurred_at for event in events],
             [event.command_id for event in events],
-            [event_payload_json(event) for event in events],
+            await self._payloads(stream_id, events),
         )
         query = "SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8::jsonb[])"
         # A unique violation means a concurrent writer got in between our version check
@@ -59,30 +73,61 @@ class PostgresEventStore:
                 raise
         raise AssertionError("unreachable")
 
+    async def _payloads(self, stream_id: str, events: Sequence[AnyEvent]) -> list[str]:
+        """Each event's payload JSON, its confidential text encrypted (the same text at the
+        same place always encrypts the same: a retried append must compare equal)."""
+        payloads: list[str] = []
+        cipher: StreamCipher | None = None
+        have_cipher = False
+        for event in events:
+            paths = CONFIDENTIAL_PATHS.get(event.type)
+            if not paths or not has_text(event, paths):
+                payloads.append(event_payload_json(event))
+                continue
+            if not have_cipher:
+                cipher, have_cipher = await self._keys.for_append(stream_id), True
+            payload = event_payload(event)
+            seal_payload(payload, paths, stream_id, event.version, cipher)
+            payloads.append(json.dumps(payload, separators=(",", ":")))
+        return payloads
+
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[AnyEvent]:
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
+            f"SELECT {_COLUMNS} FROM {_FROM} WHERE e.stream_id = $1 AND e.version > $2 ORDER BY e.version",
             stream_id,
             after_version,
         )
-        return [_event(row) for row in rows]
+        return [self.event_from_row(row) for row in rows]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         rows = await self._pool.fetch(
-            f"""SELECT {_COLUMNS} FROM events
-                 WHERE position > $1 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY position LIMIT $2""",
+            f"""SELECT {_COLUMNS} FROM {_FROM}
+                 WHERE e.position > $1 AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY e.position LIMIT $2""",
             after_position,
             limit,
         )
-        return [StoredEvent(position=row["position"], event=_event(row)) for row in rows]
+        return [StoredEvent(position=row["position"], event=self.event_from_row(row)) for row in rows]
+
+    def event_from_row(self, row: asyncpg.Record) -> AnyEvent:
+        """An event from a row of `SELECT {_COLUMNS} FROM {_FROM}`, confidential text decrypted."""
+        text: str = row["payload"]
+        payload = json.loads(text)
+        if f'"{ENCRYPTED}"' in text:
+            forgotten = row["forgotten_at"] is not None
+            cipher = None
+            if not forgotten and self._keys.keyring is not None:
+                cipher = self._keys.from_row(row["stream_id"], row["wrapped_key"], row["kek_id"])
+            unreadable = FORGOTTEN if forgotten else SEALED
+            open_payload(payload, row["stream_id"], row["version"], cipher, unreadable)
+        return _event(row, payload)
 
 
-def _event(row: asyncpg.Record) -> AnyEvent:
+def _event(row: asyncpg.Record, payload: dict[str, Any]) -> AnyEvent:
     occurred_at: datetime = row["occurred_at"]
     return load_event(
         {
-            **json.loads(row["payload"]),
+            **payload,
             "type": row["event_type"],
             "schema_version": row["schema_version"],
             "stream_id": row["stream_id"],

@@ -36,6 +36,7 @@ from pairing.scoring import PairScore, score_matrix, score_pair, weekly_slots
 from pairing.settings import MatchingSettings, Objective
 from pairing.solver import SolveStats, solve
 from workflows.relationship import CommandResult, Relationship, RelationshipInput
+from workflows.start_options import relationship_start_options
 
 log = logging.getLogger("mentorflow.matching")
 
@@ -542,18 +543,20 @@ class MatchingActivities:
         assert self._client is not None and self._task_queue is not None
         relationship_id: str = row["relationship_id"]
         command_id = round_command_id(relationship_id)
+        relationship = RelationshipInput(relationship_id=relationship_id, programme_id=request.programme_id,
+                                         mentee_id=row["mentee_id"], settings=request.relationship_settings,
+                                         ask_pool_first=False)  # fmt: skip
         start = WithStartWorkflowOperation(
             Relationship.run,
-            RelationshipInput(relationship_id=relationship_id, programme_id=request.programme_id,
-                              mentee_id=row["mentee_id"], settings=request.relationship_settings,
-                              ask_pool_first=False),  # fmt: skip
+            relationship,
             id=relationship_workflow_id(request.programme_id, relationship_id),
             task_queue=self._task_queue,
             # Running: deliver the proposal to it. Closed: leave it closed (a re-run of the
             # round must not open a relationship that has already ended).
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"Mentee {row['mentee_id']} in programme {request.programme_id}, round {request.round_id}",
+            **relationship_start_options(relationship, started_by=f"matching round {request.round_id}",
+                                         round_id=request.round_id),  # fmt: skip
         )
         command: dict[str, Any] = {
             "command_id": command_id,

@@ -72,6 +72,7 @@ from temporalio.exceptions import ApplicationError
 from activities.templates import RenderedMessage, calendar_invite, invite_method, meeting_summary, render
 from events.notifications import Notification
 from events.people import ChannelKind, Participant
+from mentorflow.metrics import count_notifications
 
 if TYPE_CHECKING:
     from mentorflow.config import Settings
@@ -561,6 +562,7 @@ class NotificationActivities:
         for job in jobs:
             groups.setdefault((job.channel, job.destination), []).append(job)
         await asyncio.gather(*(self._run_in_order(group, token, people) for group in groups.values()))
+        count_notifications((job.channel, job.notification.template, job.outcome) for job in jobs)
 
         left = [job for job in jobs if job.outcome in ("failed", "busy", "waiting")]
         sent = sum(1 for job in jobs if job.outcome == "sent")

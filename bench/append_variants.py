@@ -48,6 +48,7 @@ from bench.event_store import (
 )
 from events.model import AnyEvent
 from events.store import StoredEvent
+from mentorflow.keyring import Keyring
 from migrations import apply_migrations, available_migrations
 
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
@@ -170,7 +171,8 @@ async def _migrate(executor: asyncpg.Pool | asyncpg.Connection) -> None:
 async def adapter_setup(executor: asyncpg.Pool | asyncpg.Connection) -> Write:
     """`PostgresEventStore.append` itself, pydantic serialization included."""
     await _migrate(executor)
-    store = PostgresEventStore(executor)  # a Connection has fetchval too
+    # A Connection has fetchval too; meeting notes are encrypted, as in production.
+    store = PostgresEventStore(executor, Keyring.generate("bench"))
 
     async def write(append: Append) -> None:
         await store.append(append.stream_id, append.expected_version, append.events)

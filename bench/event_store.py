@@ -59,6 +59,7 @@ from events.decider import catch_up, decide, start_relationship
 from events.model import AnyEvent, event_payload
 from events.settings import ProgrammeSettings
 from events.state import evolve, fold
+from mentorflow.keyring import Keyring
 
 DATABASE_URL_VARIABLE = "MENTORFLOW_BENCH_DATABASE_URL"
 APPENDS_PER_STREAM = 10
@@ -120,12 +121,17 @@ def _script(rng: random.Random, mentee: str, mentor: str) -> Iterator[tuple[time
     yield timedelta(days=1), lambda cid, now: SignAgreement(command_id=cid, actor_id=mentee, agreement_version=1)
     yield timedelta(hours=3), lambda cid, now: SignAgreement(command_id=cid, actor_id=mentor, agreement_version=1)
     while True:
-        yield timedelta(days=rng.choice([7, 7, 14, 14, 40])), _meeting(rng.choice([mentee, mentor]), rng.choice([30, 45, 60]))
+        # Two meetings in three come with notes: confidential text, encrypted by the store.
+        notes = rng.choice(["", f"Talked through the design review; next: draft the proposal ({rng.randrange(1000)})",
+                            f"Practised the quarterly talk, feedback on pacing and slides ({rng.randrange(1000)})"])
+        yield timedelta(days=rng.choice([7, 7, 14, 14, 40])), _meeting(rng.choice([mentee, mentor]), rng.choice([30, 45, 60]), notes)
 
 
-def _meeting(actor: str, minutes: int) -> CommandAt:
+def _meeting(actor: str, minutes: int, notes: str) -> CommandAt:
     def record(command_id: str, now: datetime) -> Command:
-        return RecordMeeting(command_id=command_id, actor_id=actor, held_at=now - timedelta(hours=1), duration_minutes=minutes)
+        return RecordMeeting(
+            command_id=command_id, actor_id=actor, held_at=now - timedelta(hours=1), duration_minutes=minutes, notes=notes
+        )
 
     return record
 
@@ -498,7 +504,8 @@ async def run_ours(run: Run) -> Result:
     pool = await create_pool(url, min_size=len(workload) + 1, max_size=len(workload) + 1)
     try:
         await migrate(pool)
-        store = PostgresEventStore(pool)
+        # Meeting notes are encrypted with per-relationship data keys, as in production.
+        store = PostgresEventStore(pool, Keyring.generate("bench"))
 
         async def write(append: Append) -> None:
             await store.append(append.stream_id, append.expected_version, append.events)

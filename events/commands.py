@@ -15,15 +15,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from events.sensitivity import CONFIDENTIAL, NOT_CONFIDENTIAL, NotConfidential
 from events.settings import MeetingFrequency
 
 # Ids are opaque references (no names or free text): they end up in search attributes,
 # workflow ids and logs.
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"), NOT_CONFIDENTIAL
 ]
-ShortText = Annotated[str, StringConstraints(max_length=2000)]
-Confidential = Annotated[str, StringConstraints(max_length=10_000)]
+ShortText = Annotated[str, StringConstraints(max_length=2000), NOT_CONFIDENTIAL]
+# Encrypted in the event store with the relationship's own key (events/sensitivity.py).
+Confidential = Annotated[str, StringConstraints(max_length=10_000), CONFIDENTIAL]
 
 Party = Literal["mentor", "mentee"]
 MeetingFormat = Literal["in_person", "phone", "video", "email", "chat"]
@@ -34,11 +36,36 @@ ReviewOutcome = Literal["continue", "recalibrate", "extend", "close"]
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        # PostgreSQL stores no U+0000 in text or jsonb: a command carrying one could never be
+        # written to the event store (its append would retry for ever), so it is refused here.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if name in cls.model_fields and _holds_nul(value):
+                    raise ValueError(f"{name} contains a NUL character (U+0000), which cannot be stored")
+        return data
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_nul(item) for item in value.values())
+    return False
+
 
 def check_timezone(name: str) -> str:
+    # IANA names are short; a long one would also make ZoneInfo raise OSError (file name
+    # too long), which pydantic does not turn into a validation error.
+    if len(name) > 64:
+        raise ValueError("unknown time zone (longer than any IANA name; use one such as Europe/Berlin)")
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from None
     return name
 
@@ -48,15 +75,15 @@ def check_timezone(name: str) -> str:
 
 class Milestone(_Model):
     milestone_id: Identifier
-    title: str = Field(min_length=1, max_length=500)
+    title: NotConfidential = Field(min_length=1, max_length=500)
 
 
 class Goal(_Model):
     """A SMART goal: specific (title), measurable (measure), time-bound (target_date)."""
 
     goal_id: Identifier
-    title: str = Field(min_length=1, max_length=500)
-    measure: str = Field(default="", max_length=1000)
+    title: NotConfidential = Field(min_length=1, max_length=500)
+    measure: NotConfidential = Field(default="", max_length=1000)
     target_date: date | None = None
     milestones: tuple[Milestone, ...] = Field(default=(), max_length=20)
 
@@ -85,7 +112,7 @@ class AvailabilityWindow(_Model):
 
 class PartyAvailability(_Model):
     party: Party
-    timezone: str = "UTC"
+    timezone: NotConfidential = "UTC"
     windows: tuple[AvailabilityWindow, ...] = Field(min_length=1, max_length=50)
 
     @field_validator("timezone")
@@ -97,13 +124,13 @@ class PartyAvailability(_Model):
 class Confidentiality(_Model):
     private_by_default: bool = True
     # What is *not* private, stated in the agreement (seed 000 "Keep it confidential").
-    not_private: tuple[str, ...] = ("risk of harm to anyone", "breaches of law or of the organisation's policies")
+    not_private: tuple[NotConfidential, ...] = ("risk of harm to anyone", "breaches of law or of the organisation's policies")
 
 
 class AgreementTerms(_Model):
     """The written mentoring agreement (seed 004)."""
 
-    objective: str = Field(min_length=1, max_length=4000)
+    objective: NotConfidential = Field(min_length=1, max_length=4000)
     goals: tuple[Goal, ...] = Field(min_length=1, max_length=20)
     formats: tuple[MeetingFormat, ...] = Field(default=("video",), min_length=1)
     meeting_frequency: MeetingFrequency
@@ -113,7 +140,7 @@ class AgreementTerms(_Model):
     cancellation_notice_hours: int = Field(default=24, ge=0, le=24 * 14)
     agenda_policy: AgendaPolicy = "mentee_shares"
     confidentiality: Confidentiality = Confidentiality()
-    early_exit_plan: str = Field(
+    early_exit_plan: NotConfidential = Field(
         default="Either of us may end the relationship early after telling the other and the coordinator why.",
         min_length=1,
         max_length=4000,
@@ -258,7 +285,7 @@ class RecordIntroduction(Command):
 class ShareResource(Command):
     message_name: ClassVar[str] = "share_resource"
     title: ShortText = Field(min_length=1)
-    url: str | None = Field(default=None, max_length=2000)
+    url: NotConfidential | None = Field(default=None, max_length=2000)
 
 
 class PauseRelationship(Command):

@@ -107,6 +107,9 @@ MEETING_CLOCK_SKEW = timedelta(hours=1)
 MIN_SCHEDULING_LEAD = timedelta(days=1)
 # The first meeting comes within a week of signing, even for a monthly rhythm.
 FIRST_MEETING_WITHIN = timedelta(days=7)
+# A meeting is rescheduled at most this far ahead: beyond it is an input error (and a date
+# near the end of the calendar would overflow the deadlines computed from it).
+MAX_RESCHEDULE_AHEAD = timedelta(days=366)
 
 
 class Rejection(BaseModel):
@@ -506,6 +509,8 @@ def _reschedule_meeting(command: RescheduleMeeting, emit: _Emitter) -> Rejection
         return rejection
     if command.starts_at <= emit.now:
         return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is not in the future")
+    if command.starts_at > emit.now + MAX_RESCHEDULE_AHEAD:
+        return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is more than {MAX_RESCHEDULE_AHEAD.days} days ahead")
     assert state.agreement is not None
     emit(
         MeetingRescheduled,

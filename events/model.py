@@ -8,6 +8,7 @@ never rewritten: when a shape changes, bump `schema_version` and register an upc
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from events.commands import AgreementTerms, Goal, GoalAssessment, Party, ReviewOutcome
+from events.sensitivity import ConfidentialText, FieldPath, NotConfidential, confidential_paths
 from events.settings import MeetingFrequency, ProgrammeSettings
 
 __all__ = ["Party"]
@@ -48,10 +50,10 @@ class RelationshipSummary(_Frozen):
     """The final account of a relationship: stored with its last event, sent to everyone
     concerned, and returned as the workflow's result. Counts and ids only."""
 
-    relationship_id: str
-    programme_id: str
-    mentee_id: str
-    mentor_id: str | None
+    relationship_id: NotConfidential
+    programme_id: NotConfidential
+    mentee_id: NotConfidential
+    mentor_id: NotConfidential | None
     closure_reason: ClosureReason
     started_at: AwareDatetime
     activated_at: AwareDatetime | None
@@ -64,7 +66,7 @@ class RelationshipSummary(_Frozen):
     meeting_minutes_total: int
     goals_total: int
     goals_achieved: int
-    goal_progress: dict[str, int]
+    goal_progress: dict[NotConfidential, int]
     # Average feedback score per feedback round, oldest first.
     feedback_trend: tuple[float, ...]
     concerns_raised: int
@@ -74,12 +76,12 @@ class RelationshipSummary(_Frozen):
 
 
 class Event(_Frozen):
-    stream_id: str
+    stream_id: NotConfidential
     version: int = Field(ge=1)
-    event_id: str
+    event_id: NotConfidential
     occurred_at: AwareDatetime
     # The command that caused this event; None for events caused by a deadline.
-    command_id: str | None = None
+    command_id: NotConfidential | None = None
     schema_version: int = 1
 
 
@@ -88,42 +90,42 @@ class Event(_Frozen):
 
 class RelationshipStarted(Event):
     type: Literal["RelationshipStarted"] = "RelationshipStarted"
-    programme_id: str
-    mentee_id: str
+    programme_id: NotConfidential
+    mentee_id: NotConfidential
     settings: ProgrammeSettings
 
 
 class MatchProposed(Event):
     type: Literal["MatchProposed"] = "MatchProposed"
-    mentor_id: str
-    proposed_by: str
+    mentor_id: NotConfidential
+    proposed_by: NotConfidential
     expires_at: AwareDatetime
-    explanation: str = ""
+    explanation: NotConfidential = ""
     score: float | None = None
 
 
 class MatchAccepted(Event):
     type: Literal["MatchAccepted"] = "MatchAccepted"
     party: Party
-    accepted_by: str
+    accepted_by: NotConfidential
 
 
 class MatchDeclined(Event):
     type: Literal["MatchDeclined"] = "MatchDeclined"
-    mentor_id: str
+    mentor_id: NotConfidential
     party: Party
-    declined_by: str
-    reason: str = ""
+    declined_by: NotConfidential
+    reason: ConfidentialText = ""
 
 
 class MatchProposalExpired(Event):
     type: Literal["MatchProposalExpired"] = "MatchProposalExpired"
-    mentor_id: str
+    mentor_id: NotConfidential
 
 
 class MatchConfirmed(Event):
     type: Literal["MatchConfirmed"] = "MatchConfirmed"
-    mentor_id: str
+    mentor_id: NotConfidential
     agreement_due_at: AwareDatetime
 
 
@@ -134,14 +136,14 @@ class AgreementProposed(Event):
     type: Literal["AgreementProposed"] = "AgreementProposed"
     agreement_version: int
     terms: AgreementTerms
-    proposed_by: str
+    proposed_by: NotConfidential
 
 
 class AgreementSigned(Event):
     type: Literal["AgreementSigned"] = "AgreementSigned"
     agreement_version: int
     party: Party
-    signed_by: str
+    signed_by: NotConfidential
 
 
 class AgreementReminderIssued(Event):
@@ -188,8 +190,8 @@ class MeetingHeld(Event):
     meeting_number: int
     held_at: AwareDatetime
     duration_minutes: int
-    recorded_by: str
-    notes: str = ""
+    recorded_by: NotConfidential
+    notes: ConfidentialText = ""
     # True when this corrects a meeting that had been marked missed.
     correction: bool = False
 
@@ -198,10 +200,10 @@ class MeetingCancelled(Event):
     type: Literal["MeetingCancelled"] = "MeetingCancelled"
     meeting_number: int
     party: Party
-    cancelled_by: str
+    cancelled_by: NotConfidential
     # Cancelled with less notice than the agreement asks for.
     late: bool
-    reason: str = ""
+    reason: ConfidentialText = ""
 
 
 class MeetingRescheduled(Event):
@@ -210,7 +212,7 @@ class MeetingRescheduled(Event):
     starts_at: AwareDatetime
     ends_at: AwareDatetime
     party: Party
-    rescheduled_by: str
+    rescheduled_by: NotConfidential
     late: bool
 
 
@@ -225,36 +227,36 @@ class MeetingMissed(Event):
 
 class GoalProgressRecorded(Event):
     type: Literal["GoalProgressRecorded"] = "GoalProgressRecorded"
-    goal_id: str
+    goal_id: NotConfidential
     progress_percent: int
-    recorded_by: str
+    recorded_by: NotConfidential
 
 
 class MilestoneReached(Event):
     type: Literal["MilestoneReached"] = "MilestoneReached"
-    goal_id: str
-    milestone_id: str
+    goal_id: NotConfidential
+    milestone_id: NotConfidential
 
 
 class GoalAchieved(Event):
     type: Literal["GoalAchieved"] = "GoalAchieved"
-    goal_id: str
+    goal_id: NotConfidential
 
 
 class GoalRevisionProposed(Event):
     type: Literal["GoalRevisionProposed"] = "GoalRevisionProposed"
-    revision_id: str
+    revision_id: NotConfidential
     goal: Goal
     party: Party
-    proposed_by: str
-    rationale: str = ""
+    proposed_by: NotConfidential
+    rationale: ConfidentialText = ""
 
 
 class GoalRevised(Event):
     type: Literal["GoalRevised"] = "GoalRevised"
-    revision_id: str
+    revision_id: NotConfidential
     goal: Goal
-    acknowledged_by: str
+    acknowledged_by: NotConfidential
 
 
 class FeedbackRequested(Event):
@@ -269,36 +271,36 @@ class FeedbackSubmitted(Event):
     party: Party
     score: int
     low: bool
-    comment: str = ""
+    comment: ConfidentialText = ""
 
 
 class ConcernRaised(Event):
     type: Literal["ConcernRaised"] = "ConcernRaised"
-    concern_id: str
+    concern_id: NotConfidential
     party: Party | None
-    raised_by: str
-    text: str
+    raised_by: NotConfidential
+    text: ConfidentialText
 
 
 class ConcernResolved(Event):
     type: Literal["ConcernResolved"] = "ConcernResolved"
-    concern_id: str
-    resolved_by: str
-    resolution: str = ""
+    concern_id: NotConfidential
+    resolved_by: NotConfidential
+    resolution: ConfidentialText = ""
 
 
 class IntroductionRecorded(Event):
     type: Literal["IntroductionRecorded"] = "IntroductionRecorded"
-    introduced_to: str
-    recorded_by: str
-    note: str = ""
+    introduced_to: NotConfidential
+    recorded_by: NotConfidential
+    note: ConfidentialText = ""
 
 
 class ResourceShared(Event):
     type: Literal["ResourceShared"] = "ResourceShared"
-    title: str
-    url: str | None
-    shared_by: str
+    title: NotConfidential
+    url: NotConfidential | None
+    shared_by: NotConfidential
 
 
 # -- pause, health ----------------------------------------------------------------------
@@ -307,13 +309,13 @@ class ResourceShared(Event):
 class RelationshipPaused(Event):
     type: Literal["RelationshipPaused"] = "RelationshipPaused"
     until: AwareDatetime
-    paused_by: str
-    reason: str = ""
+    paused_by: NotConfidential
+    reason: ConfidentialText = ""
 
 
 class RelationshipResumed(Event):
     type: Literal["RelationshipResumed"] = "RelationshipResumed"
-    resumed_by: str | None
+    resumed_by: NotConfidential | None
     # The term is extended by the time spent paused.
     term_ends_at: AwareDatetime
 
@@ -322,7 +324,7 @@ class HealthChanged(Event):
     type: Literal["HealthChanged"] = "HealthChanged"
     health: Health
     previous: Health
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[NotConfidential, ...] = ()
 
 
 class NudgeIssued(Event):
@@ -339,7 +341,7 @@ class ReviewOpened(Event):
     type: Literal["ReviewOpened"] = "ReviewOpened"
     kind: ReviewKind
     respond_by: AwareDatetime
-    requested_by: str | None = None
+    requested_by: NotConfidential | None = None
 
 
 class ReviewSubmitted(Event):
@@ -349,7 +351,7 @@ class ReviewSubmitted(Event):
     outcome: ReviewOutcome
     goal_assessments: tuple[GoalAssessment, ...] = ()
     extension_months: int | None = None
-    comment: str = ""
+    comment: ConfidentialText = ""
 
 
 class ReviewCompleted(Event):
@@ -373,20 +375,20 @@ class ClosureBegun(Event):
 
     type: Literal["ClosureBegun"] = "ClosureBegun"
     reason: ClosureReason
-    closed_by: str | None = None
+    closed_by: NotConfidential | None = None
     reflections_due_at: AwareDatetime
 
 
 class ReflectionSubmitted(Event):
     type: Literal["ReflectionSubmitted"] = "ReflectionSubmitted"
     party: Party
-    text: str
+    text: ConfidentialText
 
 
 class RelationshipClosed(Event):
     type: Literal["RelationshipClosed"] = "RelationshipClosed"
     reason: ClosureReason
-    closed_by: str | None = None
+    closed_by: NotConfidential | None = None
     summary: RelationshipSummary
 
 
@@ -394,8 +396,8 @@ class CommandRejected(Event):
     """A signalled command that was not allowed; kept so the sender can see why."""
 
     type: Literal["CommandRejected"] = "CommandRejected"
-    command_name: str
-    reason: str
+    command_name: NotConfidential
+    reason: NotConfidential
 
 
 AnyEvent = Annotated[
@@ -446,6 +448,15 @@ AnyEvent = Annotated[
 ]
 
 _EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    model.model_fields["type"].default: model for model in typing.get_args(typing.get_args(AnyEvent)[0])
+}
+# Where each event type keeps confidential text in its stored payload, e.g. MeetingHeld:
+# (("notes",),); ReviewSubmitted: (("goal_assessments", "*", "comment"), ("comment",)).
+CONFIDENTIAL_PATHS: dict[str, tuple[FieldPath, ...]] = {
+    name: paths for name, model in EVENT_TYPES.items() if (paths := confidential_paths(model))
+}
 
 # (event type, stored schema version) -> function lifting that stored payload one version up.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from events.sensitivity import NotConfidential
+
 MeetingFrequency = Literal["weekly", "biweekly", "monthly"]
 
 # Ordered from most to least frequent; an agreement may never be less frequent than the
@@ -59,7 +61,7 @@ class ProgrammeSettings(BaseModel):
     # closure
     reflection_days: int = Field(default=14, ge=1, le=90)
 
-    coordinator_ids: tuple[str, ...] = ()
+    coordinator_ids: tuple[NotConfidential, ...] = ()
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> ProgrammeSettings:

@@ -33,6 +33,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.directory import (
@@ -53,6 +54,7 @@ from events.state import RelationshipState
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.directory_input import apply_setting_overrides, read_people, read_programme_document
 from workflows.relationship import CommandResult, Relationship, RelationshipInput, describe_validation_error
+from workflows.start_options import relationship_start_options, round_start_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,6 +95,8 @@ app = _Typer(
 )
 relationship_app = typer.Typer(help="Start, inspect and drive relationships.", no_args_is_help=True)
 app.add_typer(relationship_app, name="relationship")
+keys_app = typer.Typer(help="Encryption keys for Temporal payloads (MENTORFLOW_ENCRYPTION_KEYS).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 # Where the directory commands find their database; shown in their help.
 DIRECTORY_DATABASE_HELP = (
@@ -138,7 +142,9 @@ def reports_problems(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from mentorflow.codec import PayloadDecodeError, PayloadTooLargeError
         from mentorflow.dev import DevError
+        from mentorflow.keyring import DecryptionError, UnknownKeyError
 
         try:
             return command(*args, **kwargs)
@@ -148,6 +154,10 @@ def reports_problems(command: Callable[P, R]) -> Callable[P, R]:
             message, exit_code = f"configuration: {error}", 2
         except DevError as error:
             message, exit_code = str(error), 1
+        except PayloadTooLargeError as error:
+            message, exit_code = str(error), 2
+        except (UnknownKeyError, DecryptionError, PayloadDecodeError) as error:
+            message, exit_code = f"cannot decrypt Temporal's answer: {error}", 1
         fail(message, exit_code)
 
     return wrapper
@@ -182,40 +192,31 @@ def worker() -> None:
 
     settings = Settings.from_env()
     database_url = settings.require_database_url()
+    settings.keyring()  # fail fast: without the keys no payload can be read or written
+    from mentorflow.metrics import metrics_runtime
+
+    runtime = metrics_runtime(settings)  # fail fast: a metrics port in use
     configure_logging()
-    run_until_stopped(lambda stack: _serve_worker(settings, database_url, stack), err)
+    run_until_stopped(lambda stack: _serve_worker(settings, database_url, stack, runtime), err)
 
 
-async def _serve_worker(settings: Settings, database_url: str, stack: AsyncExitStack) -> None:
+async def _serve_worker(
+    settings: Settings, database_url: str, stack: AsyncExitStack, runtime: Runtime | None = None
+) -> None:
     from activities.database import migrate
     from mentorflow.dev import open_pool
+    from mentorflow.operations import ensure_search_attributes
     from worker import run_worker
 
-    client = await _connect(settings, wait=60)
-    await _warn_about_missing_search_attributes(client, settings.temporal_namespace)
+    client = await _connect(settings, wait=60, worker=True, runtime=runtime)
+    if runtime is not None:
+        log.info("metrics on http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
+    await ensure_search_attributes(client, settings.temporal_namespace)
     pool = await open_pool(database_url)
     stack.push_async_callback(pool.close)
     applied = await migrate(pool)
     log.info("migrations applied: %s", ", ".join(applied) if applied else "none (up to date)")
-    await run_worker(client, pool, settings.task_queue)
-
-
-async def _warn_about_missing_search_attributes(client: Client, namespace: str) -> None:
-    # Registering them is the deployment's job (an operator or an admin job), not the
-    # worker's: it needs operator rights. But their absence fails every upsert, so say so.
-    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-
-    from workflows.search_attributes import ALL_KEYS
-
-    try:
-        existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
-    except RPCError as error:
-        log.warning("could not list the search attributes of namespace %s: %s", namespace, error.message)
-        return
-    missing = [key.name for key in ALL_KEYS if key.name not in existing.custom_attributes]
-    if missing:
-        log.warning("namespace %s lacks search attributes %s: relationships will fail to upsert them",
-                    namespace, ", ".join(missing))  # fmt: skip
+    await run_worker(client, pool, settings.task_queue, settings=settings)
 
 
 @app.command()
@@ -238,15 +239,60 @@ def migrate() -> None:
     out.print(f"applied {', '.join(applied)}" if applied else "already up to date")
 
 
-async def _connect(settings: Settings, *, wait: float = 0) -> Client:
-    """Connect to Temporal, retrying for up to `wait` seconds (a worker may start before its server)."""
-    from mentorflow.client import connect
+@app.command("codec-server")
+@reports_problems
+def codec_server() -> None:
+    """Decrypt payloads for the Temporal Web UI (its codec endpoint) and `temporal --codec-endpoint`.
 
+    Needs MENTORFLOW_ENCRYPTION_KEYS and MENTORFLOW_CODEC_TOKENS; browsers only from
+    MENTORFLOW_CODEC_CORS_ORIGINS; listens on MENTORFLOW_CODEC_HOST:MENTORFLOW_CODEC_PORT.
+    """
+    from mentorflow.codec_server import config_from_settings, serve
+    from mentorflow.dev import configure_logging, run_until_stopped
+
+    settings = Settings.from_env()
+    config_from_settings(settings)  # fail fast, before logging starts
+    configure_logging()
+    run_until_stopped(lambda stack: serve(settings, stack), err)
+
+
+@keys_app.command("generate")
+@reports_problems
+def generate_key(
+    key_id: Annotated[str, typer.Option("--id", help="The new key's id, e.g. k2 (letters, digits, . _ -).")] = "k1",
+) -> None:
+    """Print a new random key as `ID:BASE64`, to put FIRST in MENTORFLOW_ENCRYPTION_KEYS.
+
+    Keep the older keys after it for as long as data written with them exists.
+    """
+    from mentorflow.keyring import KeyringError, format_key, generate_key as new_key
+
+    try:
+        print(format_key(key_id, new_key()))
+    except KeyringError as error:
+        raise Problem(str(error), exit_code=2) from None
+
+
+async def _connect(
+    settings: Settings, *, wait: float = 0, worker: bool = False, runtime: Runtime | None = None
+) -> Client:
+    """Connect to Temporal, retrying for up to `wait` seconds (a worker may start before its server).
+
+    A worker uses only MENTORFLOW_ENCRYPTION_KEYS; other commands may fall back to the key
+    file of a `mentorflow dev` on this state folder, and refuse oversized commands.
+    """
+    from mentorflow.client import connect, converter_for
+
+    converter = converter_for(
+        settings, sends_commands=not worker, keyring=settings.keyring(dev_key_file=not worker)
+    )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         try:
-            return await connect(settings.temporal_address, settings.temporal_namespace)
+            return await connect(
+                settings.temporal_address, settings.temporal_namespace, data_converter=converter, runtime=runtime
+            )
         except RuntimeError:
             if loop.time() >= deadline:
                 raise Problem(
@@ -254,6 +300,143 @@ async def _connect(settings: Settings, *, wait: float = 0) -> Client:
                     f"is `{launcher_name()} dev` (or your Temporal server) running?"
                 ) from None
         await asyncio.sleep(1)
+
+# -- operating a deployment ----------------------------------------------------------------
+
+
+@app.command("replay-check")
+@reports_problems
+def replay_check(
+    query: Annotated[
+        str | None,
+        typer.Option(
+            help="A visibility query narrowing the workflows, e.g. \"ExecutionStatus = 'Running'\" "
+            "or \"StartTime > '2027-01-01T00:00:00Z'\"."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Replay at most this many workflows, the most recent first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Replay recent Relationship and MatchingRound histories from the server against this code.
+
+    Run it with the code you are about to deploy, against the namespace it will serve: a non-deterministic change shows up here instead of in running workflows.
+
+    Exit code 0: every history replayed; 1: at least one did not; 2: bad query or configuration.
+    """
+    from mentorflow.replay import quiet_runtime, replay_recent
+
+    settings = Settings.from_env()
+
+    async def check() -> Any:
+        client = await _connect(settings)
+        try:
+            return await replay_recent(client, query=query, limit=limit, runtime=quiet_runtime())
+        except RPCError as error:
+            if error.status == RPCStatusCode.INVALID_ARGUMENT:
+                raise Problem(f"invalid --query: {error.message}", 2) from None
+            raise
+
+    outcomes = run(check())
+    bad = [outcome for outcome in outcomes if outcome.verdict != "ok"]
+    if as_json:
+        out.print_json(data=[outcome.to_json() for outcome in outcomes])
+    elif not outcomes:
+        out.print("no workflows matched: nothing to replay")
+    else:
+        table = Table("type", "workflow", "run", "events", "replay")
+        table.columns[1].overflow = "fold"
+        for outcome in outcomes:
+            verdict = {"ok": "[green]ok[/green]", "nondeterministic": "[bold red]NON-DETERMINISTIC[/bold red]"}.get(
+                outcome.verdict, "[red]failed[/red]"
+            )
+            table.add_row(outcome.workflow_type, escape(outcome.workflow_id), outcome.run_id[-8:], str(outcome.events), verdict)
+        out.print(table)
+        for outcome in bad:
+            out.print(f"[red]{escape(outcome.workflow_id)}[/red] (run {outcome.run_id}): {escape(outcome.summary())}")
+        counts = {verdict: sum(1 for o in outcomes if o.verdict == verdict) for verdict in ("ok", "nondeterministic", "failed")}
+        out.print(
+            f"{len(outcomes)} replayed: {counts['ok']} ok, {counts['nondeterministic']} non-deterministic, "
+            f"{counts['failed']} failed"
+        )
+    if bad:
+        raise typer.Exit(1)
+
+
+deployment_app = typer.Typer(
+    help="Worker Deployment Versioning: which build of the worker gets the workflow tasks "
+    "(MENTORFLOW_DEPLOYMENT_NAME, MENTORFLOW_BUILD_ID; see docs/deploying.md).",
+    no_args_is_help=True,
+)
+app.add_typer(deployment_app, name="deployment")
+
+
+@deployment_app.command("set-current")
+@reports_problems
+def deployment_set_current(
+    build_id: Annotated[str | None, typer.Argument(help="The build id; default MENTORFLOW_BUILD_ID.")] = None,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for a worker of this build to poll and register it.")
+    ] = 60,
+) -> None:
+    """Make a build the current version: it gets every workflow task from now on.
+
+    Running relationships move to it at their next workflow task (AUTO_UPGRADE). Safe to repeat; exit code 1 if it cannot (no worker of that build polled within --wait).
+    """
+    from mentorflow.deployment import DeploymentError, set_current_version
+
+    settings = Settings.from_env()
+    build = build_id or settings.build_id
+    if not build:
+        raise Problem("give a BUILD_ID or set MENTORFLOW_BUILD_ID", 2)
+
+    async def apply() -> str | None:
+        client = await _connect(settings, wait=wait)
+        try:
+            return await set_current_version(client, settings.deployment_name, build, wait=wait)
+        except DeploymentError as error:
+            raise Problem(str(error)) from None
+
+    previous = run(apply())
+    out.print(f"{settings.deployment_name}.{build} is the current version (before: {previous or 'unversioned workers'})")
+
+
+@deployment_app.command("show")
+@reports_problems
+def deployment_show(as_json: JsonOption = False) -> None:
+    """The current and ramping versions of MENTORFLOW_DEPLOYMENT_NAME and every known build."""
+    from mentorflow.deployment import describe_deployment
+
+    settings = Settings.from_env()
+
+    async def load() -> Any:
+        client = await _connect(settings)
+        return await describe_deployment(client, settings.deployment_name)
+
+    view = run(load())
+    if view is None:
+        raise Problem(f"no versioned worker has polled deployment {settings.deployment_name} yet")
+    if as_json:
+        out.print_json(
+            data={
+                "name": view.name,
+                "current_build_id": view.current_build_id,
+                "ramping_build_id": view.ramping_build_id,
+                "ramping_percentage": view.ramping_percentage,
+                "versions": [
+                    {"build_id": v.build_id, "status": v.status, "created_at": v.created_at.isoformat() if v.created_at else None}
+                    for v in view.versions
+                ],
+            }
+        )
+        return
+    out.print(f"deployment [bold]{escape(view.name)}[/bold]")
+    out.print(f"  current   {escape(view.current_build_id or 'unversioned workers')}")
+    if view.ramping_build_id:
+        out.print(f"  ramping   {escape(view.ramping_build_id)} ({view.ramping_percentage:g}% of new tasks)")
+    table = Table("build id", "status", "created")
+    for version in view.versions:
+        table.add_row(escape(version.build_id), version.status, version.created_at.isoformat() if version.created_at else "")
+    out.print(table)
 
 
 # -- driving relationships ---------------------------------------------------------------
@@ -286,7 +469,8 @@ def start_relationship(
     settings = Settings.from_env()
     # The workflow reads the programme's settings as it starts; an unknown programme would
     # only fail it there, so say so here.
-    if _with_directory(lambda directory: directory.get_programme(programme)) is None:
+    found = _with_directory(lambda directory: directory.get_programme(programme))
+    if found is None:
         raise Problem(
             f"programme {programme} does not exist; create it first: "
             f"{launcher_name()} programme create --id {programme} --name '…' (or --file examples/programme.yaml)"
@@ -300,7 +484,8 @@ def start_relationship(
                 relationship,
                 id=workflow_id,
                 task_queue=settings.task_queue,
-                static_summary=f"Mentee {relationship.mentee_id} in programme {relationship.programme_id}",
+                **relationship_start_options(relationship, started_by="the mentorflow CLI",
+                                             programme_settings=found.settings),  # fmt: skip
             )
         except WorkflowAlreadyStartedError:
             raise Problem(f"{workflow_id} already exists") from None
@@ -341,55 +526,208 @@ def show_relationship(
         out.print(_summary(workflow_id, state))
 
 
-@relationship_app.command("send")
+# Exit codes of the commands that send a relationship a message (`relationship update`,
+# `signal` and `send`); docs/contract.md lists them too.
+EXIT_PROBLEM = 1  # Temporal unreachable, no such workflow, no answer in time
+EXIT_INVALID = 2  # unknown command, payload not JSON or not valid against the contract
+EXIT_REJECTED = 3  # the relationship refused the command: its rules (phase, who may act, …)
+
+MESSAGE_EXIT_CODES = (
+    "Exit codes: 0 done (applied, or already applied earlier; a signal: delivered); "
+    "1 Temporal unreachable, no such workflow, or no answer in time; "
+    "2 bad input: unknown command, payload not JSON or not valid against the contract (every bad field is named); "
+    "3 the relationship rejected the command (the reason is printed)."
+)
+
+WorkflowIdArgument = Annotated[str, typer.Argument(help="The workflow id, e.g. relationship/PROGRAMME/ID.")]
+CommandArgument = Annotated[
+    str, typer.Argument(metavar="COMMAND", help=f"The message name, one of: {', '.join(COMMAND_TYPES)}.")
+]
+PayloadOption = Annotated[
+    str,
+    typer.Option(
+        "--payload",
+        "-p",
+        help="The command as a JSON object, @FILE to read it from a file, or - for stdin. "
+        "Without a command_id one is generated (and printed).",
+    ),
+]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for an answer.")]
+
+
+class MessageProblem(Problem):
+    """A message that could not be delivered or was refused; with --json it is also printed
+    on stdout as `{"outcome": …}`."""
+
+    def __init__(self, outcome: str, message: str, exit_code: int, **details: Any):
+        super().__init__(message, exit_code)
+        self.outcome = outcome
+        self.details = details
+
+
+def _message_outcome(as_json: bool, send: Callable[[], None]) -> None:
+    try:
+        send()
+    except Problem as problem:
+        if as_json:
+            outcome = problem.outcome if isinstance(problem, MessageProblem) else "error"
+            details = problem.details if isinstance(problem, MessageProblem) else {}
+            print(json.dumps({"outcome": outcome, "message": str(problem), **details}))
+        raise
+
+
+@relationship_app.command("update", epilog=MESSAGE_EXIT_CODES)
+@reports_problems
+def update_command(
+    workflow_id: WorkflowIdArgument,
+    command_name: CommandArgument,
+    payload: PayloadOption = "{}",
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 30,
+) -> None:
+    """Send a command as an update: it is checked first, and the answer comes once its events are stored.
+
+    The command id doubles as the update id, so sending the same command again is answered with the first result (`already applied`) instead of being applied twice.
+    """
+    _message_outcome(as_json, lambda: _send(workflow_id, command_name, _read_payload(payload), "update", as_json, timeout))
+
+
+@relationship_app.command("signal", epilog=MESSAGE_EXIT_CODES)
+@reports_problems
+def signal_command(
+    workflow_id: WorkflowIdArgument,
+    command_name: CommandArgument,
+    payload: PayloadOption = "{}",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Then wait until the relationship has decided, and say what it decided.")
+    ] = False,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 30,
+) -> None:
+    """Send a command as a signal: fire and forget, for systems that cannot wait for an answer.
+
+    The relationship records a refused signal in its state (`rejected_commands`) instead of answering; with --wait this command reads the state until the command shows up there or as applied.
+    """
+    kind: Literal["signal", "signal-wait"] = "signal-wait" if wait else "signal"
+    _message_outcome(as_json, lambda: _send(workflow_id, command_name, _read_payload(payload), kind, as_json, timeout))
+
+
+@relationship_app.command("send", epilog=MESSAGE_EXIT_CODES)
 @reports_problems
 def send_command(
-    workflow_id: Annotated[str, typer.Argument(help="The workflow id, e.g. relationship/PROGRAMME/ID.")],
-    command_name: Annotated[str, typer.Argument(help=f"One of: {', '.join(COMMAND_TYPES)}.")],
+    workflow_id: WorkflowIdArgument,
+    command_name: CommandArgument,
     payload: Annotated[str, typer.Argument(help="The command as a JSON object ('-': read it from stdin).")],
     signal: Annotated[bool, typer.Option("--signal", help="Send as a signal: no answer, no wait.")] = False,
     as_json: JsonOption = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 30,
+    timeout: TimeoutOption = 30,
 ) -> None:
-    """Send a command: as an update (waits for the result) or, with --signal, as a signal.
+    """The same as `update` (or, with --signal, `signal`), with the payload as an argument."""
+    text = sys.stdin.read() if payload == "-" else payload
+    kind: Literal["update", "signal"] = "signal" if signal else "update"
+    _message_outcome(as_json, lambda: _send(workflow_id, command_name, text, kind, as_json, timeout))
 
-    Every command needs an actor_id; a missing command_id is generated (and printed).
-    """
-    body = _parse_command(command_name, sys.stdin.read() if payload == "-" else payload)
+
+def _read_payload(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    if source.startswith("@"):
+        path = Path(source[1:])
+        try:
+            return path.read_text(encoding="utf-8-sig")
+        except OSError as error:
+            raise MessageProblem("invalid", f"--payload {source}: {error.strerror}", EXIT_INVALID) from None
+    return source
+
+
+def _send(
+    workflow_id: str,
+    command_name: str,
+    payload: str,
+    kind: Literal["update", "signal", "signal-wait"],
+    as_json: bool,
+    timeout: float,
+) -> None:
+    body = _parse_command(command_name, payload)
+    command_id: str = body["command_id"]
     settings = Settings.from_env()
 
-    async def send() -> CommandResult | None:
+    async def send() -> CommandResult | RelationshipState | None:
         client = await _connect(settings)
         handle = client.get_workflow_handle(workflow_id)
-        if signal:
-            await _answer(handle.signal(command_name, body), workflow_id, timeout)
+        if kind == "update":
+            try:
+                result: CommandResult = await _answer(
+                    # The command id doubles as the update id: a retried send is answered with
+                    # the first result instead of being applied twice.
+                    handle.execute_update(command_name, body, id=command_id, result_type=CommandResult),
+                    workflow_id,
+                    timeout,
+                )
+            except WorkflowUpdateFailedError as error:
+                cause = error.cause
+                reason = cause.message if isinstance(cause, FailureError) else str(cause or error)
+                if reason.startswith("invalid payload:"):
+                    # Validated here first, so only a workflow running other code gets here.
+                    raise MessageProblem("invalid", f"{command_name}: {reason}", EXIT_INVALID,
+                                         command_id=command_id) from None  # fmt: skip
+                raise MessageProblem("rejected", f"{command_name} rejected: {reason}", EXIT_REJECTED,
+                                     command_id=command_id, reason=reason) from None  # fmt: skip
+            return result
+        await _answer(handle.signal(command_name, body), workflow_id, timeout)
+        if kind == "signal":
             return None
-        try:
-            result: CommandResult = await _answer(
-                # The command id doubles as the update id: a retried send is answered with
-                # the first result instead of being applied twice.
-                handle.execute_update(command_name, body, id=body["command_id"], result_type=CommandResult),
-                workflow_id,
-                timeout,
-            )
-        except WorkflowUpdateFailedError as error:
-            cause = error.cause
-            reason = cause.message if isinstance(cause, FailureError) else str(cause or error)
-            raise Problem(f"{command_name} rejected: {reason}") from None
-        return result
+        return await _decided(handle, workflow_id, command_name, command_id, timeout)
 
-    result = run(send())
-    if result is None:
+    outcome = run(send())
+    if isinstance(outcome, CommandResult):
+        _print_result(command_name, outcome, as_json)
+    elif isinstance(outcome, RelationshipState):
         if as_json:
-            print(json.dumps({"signalled": command_name, "command_id": body["command_id"]}))
+            print(json.dumps({"outcome": "applied", "signalled": command_name, "command_id": command_id,
+                              "version": outcome.version, "phase": outcome.phase.value}))  # fmt: skip
         else:
-            out.print(
-                f"Signalled {command_name} (command {escape(body['command_id'])}). A signal gets no answer: "
-                "if it is rejected, the rejection shows in `relationship show`."
-            )
-        return
+            out.print(f"[green]{command_name} applied[/green] (signal, command {escape(command_id)}) "
+                      f"→ version {outcome.version}, phase [bold]{outcome.phase.value}[/bold]")  # fmt: skip
+    elif as_json:
+        print(json.dumps({"outcome": "signalled", "signalled": command_name, "command_id": command_id}))
+    else:
+        out.print(
+            f"Signalled {command_name} (command {escape(command_id)}). A signal gets no answer: if it is "
+            "rejected, the rejection shows in `relationship show` (or send it with --wait)."
+        )
+
+
+async def _decided(
+    handle: WorkflowHandle[Any, Any], workflow_id: str, command_name: str, command_id: str, timeout: float
+) -> RelationshipState:
+    """The state once the relationship has decided the signalled command; a rejection raises."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state: RelationshipState = await _answer(
+            handle.query("state", result_type=RelationshipState), workflow_id, max(deadline - loop.time(), 1)
+        )
+        if state is not None:
+            for rejected in reversed(state.rejected_commands):
+                if rejected.command_id == command_id:
+                    outcome, code = ("invalid", EXIT_INVALID) if rejected.reason.startswith("invalid payload:") \
+                        else ("rejected", EXIT_REJECTED)  # fmt: skip
+                    raise MessageProblem(outcome, f"{command_name} rejected: {rejected.reason}", code,
+                                         command_id=command_id, reason=rejected.reason)  # fmt: skip
+            if command_id in state.processed_command_ids:
+                return state
+        if loop.time() >= deadline:
+            raise MessageProblem(
+                "no_answer", f"{workflow_id} has not decided command {command_id} within {timeout:.0f} s: "
+                "is a worker running?", EXIT_PROBLEM, command_id=command_id,
+            )  # fmt: skip
+        await asyncio.sleep(0.2)
+
+
+def _print_result(command_name: str, result: CommandResult, as_json: bool) -> None:
     if as_json:
-        print(result.model_dump_json())
+        print(json.dumps({"outcome": "applied" if result.applied else "already_applied", **result.model_dump(mode="json")}))
     elif result.applied:
         out.print(
             f"[green]{command_name} applied[/green]: {', '.join(result.events)} "
@@ -403,20 +741,79 @@ def send_command(
 
 
 def _parse_command(command_name: str, payload: str) -> dict[str, Any]:
+    """The command as the relationship will see it, checked against the contract first."""
     if command_name not in COMMAND_TYPES:
-        raise Problem(f"unknown command {command_name!r}; known: {', '.join(COMMAND_TYPES)}", exit_code=2)
+        raise MessageProblem(
+            "invalid", f"unknown command {command_name!r}; known: {', '.join(COMMAND_TYPES)}", EXIT_INVALID,
+            known=list(COMMAND_TYPES),
+        )  # fmt: skip
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as error:
-        raise Problem(f"the payload is not valid JSON: {error}", exit_code=2) from None
+        raise MessageProblem("invalid", f"the payload is not valid JSON: {error}", EXIT_INVALID) from None
     if not isinstance(body, dict):
-        raise Problem("the payload must be a JSON object, e.g. '{\"actor_id\": \"coord-1\"}'", exit_code=2)
+        raise MessageProblem(
+            "invalid", "the payload must be a JSON object, e.g. '{\"actor_id\": \"coord-1\"}'", EXIT_INVALID
+        )
     if not body.get("command_id"):
         body["command_id"] = f"cli-{uuid.uuid4().hex[:12]}"
         err.print(f"[dim]no command_id given; using {body['command_id']}[/dim]")
-    if not isinstance(body["command_id"], str):
-        raise Problem("command_id must be a string", exit_code=2)
+    try:
+        COMMAND_TYPES[command_name].model_validate(body)
+    except ValidationError as error:
+        fields = [{"field": ".".join(str(part) for part in e["loc"]) or "payload", "message": e["msg"]}
+                  for e in error.errors()]  # fmt: skip
+        raise MessageProblem(
+            "invalid", f"{command_name}: {describe_validation_error(error)}", EXIT_INVALID, errors=fields,
+            command_id=body["command_id"] if isinstance(body["command_id"], str) else None,
+        ) from None  # fmt: skip
     return body
+
+
+@app.command("contract")
+@reports_problems
+def export_contract(
+    check: Annotated[
+        bool, typer.Option("--check", help="Only compare: exit 1 and list the differences if the files are not what the code exports.")
+    ] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the schemas go.")] = Path("contract"),
+    docs: Annotated[
+        Path, typer.Option("--docs", help="The document whose generated part lists every message (skipped if absent).")
+    ] = Path("docs/contract.md"),
+) -> None:
+    """Export the message contract: a JSON Schema per workflow input, signal and update payload,
+    update result and query result, with contract/index.json listing every name.
+
+    The names and types are read from the workflow definitions; docs/contract.md's generated part is rewritten too.
+
+    Exit codes: 0 written (or, with --check, up to date); 1 --check found differences; 2 the code cannot be exported (a message without a model).
+    """
+    from mentorflow.contract import ContractError, build_contract, compare, write
+
+    try:
+        contract = build_contract()
+        if check:
+            differences = compare(contract, out_dir, docs)
+        else:
+            changed = write(contract, out_dir, docs)
+    except ContractError as error:
+        raise Problem(f"contract: {error}", exit_code=2) from None
+    if check:
+        if differences:
+            for difference in differences:
+                err.print(f"[bold red]contract:[/bold red] {escape(str(difference))}")
+            raise Problem(
+                f"the committed contract differs from the code in {len(differences)} file(s); if the change is "
+                f"intended, run `{launcher_name()} contract` and commit the result (renaming or removing a message "
+                "breaks every system that sends it)"
+            )
+        out.print(f"contract up to date: {len(contract.entries)} entries in {escape(str(out_dir))}")
+        return
+    if changed:
+        for path in changed:
+            out.print(f"wrote {escape(str(path))}")
+    else:
+        out.print(f"contract up to date: {len(contract.entries)} entries in {escape(str(out_dir))}")
 
 
 async def _answer(call: Coroutine[Any, Any, R], workflow_id: str, timeout: float) -> R:
@@ -465,6 +862,141 @@ def _summary(workflow_id: str, state: RelationshipState) -> Table:
     for rejected in state.rejected_commands[-3:]:
         row("Rejected", f"{rejected.command_name} {rejected.command_id or ''}: {rejected.reason}")
     return table
+
+
+# -- watching relationships: list, history, events --------------------------------------
+
+
+def _operation(call: Coroutine[Any, Any, R]) -> R:
+    from mentorflow.operations import OperationError
+
+    try:
+        return run(call)
+    except OperationError as error:
+        raise Problem(str(error), exit_code=2 if error.usage else 1) from None
+    except RPCError as error:
+        raise Problem(f"Temporal: {error.message}") from None
+
+
+WATCH_EXIT_CODES = (
+    "Exit codes: 0 done (an empty list too); 1 Temporal or the database unreachable, no such "
+    "workflow, no stored events; 2 bad input: an unknown phase or health, a malformed date or id, "
+    "a query the server refuses."
+)
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M}" if moment else ""
+
+
+@relationship_app.command("list", epilog=WATCH_EXIT_CODES)
+@reports_problems
+def list_relationships(
+    programme: Annotated[str | None, typer.Option("--programme", help="Only this programme.")] = None,
+    phase: Annotated[str | None, typer.Option("--phase", help="matching, agreement, active, review, closing or closed.")] = None,
+    health: Annotated[str | None, typer.Option("--health", help="healthy, at_risk or stalled.")] = None,
+    due_before: Annotated[
+        str | None, typer.Option("--due-before", help="NextDueAt before this moment: ISO 8601 with offset, or a date (UTC).")
+    ] = None,
+    query: Annotated[str | None, typer.Option("--query", help="More of the Web UI's list query, e.g. \"MentorId = 'emp-311'\".")] = None,
+    include_closed: Annotated[bool, typer.Option("--all", help="Include relationships that have ended.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="At most this many rows.")] = 200,
+    as_json: JsonOption = False,
+) -> None:
+    """List relationships by their search attributes, as the Web UI's list does (running ones unless --all).
+
+    The query it runs is printed on stderr (in JSON, as "query"): paste it into the Web UI or
+    `temporal workflow list --query`.
+    """
+    from mentorflow.operations import list_relationships as fetch, visibility_query
+
+    settings = Settings.from_env()
+    due = _parse_moment(due_before, "--due-before") if due_before is not None else None
+
+    async def load() -> tuple[str, list[Any]]:
+        text = visibility_query(programme=programme, phase=phase, health=health, due_before=due,
+                                query=query, include_closed=include_closed)  # fmt: skip
+        client = await _connect(settings)
+        return text, await fetch(client, text, limit=limit)
+
+    text, rows = _operation(load())
+    if as_json:
+        print(json.dumps({"query": text, "relationships": [row.to_json() for row in rows]}))
+        return
+    err.print(f"[dim]{escape(text)}[/dim]")
+    if not rows:
+        out.print("No relationships match.")
+        return
+    table = Table("Workflow", "Status", "Phase", "Health", "Mentee", "Mentor", "Next due (UTC)", "Meetings",
+                  box=None, header_style="bold")  # fmt: skip
+    for row in rows:
+        table.add_row(escape(row.workflow_id), row.status, row.phase or "", row.health or "", escape(row.mentee_id or ""),
+                      escape(row.mentor_id or ""), _when(row.next_due_at),
+                      "" if row.meetings_held is None else str(row.meetings_held))  # fmt: skip
+    out.print(table)
+    if len(rows) == limit:
+        err.print(f"[dim]showing the first {limit}; --limit shows more[/dim]")
+
+
+@relationship_app.command("history", epilog=WATCH_EXIT_CODES)
+@reports_problems
+def relationship_history(
+    workflow_id: Annotated[str, typer.Argument(help="The workflow id, e.g. relationship/PROGRAMME/ID.")],
+    run_id: Annotated[str | None, typer.Option("--run-id", help="An earlier run (default: the latest).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The relationship's Temporal history: each event's time, type and what it was for.
+
+    "What" is the summary the Web UI shows on activities and timers, else the activity
+    type, signal or update name.
+    """
+    from mentorflow.operations import relationship_history as fetch
+
+    settings = Settings.from_env()
+
+    async def load() -> list[Any]:
+        client = await _connect(settings)
+        return await fetch(client, workflow_id, run_id)
+
+    rows = _operation(load())
+    if as_json:
+        print(json.dumps([row.to_json() for row in rows]))
+        return
+    table = Table("#", "Time (UTC)", "Event", "What", box=None, header_style="bold")
+    for row in rows:
+        what = row.summary if row.summary is not None else (row.detail or "")
+        table.add_row(str(row.event_id), f"{row.time:%Y-%m-%d %H:%M:%S}", row.event_type, escape(what))
+    out.print(table)
+
+
+@relationship_app.command(
+    "events",
+    epilog=WATCH_EXIT_CODES,
+    help="The relationship's event stream in the event store (PostgreSQL): version, type and time "
+    "of each event; payloads are not shown.\n\n" + DIRECTORY_DATABASE_HELP,
+)
+@reports_problems
+def relationship_events(
+    relationship: Annotated[str, typer.Argument(help="The workflow id (relationship/PROGRAMME/ID) or the relationship id.")],
+    as_json: JsonOption = False,
+) -> None:
+    from mentorflow.operations import OperationError, stream_events, stream_id_of
+
+    try:
+        stream_id = stream_id_of(relationship)
+    except OperationError as error:
+        raise Problem(str(error), exit_code=2) from None
+    rows = _with_database(lambda pool: stream_events(pool, stream_id))
+    if not rows:
+        raise Problem(f"no events for relationship {stream_id} in the event store")
+    if as_json:
+        print(json.dumps([row.to_json() for row in rows]))
+        return
+    table = Table("Version", "Event", "Occurred (UTC)", "Command", box=None, header_style="bold")
+    for row in rows:
+        table.add_row(str(row.version), row.event_type, f"{row.occurred_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+                      escape(row.command_id or ""))  # fmt: skip
+    out.print(table)
 
 
 # -- the directory: programmes and people ------------------------------------------------
@@ -862,14 +1394,14 @@ def leave(
         out.print(f"{escape(participant.participant_id)} already left on {when}; nothing changed.")
 
 
-def _parse_moment(text: str) -> datetime:
+def _parse_moment(text: str, option: str = "--at") -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise Problem(f"--at {text!r}: not an ISO 8601 date or time, e.g. 2027-03-01T17:00:00+01:00", exit_code=2) from None
+        raise Problem(f"{option} {text!r}: not an ISO 8601 date or time, e.g. 2027-03-01T17:00:00+01:00", exit_code=2) from None
     if moment.tzinfo is None:
         if len(text) > 10:  # a time without an offset: which zone was meant?
-            raise Problem(f"--at {text!r}: give the offset, e.g. {text}+00:00", exit_code=2)
+            raise Problem(f"{option} {text!r}: give the offset, e.g. {text}+00:00", exit_code=2)
         moment = moment.replace(tzinfo=UTC)
     return moment
 
@@ -1130,7 +1662,7 @@ def start_round(
         try:
             handle = await client.start_workflow(
                 MatchingRound.run, round_input, id=workflow_id, task_queue=settings.task_queue,
-                static_summary=f"Matching round {round_id} of programme {programme}",
+                **round_start_options(round_input, started_by="the mentorflow CLI"),
             )  # fmt: skip
         except WorkflowAlreadyStartedError:
             raise Problem(f"{workflow_id} is already running") from None
@@ -1178,6 +1710,184 @@ def show_round(
         table.add_row(escape(pair["mentee_id"]), escape(pair["mentor_id"]), f"{pair['score']:g}",
                       escape(pair["explanation"]), escape(pair["outcome"] or "pending"))  # fmt: skip
     out.print(table)
+
+
+# -- forgetting ---------------------------------------------------------------------------
+
+
+@app.command()
+@reports_problems
+def forget(
+    relationship: Annotated[str, typer.Argument(help="The relationship id (or its workflow id relationship/PROGRAMME/ID).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who asks for it, recorded with the deletion (default: $USER).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make an ended relationship's confidential text (notes, concerns, comments, reflections)
+    unreadable for good by deleting its data key; everything else stays. See docs/confidentiality.md."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from mentorflow.forgetting import ForgetRefused, forget_relationship, relationship_id_of
+
+    settings = Settings.from_env()
+    requester = by or os.environ.get("USER") or "unknown"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise Problem("forgetting cannot be undone: pass --yes to confirm", exit_code=2)
+        typer.confirm(
+            f"Make the notes, concerns, comments and reflections of {relationship_id_of(relationship)} "
+            "unreadable for good?", abort=True,
+        )  # fmt: skip
+
+    async def still_running(programme_id: str, relationship_id: str) -> bool:
+        workflow_id = workflow_id_for(programme_id, relationship_id)
+        client = await _connect(settings)
+        try:
+            description = await client.get_workflow_handle(workflow_id).describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Problem(f"cannot ask Temporal whether {workflow_id} still runs: {error.message}") from None
+        return description.status == WorkflowExecutionStatus.RUNNING
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        try:
+            return await forget_relationship(pool, relationship, forgotten_by=requester, still_running=still_running)
+        except ForgetRefused as refused:
+            raise Problem(str(refused)) from None
+
+    done = _with_database(action)
+    if as_json:
+        print(json.dumps({"relationship_id": done.relationship_id, "forgotten_at": done.forgotten_at.isoformat(),
+                          "forgotten_by": done.forgotten_by, "now": done.now, "events": done.events,
+                          "sealed_values": done.sealed_values, "scrubbed_events": done.scrubbed_events}))  # fmt: skip
+    elif not done.now:
+        out.print(f"Relationship {escape(done.relationship_id)} was already forgotten "
+                  f"({done.forgotten_at:%Y-%m-%d %H:%M} UTC, on request of {escape(done.forgotten_by)}).")  # fmt: skip
+    else:
+        out.print(f"Forgot relationship {escape(done.relationship_id)}: its data key is deleted; "
+                  f"{done.sealed_values} confidential texts in its {done.events} events now read as [forgotten]"
+                  + (f" ({done.scrubbed_events} events stored before encryption overwritten)" if done.scrubbed_events else "")
+                  + ". Everything else is kept.")  # fmt: skip
+
+
+# -- reports and their read models -------------------------------------------------------
+
+projections_app = typer.Typer(
+    help="The read models behind `report`: how far they are, and rebuilding them from the events.\n\n"
+    + DIRECTORY_DATABASE_HELP,
+    no_args_is_help=True,
+)
+app.add_typer(projections_app, name="projections")
+
+
+def _progress_to_head(description: str) -> Any:
+    """A progress bar on stderr (on a terminal) from position 0 to the store's head."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
+
+
+async def _catch_up_with_progress(follower: Any, pool: asyncpg.Pool, description: str, *, rebuild: bool = False) -> int:
+    from activities.projections import head_position
+
+    with _progress_to_head(description) as progress:
+        task = progress.add_task(description, total=max(await head_position(pool), 1))
+
+        def advance(position: int) -> None:
+            progress.update(task, completed=position)
+
+        return int(await (follower.rebuild(advance) if rebuild else follower.catch_up(advance)))
+
+
+@projections_app.command("status")
+@reports_problems
+def projections_status(as_json: JsonOption = False) -> None:
+    """Each projection's checkpoint against the event store's head (behind > 0: not caught up yet)."""
+    from activities.projections import ProjectionFollower
+    from mentorflow.reports import print_status
+
+    statuses = _with_database(lambda pool: ProjectionFollower(pool).status())
+    if as_json:
+        print(json.dumps([{"projection": s.name, "table": s.table, "position": s.position, "head": s.head,
+                           "behind": s.behind} for s in statuses]))  # fmt: skip
+        return
+    print_status(statuses, out)
+
+
+@projections_app.command("rebuild")
+@reports_problems
+def rebuild_projections(
+    projection: Annotated[
+        list[str] | None,
+        typer.Option("--projection", help="Only this one: relationships, meetings or feedback (repeatable; default: all)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Empty the read models and replay every event into them (safe while workers run)."""
+    import time
+
+    from activities.projections import ProjectionFollower, UnknownProjection, projections_named
+
+    try:
+        chosen = projections_named(projection)
+    except UnknownProjection as error:
+        raise Problem(str(error), exit_code=2) from None
+    names = ", ".join(p.name for p in chosen)
+    started = time.monotonic()
+
+    async def rebuild(pool: asyncpg.Pool) -> tuple[int, list[Any]]:
+        follower = ProjectionFollower(pool, projections=chosen)
+        events = await _catch_up_with_progress(follower, pool, f"rebuilding {names}", rebuild=True)
+        return events, await follower.status()
+
+    events, statuses = _with_database(rebuild)
+    seconds = time.monotonic() - started
+    if as_json:
+        print(json.dumps({"projections": [s.name for s in statuses], "events": events,
+                          "position": min(s.position for s in statuses), "seconds": round(seconds, 3)}))  # fmt: skip
+    else:
+        out.print(f"Rebuilt {escape(names)} from {events} events in {seconds:.1f} s "
+                  f"(at position {min(s.position for s in statuses)}).")  # fmt: skip
+
+
+@app.command()
+@reports_problems
+def report(
+    programme: ProgrammeOption,
+    as_json: JsonOption = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the dashboard as one HTML page with charts.")] = None,
+) -> None:
+    """A programme's dashboard: phases and health, time to match, meetings, goals, feedback, closures.
+
+    Relationships by phase and health, days to a confirmed match (median, p75, p90), meetings
+    held and missed per month, goal completion, average feedback score per month and closure
+    reasons. The read models are brought up to date first (what workers do continuously).
+    """
+    from activities.projections import ProjectionFollower
+    from mentorflow.reports import load_programme_report, report_html, report_json, report_renderable
+
+    async def load(pool: asyncpg.Pool) -> tuple[Any, list[Any]]:
+        follower = ProjectionFollower(pool)
+        await _catch_up_with_progress(follower, pool, "updating the read models")
+        return await load_programme_report(pool, programme), await follower.status()
+
+    found, statuses = _with_database(load)
+    if found is None:
+        raise Problem(f"programme {programme!r} does not exist and has no relationships "
+                      f"(see `{launcher_name()} programme list`)")  # fmt: skip
+    generated_at = datetime.now(UTC)
+    if html is not None:
+        try:
+            html.write_text(report_html(found, statuses, generated_at), encoding="utf-8")
+        except OSError as error:
+            raise Problem(f"--html {html}: {error.strerror or error}") from None
+        err.print(f"Wrote the dashboard of {escape(programme)} to {escape(str(html))}")
+    if as_json:
+        print(json.dumps(report_json(found, statuses, generated_at)))
+    elif html is None:
+        out.print(report_renderable(found, statuses))
 
 
 if __name__ == "__main__":

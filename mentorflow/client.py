@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
 
+from mentorflow.codec import EncryptionCodec
+from mentorflow.config import Settings
+from mentorflow.keyring import Keyring
 from workflows.search_attributes import ALL_KEYS
 
-DATA_CONVERTER = pydantic_data_converter
+
+def data_converter(keyring: Keyring, *, max_payload_bytes: int | None = None) -> DataConverter:
+    """pydantic JSON, then every payload (memo and summaries too) encrypted with `keyring`;
+    failure messages and stack traces move into an encrypted payload as well."""
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keyring, max_payload_bytes=max_payload_bytes),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
-async def connect(address: str, namespace: str) -> Client:
-    return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
+def converter_for(settings: Settings, *, sends_commands: bool, keyring: Keyring | None = None) -> DataConverter:
+    """The converter from the configured keys. Only a client that sends commands (the CLI)
+    gets the size limit: in a worker it would make a workflow task fail for ever."""
+    return data_converter(
+        keyring or settings.keyring(),
+        max_payload_bytes=settings.max_payload_bytes if sends_commands else None,
+    )
+
+
+async def connect(
+    address: str, namespace: str, *, data_converter: DataConverter, runtime: Runtime | None = None
+) -> Client:
+    """`runtime`: the one exporting metrics (mentorflow.metrics.metrics_runtime), for a worker."""
+    return await Client.connect(address, namespace=namespace, data_converter=data_converter, runtime=runtime)
+
+
+def __getattr__(name: str) -> Any:
+    # A plain module-level converter would silently skip encryption; say what replaced it.
+    if name == "DATA_CONVERTER":
+        raise ImportError(
+            "mentorflow.client.DATA_CONVERTER is gone: payloads are encrypted now; build one with "
+            "data_converter(keyring) or converter_for(settings, ...) (tests: tests.conftest.DATA_CONVERTER)"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dev_server_flags() -> list[str]:

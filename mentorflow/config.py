@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+
+if TYPE_CHECKING:
+    from mentorflow.keyring import Keyring
 
 
 class ConfigurationError(RuntimeError):
@@ -25,6 +28,19 @@ class Settings(BaseModel):
     state_dir: Path = Path(".mentorflow")
     temporal_ui_port: int = 8233
 
+    # Prometheus metrics (Temporal's and ours) on http://METRICS_HOST:METRICS_PORT/metrics;
+    # unset: no metrics endpoint.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"
+    # How often (seconds) the worker counts running relationships per phase for the
+    # mentorflow_relationships gauge: one visibility count per phase each time.
+    metrics_phase_interval: float = Field(default=60, gt=0)
+    # Worker Deployment Versioning: with a build id the worker polls as version
+    # DEPLOYMENT_NAME.BUILD_ID and gets tasks only once that version is current (or ramping);
+    # unset: an unversioned worker. See docs/deploying.md.
+    deployment_name: str = Field(default="mentorflow", min_length=1, max_length=255)
+    build_id: str | None = Field(default=None, min_length=1, max_length=255)
+
     # Email notifications over SMTP; without a host they are written to the log instead.
     smtp_host: str | None = None
     smtp_port: int = Field(default=587, ge=1, le=65535)
@@ -41,6 +57,27 @@ class Settings(BaseModel):
     # space-separated, while rotating. Without one they are written to the log instead.
     webhook_secret: SecretStr | None = None
     webhook_timeout: float = Field(default=10, gt=0)
+    # AES-256 keys for Temporal payloads (and wrapping event-store data keys): space-separated
+    # "key-id:BASE64" entries, the active key first, older keys kept for decryption.
+    encryption_keys: SecretStr | None = None
+    # Commands (any payload a client sends) larger than this are refused before they reach Temporal.
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=2 * 1024 * 1024)
+    # The codec server the Web UI calls to decrypt payloads: where it listens, the bearer
+    # tokens it accepts (space-separated, at least 32 characters each), and the Web UI
+    # origins allowed to call it from a browser (space-separated, e.g. https://temporal.example.org).
+    codec_host: str = "127.0.0.1"
+    codec_port: int = Field(default=8234, ge=1, le=65535)
+    codec_tokens: SecretStr | None = None
+    codec_cors_origins: str = ""
+
+    @field_validator("deployment_name", "build_id")
+    @classmethod
+    def _version_part(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
+            raise ValueError("must not contain spaces")
+        if value is not None and info.field_name == "deployment_name" and "." in value:
+            raise ValueError("must not contain '.' (Temporal joins it with the build id by a dot)")
+        return value
 
     @field_validator("smtp_from")
     @classmethod
@@ -60,6 +97,61 @@ class Settings(BaseModel):
             for secret in value.get_secret_value().split():
                 webhook_key(secret)
         return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _encryption_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        from mentorflow.keyring import Keyring, KeyringError
+
+        if value is not None:
+            try:
+                Keyring.parse(value.get_secret_value())
+            except KeyringError as error:
+                # The message already names the variable; drop that prefix, from_env adds it.
+                raise ValueError(str(error).removeprefix("MENTORFLOW_ENCRYPTION_KEYS: ")) from None
+        return value
+
+    @field_validator("codec_tokens")
+    @classmethod
+    def _codec_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            tokens = value.get_secret_value().split()
+            if not tokens:
+                return None
+            if any(len(token) < 32 for token in tokens):
+                raise ValueError("each token needs at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("codec_cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in value.split():
+            scheme, _, rest = origin.partition("://")
+            if scheme not in {"http", "https"} or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin like https://temporal.example.org (no path)")
+        return value
+
+    def keyring(self, *, dev_key_file: bool = False) -> Keyring:
+        """The configured keys; fails fast, naming the variable, when there are none.
+
+        With `dev_key_file`, a command run beside `mentorflow dev` falls back to the key
+        file that dev keeps in the state folder (as the directory commands use its database).
+        """
+        from mentorflow.keyring import Keyring, KeyringError, dev_key_file as key_file, read_key_file
+
+        if self.encryption_keys is not None:
+            return Keyring.parse(self.encryption_keys.get_secret_value())
+        path = key_file(self.state_dir.expanduser())
+        if dev_key_file and path.exists():
+            try:
+                return read_key_file(path)
+            except KeyringError as error:
+                raise ConfigurationError(str(error)) from None
+        raise ConfigurationError(
+            "MENTORFLOW_ENCRYPTION_KEYS is not set: Temporal payloads are encrypted, so every client "
+            "and worker needs the keys; create one with `mentorflow keys generate`"
+            + (f" (or run `mentorflow dev`, which keeps a local key in {path})" if dev_key_file else "")
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

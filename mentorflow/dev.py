@@ -19,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,14 +35,21 @@ from typing import IO, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from temporalio.client import Client
+from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
 from activities.database import create_pool, migrate
-from mentorflow.client import connect, dev_server_flags, register_search_attributes
+from mentorflow.client import connect, converter_for, dev_server_flags, register_search_attributes
+from mentorflow.codec_server import CodecServerConfig, RunningCodecServer, start_codec_server
 from mentorflow.config import Settings
+from mentorflow.deployment import DeploymentError, set_current_version
+from mentorflow.metrics import bind_address, metrics_runtime
+from mentorflow.keyring import KeyringError, dev_key_file, ensure_dev_key_file
 from worker import run_worker
 
 log = logging.getLogger("mentorflow.dev")
@@ -146,11 +154,15 @@ def _die_with_parent() -> Callable[[], None] | None:
 class TemporalDevServer:
     """`temporal server start-dev` as a child process, its output in a log file."""
 
-    def __init__(self, binary: Path, *, port: int, ui_port: int, namespace: str, state_dir: Path):
+    def __init__(
+        self, binary: Path, *, port: int, ui_port: int, namespace: str, state_dir: Path, codec_endpoint: str | None = None
+    ):
         self.binary = binary
         self.port = port
         self.ui_port = ui_port
         self.namespace = namespace
+        # The Web UI's codec server; the URL carries its token (see docs/confidentiality.md).
+        self.codec_endpoint = codec_endpoint
         self.database_file = state_dir / "temporal.db"
         self.log_file = state_dir / "temporal.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -168,6 +180,7 @@ class TemporalDevServer:
             "--db-filename", str(self.database_file),
             "--namespace", self.namespace,
             *dev_server_flags(),
+            *(["--ui-codec-endpoint", self.codec_endpoint] if self.codec_endpoint else []),
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -189,7 +202,14 @@ class TemporalDevServer:
             self._log.close()
             raise DevError(f"cannot run {self.binary}: {error.strerror}") from None
 
-    async def wait_until_ready(self, address: str, timeout: float = READY_TIMEOUT_SECONDS) -> Client:
+    async def wait_until_ready(
+        self,
+        address: str,
+        data_converter: DataConverter,
+        timeout: float = READY_TIMEOUT_SECONDS,
+        *,
+        runtime: Runtime | None = None,
+    ) -> Client:
         """Connect with retries until the server answers and knows our search attributes."""
         assert self._process is not None
         loop = asyncio.get_running_loop()
@@ -201,7 +221,9 @@ class TemporalDevServer:
                 raise DevError(f"the Temporal server exited with code {exit_code} while starting; see {self.log_file}")
             try:
                 if client is None:
-                    client = await asyncio.wait_for(connect(address, self.namespace), timeout=5)
+                    client = await asyncio.wait_for(
+                        connect(address, self.namespace, data_converter=data_converter, runtime=runtime), timeout=5
+                    )
                 added = await asyncio.wait_for(register_search_attributes(client, self.namespace), timeout=5)
                 if added:
                     log.info("registered search attributes %s", ", ".join(added))
@@ -391,10 +413,12 @@ async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
         await task
 
 
-async def start_worker(stack: AsyncExitStack, client: Client, pool: asyncpg.Pool, task_queue: str) -> asyncio.Task[None]:
+async def start_worker(
+    stack: AsyncExitStack, client: Client, pool: asyncpg.Pool, task_queue: str, settings: Settings | None = None
+) -> asyncio.Task[None]:
     """Start the worker as a task that the exit stack stops gracefully; returns once it polls."""
     ready = asyncio.Event()
-    task = asyncio.create_task(run_worker(client, pool, task_queue, ready=ready), name="worker")
+    task = asyncio.create_task(run_worker(client, pool, task_queue, ready=ready, settings=settings), name="worker")
     stack.push_async_callback(_cancel_and_wait, task)
     ready_wait = asyncio.create_task(ready.wait())
     try:
@@ -420,6 +444,7 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     if port == ui_port:
         raise DevError(f"the Temporal port and the Web UI port are both {port}")
     ensure_ports_free({"Temporal": port, "Temporal Web UI": ui_port})
+    runtime = metrics_runtime(settings)  # MENTORFLOW_METRICS_PORT; binds it now, so fails first
     binary = find_temporal_binary()
 
     if settings.database_url:
@@ -437,14 +462,22 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
         log.info("applied migrations %s", ", ".join(applied))
     await ensure_demo_programme(pool)
 
-    server = TemporalDevServer(binary, port=port, ui_port=ui_port, namespace=settings.temporal_namespace, state_dir=state_dir)
+    settings, keys_note = use_dev_keys(settings, state_dir)
+    codec = await start_dev_codec_server(settings, ui_port)
+    stack.push_async_callback(codec.stop)
+
+    server = TemporalDevServer(
+        binary, port=port, ui_port=ui_port, namespace=settings.temporal_namespace, state_dir=state_dir,
+        codec_endpoint=codec.endpoint,
+    )  # fmt: skip
     server.start()
     stack.push_async_callback(asyncio.to_thread, server.stop)
     address = f"127.0.0.1:{port}"
-    client = await server.wait_until_ready(address)
+    client = await server.wait_until_ready(address, converter_for(settings, sends_commands=False), runtime=runtime)
     await server.wait_for_web_ui()
 
-    worker = await start_worker(stack, client, pool, settings.task_queue)
+    worker = await start_worker(stack, client, pool, settings.task_queue, settings)
+    version_note = await make_worker_version_current(client, settings)
 
     namespace = escape(settings.temporal_namespace)
     ui = f"http://localhost:{ui_port}"
@@ -453,13 +486,77 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     console.print(f"  Temporal      {address}  namespace [bold]{namespace}[/bold]  task queue [bold]{escape(settings.task_queue)}[/bold]")
     console.print(f"  Database      {escape(mask_password(database_url))}  ({escape(database_note)})")
     console.print(f"  State folder  {escape(str(state_dir))}")
+    console.print(f"  Keys          {escape(keys_note)}; Web UI decrypts through {escape(codec.url)}")
     console.print(f"  Server log    {escape(str(server.log_file))}")
+    if runtime is not None:
+        console.print(f"  Metrics       http://{escape(bind_address(settings.metrics_host, settings.metrics_port or 0))}/metrics")
+    if version_note:
+        console.print(f"  Worker        {escape(version_note)}")
     console.print(
         f"Start a relationship:  [bold]{escape(launcher)} relationship start --programme {DEMO_PROGRAMME} "
         "--mentee mentee-1[/bold]  (coordinator: coord-1)"
     )
     console.print("Ready. Press Ctrl-C to stop; everything is kept for the next start.")
     await worker
+
+
+def use_dev_keys(settings: Settings, state_dir: Path) -> tuple[Settings, str]:
+    """The settings with encryption keys: MENTORFLOW_ENCRYPTION_KEYS if set, else the local
+    key file, created (mode 0600) on the first run and reused after; and a line saying which."""
+    if settings.encryption_keys is not None:
+        return settings, "from MENTORFLOW_ENCRYPTION_KEYS"
+    path = dev_key_file(state_dir)
+    try:
+        keyring, created = ensure_dev_key_file(state_dir)
+    except KeyringError as error:
+        raise DevError(f"{error}; fix or remove {path} (data written with that key would be unreadable)") from None
+    note = f"new local key in {path}" if created else f"local key in {path}"
+    return settings.model_copy(update={"encryption_keys": SecretStr(keyring.format())}), note
+
+
+class DevCodecServer:
+    """The codec server for the local Web UI: on 127.0.0.1, a free port, a new random token per run."""
+
+    def __init__(self, running: RunningCodecServer, token: str) -> None:
+        self._running = running
+        self.url: str = running.url
+        # The Web UI of `temporal server start-dev` can send no header of ours, so the token
+        # travels in the endpoint URL (the UI posts to ENDPOINT/decode).
+        self.endpoint = f"{running.url}/{token}"
+
+    async def stop(self) -> None:
+        await self._running.stop()
+
+
+async def start_dev_codec_server(settings: Settings, ui_port: int) -> DevCodecServer:
+    token = secrets.token_urlsafe(32)
+    config = CodecServerConfig(
+        keyring=settings.keyring(),
+        namespace=settings.temporal_namespace,
+        tokens=[token],
+        cors_origins=[f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}"],
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+    try:
+        running = await start_codec_server(config, "127.0.0.1", 0)
+    except OSError as error:
+        raise DevError(str(error)) from None
+    return DevCodecServer(running, token)
+
+
+async def make_worker_version_current(client: Client, settings: Settings) -> str | None:
+    """With MENTORFLOW_BUILD_ID, make this worker's version current, as a deployment would
+    (`mentorflow deployment set-current`): a versioned worker gets no task until then."""
+    if settings.build_id is None:
+        return None
+    version = f"{settings.deployment_name}.{settings.build_id}"
+    try:
+        previous = await set_current_version(client, settings.deployment_name, settings.build_id, wait=30)
+    except DeploymentError as error:
+        raise DevError(str(error)) from None
+    if previous and previous != settings.build_id:
+        return f"version {version}, now current (was {settings.deployment_name}.{previous})"
+    return f"version {version}, current"
 
 
 def configure_logging() -> None:

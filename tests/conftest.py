@@ -16,7 +16,13 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_pool, migrate
-from mentorflow.client import DATA_CONVERTER, search_attribute_types
+from mentorflow.client import data_converter, search_attribute_types
+from mentorflow.keyring import Keyring
+
+# A fresh key per test session: every test client and worker goes through the real
+# encrypting converter (the worker has no size limit, as in production).
+TEST_KEYRING = Keyring.generate("test-1")
+DATA_CONVERTER = data_converter(TEST_KEYRING)
 
 
 def with_database(url: str, database: str) -> str:

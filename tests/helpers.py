@@ -16,6 +16,7 @@ from events.notifications import Notification
 from events.settings import ProgrammeSettings
 from worker import build_worker
 from workflows.relationship import Relationship, RelationshipInput
+from workflows.start_options import relationship_start_options
 
 
 class RecordingChannel:
@@ -62,6 +63,7 @@ async def start_relationship(
         relationship_input,
         id=f"relationship/prog-1/{relationship_id}",
         task_queue=worker.task_queue,
+        **relationship_start_options(relationship_input, started_by="a test"),
     )
 
 

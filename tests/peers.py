@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email
 import email.policy
 import hashlib
@@ -133,7 +134,9 @@ class WebhookReceiver:
         self.requests: list[Request] = []
         self.statuses: list[int] = []
         self.respond: Callable[[Request], int | None] | None = None
-        self.hang = False  # accept the request, never answer
+        # Read the request in full, record it, and never answer: every request (True) or
+        # those the predicate picks (a sender killed while it waits for the answer).
+        self.hang: bool | Callable[[Request], bool] = False
         self._released = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -169,15 +172,17 @@ class WebhookReceiver:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         request = Request(method, path, headers, body)
         self.requests.append(request)
-        if self.hang:
+        if self.hang is True or (callable(self.hang) and self.hang(request)):
             await self._released.wait()
         chosen = self.respond(request) if self.respond is not None else None
         status = chosen if chosen is not None else self.statuses.pop(0) if self.statuses else 200
         request.status = status
-        writer.write(f"HTTP/1.1 {status} Status\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+        # The sender may be gone by now (it hung up, or was killed): nobody to answer then.
+        with contextlib.suppress(ConnectionError):
+            writer.write(f"HTTP/1.1 {status} Status\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
 
 
 def verify_signature(secret: str, request: Request) -> None:

@@ -538,10 +538,20 @@ def test_the_commands_compose_runs_exist_in_the_cli() -> None:
     import typer
 
     cli = pytest.importorskip("mentorflow.cli", reason="the mentorflow command is not written yet")
-    commands = getattr(typer.main.get_command(cli.app), "commands", {})
-    for name in (WORKER, MIGRATE):
-        subcommand = effective_command(service(name))[1]
-        assert subcommand in commands, f"{name} runs `mentorflow {subcommand}`, which does not exist"
+    built = [name for name, svc in services().items() if svc.get("image") == service(WORKER).get("image")]
+    assert {WORKER, MIGRATE, VERSION_JOB} <= set(built)
+    for name in built:
+        command = effective_command(service(name))
+        assert command[0] == "mentorflow", f"{name} runs {command}"
+        # Down the command groups (`deployment set-current`) to a command that runs.
+        found: Any = typer.main.get_command(cli.app)
+        path = ["mentorflow"]
+        for word in command[1:]:
+            if word.startswith("-") or not hasattr(found, "commands"):
+                break
+            assert word in found.commands, f"{name} runs `{' '.join([*path, word])}`, which does not exist"
+            found, path = found.commands[word], [*path, word]
+        assert len(path) > 1 and not hasattr(found, "commands"), f"{name} runs `{' '.join(path)}`, not a command"
 
 
 def test_worker_waits_for_migrations_and_for_the_namespace() -> None:
@@ -585,6 +595,62 @@ def test_stop_grace_period_outlasts_the_workers_graceful_shutdown() -> None:
 def test_worker_is_stopped_with_a_signal_it_handles() -> None:
     signal_name = service(WORKER).get("stop_signal") or final_stage_setting("STOPSIGNAL") or "SIGTERM"
     assert signal_name in ("SIGTERM", "SIGINT"), f"`mentorflow worker` stops gracefully on SIGTERM or SIGINT, not {signal_name}"
+
+
+# -- metrics and Worker Deployment Versioning -------------------------------------------------
+
+VERSION_JOB = "mentorflow-version"
+
+
+def positional_arguments(words: list[str]) -> list[str]:
+    """The arguments of a command line that are not options or their values (`--wait 300`)."""
+    found, value_next = [], False
+    for word in words:
+        if value_next:
+            value_next = False
+        elif word.startswith("--"):
+            value_next = "=" not in word
+        else:
+            found.append(word)
+    return found
+
+
+def settings_of(name: str) -> Settings:
+    """The settings a mentorflow service runs with when no variable of .env is set."""
+    return Settings.from_env({key: interpolated(value) for key, value in environment(service(name)).items()})
+
+
+def test_worker_serves_metrics_to_the_compose_network() -> None:
+    settings = settings_of(WORKER)
+    assert settings.metrics_port is not None, f"{WORKER} serves no metrics: set MENTORFLOW_METRICS_PORT"
+    assert settings.metrics_host in ("0.0.0.0", "::"), "bound to loopback, Prometheus in another container cannot scrape it"
+    exposed = {str(port).split("/")[0] for port in service(WORKER).get("expose") or []}
+    assert str(settings.metrics_port) in exposed, f"{WORKER} should expose {settings.metrics_port} to the network"
+
+
+def test_workers_are_versioned_and_a_job_makes_their_version_current() -> None:
+    worker = settings_of(WORKER)
+    assert worker.build_id, f"{WORKER} should run versioned (MENTORFLOW_BUILD_ID, docs/deploying.md)"
+    job = service(VERSION_JOB)
+    command = effective_command(job)
+    assert command[:3] == ["mentorflow", "deployment", "set-current"], command
+    # The same build, deployment and server as the workers it waits for.
+    version = settings_of(VERSION_JOB)
+    arguments = positional_arguments(command[3:])
+    assert (arguments[0] if arguments else version.build_id) == worker.build_id
+    for field in ("deployment_name", "temporal_address", "temporal_namespace"):
+        assert getattr(version, field) == getattr(worker, field), f"{VERSION_JOB} and {WORKER} differ in {field}"
+    # It waits for the workers to poll, so it starts with them and has time to see them.
+    assert depends_on(job).get(WORKER) in ("service_started", "service_healthy")
+    assert "--wait" in command and float(command[command.index("--wait") + 1]) >= 60
+    assert job.get("restart") in (None, "no") or str(job.get("restart")).startswith("on-failure"), "a one-shot job"
+
+
+def test_the_build_id_can_be_set_per_release_without_editing_the_file() -> None:
+    value = environment(service(WORKER)).get("MENTORFLOW_BUILD_ID", "")
+    assert re.fullmatch(r"\$\{MENTORFLOW_BUILD_ID:-[^}]+\}", value), (
+        f"MENTORFLOW_BUILD_ID should come from .env or the shell with a default, not {value!r}"
+    )
 
 
 # -- the Dockerfile ----------------------------------------------------------------------------

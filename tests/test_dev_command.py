@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import IO
 
 import asyncpg
+import httpx
 import psutil
 import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+from temporalio.contrib.pydantic import pydantic_data_converter
 from typer.testing import CliRunner
 
 from mentorflow.cli import app
-from mentorflow.client import connect
+from mentorflow.client import connect, data_converter
 from mentorflow.dev import DevError, EmbeddedPostgres, find_temporal_binary, local_port, mask_password
+from mentorflow.codec import EncryptionCodec
+from mentorflow.keyring import Keyring, dev_key_file, format_key, generate_key, read_key_file
 
 READY_LINE = "Ready. Press Ctrl-C to stop"
 START_TIMEOUT = 120.0
@@ -161,6 +167,28 @@ async def event_types(database_url: str, stream_id: str) -> list[str]:
     return [row["event_type"] for row in rows]
 
 
+async def assert_the_web_ui_decodes_through_the_codec_server(ui_port: int, keyring: Keyring) -> None:
+    """The dev Web UI is configured with our codec server, whose URL carries its token."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/api/v1/settings", timeout=10) as response:
+        endpoint = json.load(response)["Codec"]["Endpoint"]
+    assert endpoint.startswith("http://127.0.0.1:")
+    original = pydantic_data_converter.payload_converter.to_payloads([{"note": "decoded"}])[0]
+    [encrypted] = await EncryptionCodec(keyring).encode([original])
+    body = json_format.MessageToJson(Payloads(payloads=[encrypted]))
+    origin = f"http://localhost:{ui_port}"
+    headers = {"Content-Type": "application/json", "X-Namespace": "mentorflow", "Origin": origin}
+    async with httpx.AsyncClient() as http:
+        # What the UI's browser does: a preflight, then POST ENDPOINT/decode.
+        preflight = await http.options(f"{endpoint}/decode", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 204 and preflight.headers["Access-Control-Allow-Origin"] == origin
+        decoded = await http.post(f"{endpoint}/decode", content=body, headers=headers)
+        assert decoded.status_code == 200, decoded.text
+        assert list(json_format.Parse(decoded.text, Payloads()).payloads) == [original]
+        # Without the token in the path: refused.
+        server = endpoint.rsplit("/", 1)[0]
+        assert (await http.post(f"{server}/decode", content=body, headers=headers)).status_code == 401
+
+
 def assert_one_clean_error_line(stderr: str, *fragments: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
@@ -182,6 +210,12 @@ async def test_dev_runs_everything_stops_cleanly_and_a_restart_continues(
         assert response.status == 200
     database_url = dev.database_url
     assert f"host={dev.state_dir / 'postgres'}" in database_url
+    # A local encryption key, created on the first run, readable by its owner only.
+    key_file = dev_key_file(dev.state_dir)
+    assert f"new local key in {key_file}" in dev.stdout
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    first_key = key_file.read_text()
+    await assert_the_web_ui_decodes_through_the_codec_server(int(ui_port), read_key_file(key_file))
 
     unknown = await cli(env, "relationship", "start", "--programme", "prog-1", "--mentee", "mentee-1")
     assert unknown.returncode == 1 and "programme prog-1 does not exist" in unknown.stderr
@@ -201,7 +235,7 @@ async def test_dev_runs_everything_stops_cleanly_and_a_restart_continues(
     assert "no command_id given" in proposed.stderr
 
     rejected = await cli(env, "relationship", "send", workflow_id, "accept_match", '{"actor_id": "stranger", "command_id": "c-x"}')
-    assert rejected.returncode == 1
+    assert rejected.returncode == 3  # rejected by the relationship (docs/contract.md: exit codes)
     assert_one_clean_error_line(rejected.stderr, "accept_match rejected", "not a party")
 
     # The update answered only once its events were stored.
@@ -215,12 +249,16 @@ async def test_dev_runs_everything_stops_cleanly_and_a_restart_continues(
     # Again: the same relationship, where it was, and it takes the next command.
     dev = start_dev(env)
     await dev.wait_until_ready()
+    assert f"local key in {key_file}" in dev.stdout and "new local key" not in dev.stdout
+    assert key_file.read_text() == first_key
     shown = await cli(env, "relationship", "show", workflow_id, "--json")
     assert shown.returncode == 0, shown.stderr
     state = json.loads(shown.stdout)
     assert (state["phase"], state["version"], state["candidate"]["mentor_id"]) == ("matching", 2, "mentor-1")
 
-    client = await connect(env["MENTORFLOW_TEMPORAL_ADDRESS"], "mentorflow")
+    client = await connect(
+        env["MENTORFLOW_TEMPORAL_ADDRESS"], "mentorflow", data_converter=data_converter(read_key_file(key_file))
+    )
     result = await client.get_workflow_handle(workflow_id).execute_update(
         "accept_match", {"command_id": "c-accept-1", "actor_id": "mentee-1"}
     )
@@ -303,9 +341,20 @@ def test_start_rejects_an_invalid_id_with_exit_code_2() -> None:
 
 def test_commands_without_a_server_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MENTORFLOW_TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MENTORFLOW_ENCRYPTION_KEYS", format_key("k1", generate_key()))
     result = CliRunner().invoke(app, ["relationship", "show", "relationship/p/r"])
     assert result.exit_code == 1
     assert_one_clean_error_line(result.stderr, "cannot connect to Temporal")
+
+
+def test_commands_and_the_worker_without_keys_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MENTORFLOW_ENCRYPTION_KEYS", raising=False)
+    monkeypatch.setenv("MENTORFLOW_STATE_DIR", str(tmp_path))  # no dev key file there
+    monkeypatch.setenv("MENTORFLOW_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    for command in (["relationship", "show", "relationship/p/r"], ["worker"], ["codec-server"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, command
+        assert_one_clean_error_line(result.stderr, "MENTORFLOW_ENCRYPTION_KEYS is not set")
 
 
 def test_worker_and_migrate_need_a_database_url(monkeypatch: pytest.MonkeyPatch) -> None:

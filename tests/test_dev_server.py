@@ -10,7 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.event_store import PostgresEventStore
 from events.state import Phase, fold
-from mentorflow.client import DATA_CONVERTER
+from tests.conftest import DATA_CONVERTER
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
 from workflows.relationship import Relationship

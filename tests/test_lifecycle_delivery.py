@@ -38,6 +38,7 @@ from events.people import ChannelAddress, Participant
 from events.settings import ProgrammeSettings
 from events.state import Phase, fold
 from mentorflow.config import Settings
+from tests.conftest import TEST_KEYRING
 from tests.helpers import RecordingChannel, failed_workflow_tasks, start_relationship
 from tests.peers import Received, Request, SmtpServer, WebhookReceiver, eventually, verify_signature
 from tests.test_workflow import cmd, state_of
@@ -447,7 +448,7 @@ async def live_through_the_lifecycle(
     found = await attributes(handle)
     assert found.get(MENTORING_PHASE) == "closed" and found.get(MEETINGS_HELD) == 1
     assert found.get(MENTORING_HEALTH) == "healthy"
-    stored = await PostgresEventStore(pool).read_stream(relationship_id)
+    stored = await PostgresEventStore(pool, keyring=TEST_KEYRING).read_stream(relationship_id)
     assert fold(stored) == final
     kinds = [event.type for event in stored]
     for kind in ("MatchProposed", "MatchConfirmed", "AgreementSigned", "RelationshipActivated", "MeetingScheduled",

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -86,6 +87,12 @@ async def test_two_years_of_weekly_meetings_continue_as_new_without_losing_a_mes
             await latest.execute_update("share_resource", barrier)
             signals_sent.append(barrier)
 
+        # A continued run has no start summary or details (Temporal does not carry them
+        # over): the current details the Web UI shows say which relationship it is.
+        metadata = await latest.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        assert "**Phase** closing" in metadata.current_details
+        assert f"Relationship `{state.relationship_id}`" in metadata.current_details
+        assert "Continued as new from run" in metadata.current_details
         await reflect(latest)
         summary = await latest.result()
         final = await state_of(latest)

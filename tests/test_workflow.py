@@ -15,7 +15,7 @@ from temporalio.worker import Replayer
 
 from activities.event_store import PostgresEventStore
 from events.state import Phase, RelationshipState, fold
-from mentorflow.client import DATA_CONVERTER
+from tests.conftest import DATA_CONVERTER
 from tests.helpers import RecordingChannel, failed_workflow_tasks, history_event_types, new_worker, start_relationship
 from events.model import RelationshipSummary
 from workflows.relationship import Relationship

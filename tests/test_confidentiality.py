@@ -1,0 +1,297 @@
+"""The sentinel test (issue #6): confidential text is readable only through the decrypting
+paths, and `mentorflow forget` makes it unreadable for good.
+
+One relationship runs on a real dev server (its output captured to a file) through every
+phase, with a unique sentinel in every confidential field of every command that has one.
+Then the sentinel must appear nowhere in: the raw history (a client without the codec),
+the raw description (memo, summaries, search attributes), the workflow listing (ids), the
+failures of rejected commands, the dev server's log, our own log records, the notifications,
+the `state` query, and the text of every row of every table of the event-store database.
+It must appear through the decrypting paths (codec, event store), or the test proves nothing.
+Finally `mentorflow forget` (the real command) refuses while the relationship runs, and
+afterwards the store reads "[forgotten]" where the sentinel was and the same everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload, WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from activities.data_keys import FORGOTTEN
+from activities.event_store import PostgresEventStore
+from events.commands import COMMAND_TYPES
+from events.model import CONFIDENTIAL_PATHS, AnyEvent
+from events.sensitivity import confidential_paths
+from events.settings import ProgrammeSettings
+from mentorflow.client import connect, dev_server_flags
+from mentorflow.dev import _die_with_parent
+from tests.conftest import DATA_CONVERTER, TEST_KEYRING, project_root
+from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
+from tests.peers import free_port
+from tests.test_workflow import AGREEMENT, cmd, state_of
+
+SENTINEL = f"SENTINEL{uuid.uuid4().hex}"
+
+
+def secret(label: str) -> str:
+    return f"{SENTINEL} {label}"
+
+
+# Every (command, confidential path) this test plants a sentinel in; checked against the models.
+PLANTED = {
+    ("decline_match", "reason"), ("record_meeting", "notes"), ("cancel_meeting", "reason"),
+    ("propose_goal_revision", "rationale"), ("submit_feedback", "comment"), ("raise_concern", "text"),
+    ("resolve_concern", "resolution"), ("record_introduction", "note"), ("pause_relationship", "reason"),
+    ("submit_review", "comment"), ("submit_review", "goal_assessments.*.comment"),
+    ("close_relationship", "note"), ("submit_reflection", "text"),
+}  # fmt: skip
+# The planted values the event store keeps (close_relationship's note is not stored).
+STORED_SECRETS = 13
+
+
+class DevServer:
+    """`temporal server start-dev`, its stdout and stderr in a file, INFO-level logging."""
+
+    def __init__(self, binary: str, directory: Path):
+        self.port = free_port()
+        self.log_file = directory / "temporal-server.log"
+        self._log = open(self.log_file, "wb")
+        self.process = subprocess.Popen(
+            [binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
+             "--namespace", "mentorflow", "--log-level", "info", *dev_server_flags()],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(),
+        )  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def client(self, **options: Any) -> Client:
+        for _ in range(300):
+            if self.process.poll() is not None:
+                raise AssertionError(f"the dev server exited: {self.log_file.read_text()[-3000:]}")
+            try:
+                client = await Client.connect(self.address, namespace="mentorflow", **options)
+                await client.count_workflows()
+                return client
+            except (RuntimeError, RPCError):
+                await asyncio.sleep(0.1)
+        raise AssertionError("the dev server did not answer within 30 s")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+        return self.log_file.read_text(errors="replace")
+
+
+def payloads_in(message: Message) -> Iterator[Payload]:
+    """Every Payload inside a proto message (history events, descriptions, failures)."""
+    if isinstance(message, Payload):
+        yield message
+        return
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = list(value.values())
+            if items and isinstance(items[0], Message):
+                for item in items:
+                    yield from payloads_in(item)
+        elif field.label == FieldDescriptor.LABEL_REPEATED:
+            for item in value:
+                yield from payloads_in(item)
+        else:
+            yield from payloads_in(value)
+
+
+async def every_row_as_text(pool: asyncpg.Pool) -> str:
+    tables = await pool.fetch(
+        """SELECT table_schema, table_name FROM information_schema.tables
+            WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'"""
+    )
+    assert {"events", "data_keys"} <= {t["table_name"] for t in tables}
+    texts = []
+    for table in tables:
+        rows = await pool.fetch(f'SELECT t::text FROM "{table["table_schema"]}"."{table["table_name"]}" t')
+        texts.extend(row[0] for row in rows)
+    return "\n".join(texts)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mentorflow.cli", *args], cwd=project_root(), env=env,
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def drive_through_every_phase(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """Plant the sentinel in every confidential field; returns the rejected updates' messages."""
+    send = handle.execute_update
+    await send("propose_match", cmd("coord-1", mentor_id="mentor-0"))
+    await send("decline_match", cmd("mentee-1", reason=secret("decline reason")))
+    await send("propose_match", cmd("coord-1", mentor_id="mentor-1"))
+    await send("accept_match", cmd("mentee-1"))
+    await send("accept_match", cmd("mentor-1"))
+    await send("propose_agreement", cmd("mentee-1", terms=AGREEMENT))
+    await send("sign_agreement", cmd("mentee-1", agreement_version=1))
+    await send("sign_agreement", cmd("mentor-1", agreement_version=1))
+    state = await state_of(handle)
+    assert state.activated_at is not None
+    await send("record_meeting", cmd("mentee-1", held_at=state.activated_at.isoformat(), duration_minutes=45,
+                                     notes=secret("meeting notes")))  # fmt: skip
+    await send("submit_feedback", cmd("mentee-1", feedback_round=1, score=4, comment=secret("feedback comment")))
+    state = await state_of(handle)
+    assert state.next_meeting is not None
+    await send("cancel_meeting", cmd("mentor-1", meeting_number=state.next_meeting.meeting_number,
+                                     reason=secret("cancel reason")))  # fmt: skip
+    await send("propose_goal_revision", cmd("mentee-1", goal={"goal_id": "g1", "title": "Lead two designs"},
+                                            rationale=secret("revision rationale")))  # fmt: skip
+    concern = cmd("mentee-1", text=secret("concern text"))
+    await send("raise_concern", concern)
+    await send("resolve_concern", cmd("mentee-1", concern_id=concern["command_id"], resolution=secret("resolution")))
+    await send("record_introduction", cmd("mentor-1", introduced_to="emp-77", note=secret("introduction note")))
+    now = await state_of(handle)
+    until = (now.activated_at or state.activated_at) + timedelta(days=20)
+    await send("pause_relationship", cmd("mentee-1", until=until.isoformat(), reason=secret("pause reason")))
+    await send("resume_relationship", cmd("mentee-1"))
+
+    # Refused: too long (an update's answer and a signal's recorded rejection), out of phase,
+    # and a field that does not exist. None of them may echo what was sent.
+    refusals = []
+    for name, payload in (
+        ("raise_concern", cmd("mentee-1", text=secret("too long") * 400)),
+        ("submit_reflection", cmd("mentee-1", text=secret("reflection out of phase"))),
+        ("record_introduction", cmd("mentor-1", introduced_to="emp-78", gossip=secret("no such field"))),
+    ):
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await send(name, payload)
+        refusals.append(f"{refused.value} {refused.value.cause}")
+        await handle.signal(name, payload)
+
+    await send("request_review", cmd("mentee-1"))
+    await send("submit_review", cmd("mentee-1", outcome="continue", comment=secret("review comment"),
+                                    goal_assessments=[{"goal_id": "g1", "progress_percent": 50,
+                                                       "comment": secret("goal assessment")}]))  # fmt: skip
+    await send("submit_review", cmd("mentor-1", outcome="continue"))
+    await send("close_relationship", cmd("mentee-1", note=secret("closing note")))
+    return refusals
+
+
+async def test_confidential_text_appears_only_through_the_decrypting_paths(
+    temporal_binary: str, pool: asyncpg.Pool, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    planted = {(name, ".".join(path)) for name, model in COMMAND_TYPES.items() for path in confidential_paths(model)}
+    assert planted == PLANTED, "plant the sentinel in the new confidential field too"
+    caplog.set_level(logging.DEBUG)
+    server = DevServer(temporal_binary, tmp_path)
+    server_log = ""
+    try:
+        client = await server.client(data_converter=DATA_CONVERTER)
+        raw = await server.client()  # no codec: what anyone with access to Temporal sees
+        channel = RecordingChannel()
+        settings = ProgrammeSettings(coordinator_ids=("coord-1",), feedback_every_sessions=1)
+        async with new_worker(client, pool, channel) as worker:
+            handle = await start_relationship(client, worker, settings=settings)
+            relationship_id = handle.id.rsplit("/", 1)[-1]
+            refusals = await drive_through_every_phase(handle)
+            state = await state_of(handle)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MENTORFLOW_")} | {
+                "MENTORFLOW_DATABASE_URL": database_url,
+                "MENTORFLOW_TEMPORAL_ADDRESS": server.address,
+                "MENTORFLOW_ENCRYPTION_KEYS": TEST_KEYRING.format(),
+            }
+            # Still running (closing): refused, the key stays.
+            refused = await asyncio.to_thread(run_cli, "forget", relationship_id, "--yes", env=env)
+            assert refused.returncode == 1 and "still running" in refused.stderr, refused.stderr
+            await handle.execute_update("submit_reflection", cmd("mentee-1", text=secret("mentee reflection")))
+            await handle.execute_update("submit_reflection", cmd("mentor-1", text=secret("mentor reflection")))
+            summary = await handle.result()
+            assert summary.meetings_held == 1 and summary.concerns_raised == 1
+            assert await failed_workflow_tasks(handle) == 0
+
+            history = await raw.get_workflow_handle(handle.id).fetch_history()
+            description = await raw.workflow_service.describe_workflow_execution(
+                DescribeWorkflowExecutionRequest(namespace="mentorflow", execution=WorkflowExecution(workflow_id=handle.id))
+            )
+            listed = [w async for w in raw.list_workflows(f"WorkflowId = '{handle.id}'")]
+            final_state = (await state_of(handle)).model_dump_json()
+    finally:
+        server_log = server.stop()
+
+    # Positive controls: the sentinel is there for whoever holds the keys.
+    assert DATA_CONVERTER.payload_codec is not None
+    decoded = await DATA_CONVERTER.payload_codec.decode([p for e in history.events for p in payloads_in(e)])
+    assert sum(SENTINEL.encode() in p.data for p in decoded) >= len(PLANTED) - 1  # the goal comment rides along
+    stored = await PostgresEventStore(pool, TEST_KEYRING).read_stream(relationship_id)
+    assert sum(json.dumps(e.model_dump(mode="json")).count(SENTINEL) for e in stored) == STORED_SECRETS
+    assert len(history.events) > 50 and "server" in server_log.lower() and listed
+
+    # Nowhere else.
+    places = {
+        "raw history": b"".join(event.SerializeToString() for event in history.events),
+        "raw description (memo, summaries, search attributes)": description.SerializeToString(),
+        "listing (workflow ids, search attributes, memo)": b"".join(w.raw_info.SerializeToString() for w in listed),
+        "workflow id": handle.id.encode(),
+        "dev server log": server_log.encode(),
+        "our log records": caplog.text.encode(),
+        "rejections": " ".join(refusals).encode(),
+        "notifications": json.dumps([n.model_dump(mode="json") for n in channel.sent]).encode(),
+        "state query": state.model_dump_json().encode() + final_state.encode(),
+        "every row of every table": (await every_row_as_text(pool)).encode(),
+    }
+    for place, content in places.items():
+        assert SENTINEL.encode() not in content, f"the sentinel leaked into the {place}"
+    rejected = [e for e in stored if e.type == "CommandRejected"]
+    assert len(rejected) == 3 and all("invalid payload" in e.reason or "phase" in e.reason for e in rejected)
+    assert (await every_row_as_text(pool)).count('"$enc"') == STORED_SECRETS
+
+    # Forgetting: the real command, on the closed relationship.
+    forgot = await asyncio.to_thread(run_cli, "forget", f"relationship/prog-1/{relationship_id}", "--yes",
+                                     "--by", "ops-7", "--json", env=env)  # fmt: skip
+    assert forgot.returncode == 0, forgot.stderr
+    outcome = json.loads(forgot.stdout)
+    assert (outcome["sealed_values"], outcome["forgotten_by"], outcome["now"]) == (STORED_SECRETS, "ops-7", True)
+    assert SENTINEL not in forgot.stdout + forgot.stderr
+    after = await PostgresEventStore(pool, TEST_KEYRING).read_stream(relationship_id)
+    assert SENTINEL not in json.dumps([e.model_dump(mode="json") for e in after])
+    assert sum(json.dumps(e.model_dump(mode="json")).count(FORGOTTEN) for e in after) == STORED_SECRETS
+    assert [without_text(e) for e in after] == [without_text(e) for e in stored]
+    again = await asyncio.to_thread(run_cli, "forget", relationship_id, "--yes", env=env)
+    assert again.returncode == 0 and "already forgotten" in again.stdout
+    unknown = await asyncio.to_thread(run_cli, "forget", "rel-nobody", "--yes", env=env)
+    assert unknown.returncode == 1 and "no relationship 'rel-nobody'" in unknown.stderr
+
+
+def without_text(event: AnyEvent) -> dict[str, Any]:
+    """The event with its confidential places blanked: what forgetting must leave unchanged."""
+    data = event.model_dump(mode="json")
+    for path in CONFIDENTIAL_PATHS.get(event.type, ()):
+        containers = [data]
+        for step in path[:-1]:
+            containers = [item for c in containers for item in c] if step == "*" else [c[step] for c in containers]
+        for container in containers:
+            container[path[-1]] = "…"
+    return data

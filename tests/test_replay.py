@@ -1,0 +1,168 @@
+"""Replay: the recorded histories of every phase replay on the current code, a deliberately
+incompatible change is caught, and the same change behind `workflow.patched` is not.
+
+The histories in tests/histories/ come from `python -m tests.record_histories` (see there
+for when to re-record). A failure of the first test means a change to workflow code would
+break relationships that are running right now: guard it with `workflow.patched` instead
+(docs/deploying.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from mentorflow.replay import ReplayOutcome, load_histories, replay_histories, workflow_type_of
+from mentorflow.config import Settings
+from tests.test_dev_server import dev_server
+from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
+from tests.record_histories import (
+    HISTORIES,
+    RELATIONSHIP_FILES,
+    ROUND_FILES,
+    histories_converter,
+)
+from tests.workflow_variants import PatchedActivity, PatchedTimer, UnpatchedActivity, UnpatchedTimer
+from worker import build_worker
+from workflows.matching_round import MatchingRound
+from workflows.relationship import Relationship
+
+def cmd(actor: str, **fields: Any) -> dict[str, Any]:
+    return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
+
+
+def last_phase(path: Path) -> str | None:
+    """The last MentoringPhase the workflow upserted (search attributes are not encrypted)."""
+    phase = None
+    for event in json.loads(path.read_text(encoding="utf-8"))["events"]:
+        attributes = event.get("upsertWorkflowSearchAttributesEventAttributes")
+        field = (attributes or {}).get("searchAttributes", {}).get("indexedFields", {}).get("MentoringPhase")
+        if field:
+            phase = json.loads(base64.b64decode(field["data"]))
+    return phase
+
+
+def by_file(outcomes: list[ReplayOutcome], paths: list[Path]) -> dict[str, ReplayOutcome]:
+    return {path.stem: outcome for path, outcome in zip(paths, outcomes, strict=True)}
+
+
+# -- the recorded histories --------------------------------------------------------------
+
+
+def test_there_is_a_recorded_history_of_every_phase() -> None:
+    recorded = {path.stem for path in HISTORIES.glob("*.json")}
+    missing = set(RELATIONSHIP_FILES + ROUND_FILES) - recorded
+    assert not missing, f"record them: python -m tests.record_histories (missing {sorted(missing)})"
+    for phase in ("matching", "agreement", "active", "review", "closing", "closed"):
+        assert last_phase(HISTORIES / f"{phase}.json") == phase
+    first_run = json.loads((HISTORIES / "continued-as-new-first-run.json").read_text())["events"]
+    assert first_run[-1]["eventType"] in ("EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW", "WorkflowExecutionContinuedAsNew")
+    second_run = json.loads((HISTORIES / "continued-as-new-second-run.json").read_text())["events"]
+    assert second_run[0]["workflowExecutionStartedEventAttributes"].get("continuedExecutionRunId")
+
+
+async def test_every_recorded_history_replays_on_the_current_code() -> None:
+    paths = sorted(HISTORIES.glob("*.json"))
+    histories = load_histories(HISTORIES)
+    outcomes = by_file(await replay_histories(histories, histories_converter()), paths)
+    failures = {name: o.detail for name, o in outcomes.items() if o.verdict != "ok"}
+    assert not failures, (
+        "recorded histories no longer replay: this change would break running workflows; "
+        f"guard it with workflow.patched() (docs/deploying.md): {failures}"
+    )
+    assert {workflow_type_of(history) for history in histories} == {"Relationship", "MatchingRound"}
+
+
+# -- a deliberately incompatible change ------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [UnpatchedTimer, UnpatchedActivity], ids=["timer", "activity"])
+async def test_an_unguarded_change_fails_replay_of_every_phase(variant: type) -> None:
+    paths = sorted(HISTORIES.glob("*.json"))
+    outcomes = by_file(
+        await replay_histories(load_histories(HISTORIES), histories_converter(), workflows=[variant, MatchingRound]),
+        paths,
+    )
+    for name in RELATIONSHIP_FILES:
+        assert outcomes[name].verdict == "nondeterministic", (name, outcomes[name])
+    assert outcomes["matching-round"].verdict == "ok"
+
+
+@pytest.mark.parametrize("variant", [PatchedTimer, PatchedActivity], ids=["timer", "activity"])
+async def test_the_same_change_behind_patched_replays_cleanly(variant: type) -> None:
+    outcomes = await replay_histories(
+        load_histories(HISTORIES), histories_converter(), workflows=[variant, MatchingRound]
+    )
+    assert [o for o in outcomes if o.verdict != "ok"] == []
+
+
+def variant_worker(client: Client, pool: asyncpg.Pool, task_queue: str, workflow_class: type) -> Worker:
+    """The production worker with another implementation of "Relationship"."""
+    return build_worker(
+        client, pool, task_queue, channels=[RecordingChannel()], settings=Settings(), workflows=[workflow_class, MatchingRound]
+    )
+
+
+async def test_a_patched_change_takes_over_a_running_relationship_and_applies_to_new_ones(
+    temporal_binary: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    # The dev server: the test server does not move a stopped worker's sticky tasks on.
+    env = await dev_server(temporal_binary, tmp_path / "temporal.db")
+    try:
+        await _patched_change(env, pool)
+    finally:
+        await env.shutdown()
+
+
+async def _patched_change(env: WorkflowEnvironment, pool: asyncpg.Pool) -> None:
+    task_queue = f"tq-{uuid.uuid4()}"
+    async with new_worker(env.client, pool, task_queue=task_queue) as worker:
+        old = await start_relationship(env.client, worker)
+        await old.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1"))
+
+    # The new code, patched, picks up where the old one stopped.
+    async with variant_worker(env.client, pool, task_queue, PatchedTimer) as worker:
+        await old.execute_update("accept_match", cmd("mentee-1"))
+        await old.execute_update("accept_match", cmd("mentor-1"))
+        new = await start_relationship(env.client, worker, mentee_id="mentee-2")
+        await new.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-3"))
+        for handle in (old, new):
+            await handle.execute_update("close_relationship", cmd("coord-1"))
+            await handle.result()
+            assert await failed_workflow_tasks(handle) == 0
+
+    def patch_markers(history: WorkflowHistory) -> int:
+        return sum(
+            1
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and e.marker_recorded_event_attributes.marker_name == "core_patch"
+        )
+
+    def timers(history: WorkflowHistory) -> int:
+        return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED)
+
+    old_history, new_history = await old.fetch_history(), await new.fetch_history()
+    # The running one kept the old path (patched() stays False for the rest of its run)…
+    assert patch_markers(old_history) == 0
+    # …the new one took the new step, after the patch marker that keeps it on that path.
+    assert patch_markers(new_history) == 1
+    assert timers(new_history) > timers(old_history)
+
+    # Both replay on the patched code; the new one no longer on the old code: roll back
+    # only to a build that knows the patch (docs/deploying.md).
+    converter = env.client.data_converter
+    on_patched = await replay_histories([old_history, new_history], converter, workflows=[PatchedTimer])
+    assert [o.verdict for o in on_patched] == ["ok", "ok"]
+    on_old = await replay_histories([old_history, new_history], converter, workflows=[Relationship])
+    assert [o.verdict for o in on_old] == ["ok", "nondeterministic"]
