@@ -142,6 +142,10 @@ TEMPLATES: dict[str, MessageTemplate] = {
         f"{_MEETING} cancelled",
         f"{_MEETING} was cancelled by the $cancelled_by. Agree on a new time soon.",
     ),
+    "meeting_withdrawn": MessageTemplate(
+        f"{_MEETING} is off",
+        f"{_MEETING} is off because $because; its calendar entry is withdrawn.",
+    ),
     "meeting_missed_check": MessageTemplate(
         "Did mentoring meeting $meeting_number take place?",
         f"{_MEETING} was due, but nobody has recorded it. If you met, please record the "

@@ -110,14 +110,17 @@ def _health(event: HealthChanged, state: RelationshipState) -> list[Audience]:
     return audiences
 
 
-def _withdrawn_meeting(state: RelationshipState) -> list[Audience]:
-    """Pausing or closing drops the scheduled meeting: withdraw its calendar invite too."""
+def _withdrawn_meeting(state: RelationshipState, because: str) -> list[Audience]:
+    """Pausing or closing drops the scheduled meeting: withdraw its calendar invite too
+    (nobody cancelled it, so it is not a `meeting_cancelled`)."""
     meeting = state.next_meeting
     if meeting is None:
         return []
     data = {**_meeting(state, meeting.meeting_number, meeting.starts_at, meeting.ends_at)}
     data["meeting_sequence"] = str(meeting.revision + 1)
-    return [("meeting_cancelled", _both(state), data)]
+    data["meeting_status"] = "cancelled"
+    data["because"] = because
+    return [("meeting_withdrawn", _both(state), data)]
 
 
 def _both(state: RelationshipState) -> tuple[str, ...]:
@@ -262,7 +265,7 @@ _RULES: dict[type, Rule] = {
     ),
     RelationshipPaused: lambda e, s: [
         ("relationship_paused", _both(s), {"until": e.until.isoformat()}),
-        *_withdrawn_meeting(s),
+        *_withdrawn_meeting(s, "the relationship is paused"),
     ],
     RelationshipResumed: lambda e, s: ("relationship_resumed", _both(s), {"term_ends_at": e.term_ends_at.isoformat()}),
     HealthChanged: _health,
@@ -276,7 +279,7 @@ _RULES: dict[type, Rule] = {
     ),
     ClosureBegun: lambda e, s: [
         ("reflection_request", _both(s), {"reason": e.reason.value, "respond_by": e.reflections_due_at.isoformat()}),
-        *_withdrawn_meeting(s),
+        *_withdrawn_meeting(s, "the relationship is closing"),
     ],
     RelationshipClosed: lambda e, s: (
         "relationship_summary",

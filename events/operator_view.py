@@ -216,6 +216,7 @@ _TEMPLATE_LABELS = {
     "meeting_scheduled": "Invite",
     "meeting_rescheduled": "Updated invite",
     "meeting_cancelled": "Cancellation",
+    "meeting_withdrawn": "Withdrawn invite",
     "agenda_request": "Agenda request",
     "meeting_reminder": "Reminder",
     "meeting_missed_check": "What happened? question",

@@ -572,6 +572,7 @@ def test_every_template_renders_with_the_data_the_core_sends() -> None:
         "meeting_uid": "rel-1-meeting-3@mentorflow",
         "meeting_sequence": "0",
         "cancelled_by": "mentee",
+        "because": "the relationship is paused",
         "late": "false",
         "goal_id": "g-1",
         "goal_title": "Run a design review",
