@@ -19,6 +19,13 @@ from activities.database import create_pool, migrate
 from mentorflow.client import data_converter, search_attribute_types
 from mentorflow.keyring import Keyring
 
+# The tests configure every server and worker they start themselves: settings exported in
+# the shell that runs them (a MENTORFLOW_BUILD_ID would make every test worker versioned and
+# hang the tests; an SMTP host would send real email) must not leak in.
+for _name in [name for name in os.environ if name.startswith("MENTORFLOW_")]:
+    if _name != "MENTORFLOW_TEST_DATABASE_URL":
+        del os.environ[_name]
+
 # A fresh key per test session: every test client and worker goes through the real
 # encrypting converter (the worker has no size limit, as in production).
 TEST_KEYRING = Keyring.generate("test-1")
