@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
@@ -31,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from events.settings import ProgrammeSettings
 from pairing.profiles import Identifier, MenteeProfile, MentorProfile, Role
-from pairing.requests import Candidate, CandidateRequest, SlotOutcome, SlotRelease, SlotRequest, SlotReservation
+from pairing.requests import Candidate, CandidateRequest, SlotRelease, SlotRequest, SlotReservation
 from pairing.scoring import PairScore, score_matrix, score_pair, weekly_slots
 from pairing.settings import MatchingSettings, Objective
 from pairing.solver import SolveStats, solve

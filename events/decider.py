@@ -510,7 +510,8 @@ def _reschedule_meeting(command: RescheduleMeeting, emit: _Emitter) -> Rejection
     if command.starts_at <= emit.now:
         return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is not in the future")
     if command.starts_at > emit.now + MAX_RESCHEDULE_AHEAD:
-        return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is more than {MAX_RESCHEDULE_AHEAD.days} days ahead")
+        ahead = MAX_RESCHEDULE_AHEAD.days
+        return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is more than {ahead} days ahead")
     assert state.agreement is not None
     emit(
         MeetingRescheduled,

@@ -7,6 +7,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.database import create_pool, migrate
 from mentorflow.client import data_converter, search_attribute_types
 from mentorflow.keyring import Keyring
+from workflows.search_attributes import ALL_KEYS
 
 # The tests configure every server and worker they start themselves: settings exported in
 # the shell that runs them (a MENTORFLOW_BUILD_ID would make every test worker versioned and
@@ -99,6 +101,28 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture(scope="session")
 def temporal_binary() -> str:
     return _binary("temporal")
+
+
+async def start_dev_server(temporal_binary: str, **options: Any) -> WorkflowEnvironment:
+    """A real Temporal dev server on free ports: namespace `mentorflow`, our search
+    attributes, the encrypting test converter; `options` go to `start_local`."""
+    return await WorkflowEnvironment.start_local(
+        **{
+            "namespace": "mentorflow",
+            "data_converter": DATA_CONVERTER,
+            "search_attributes": ALL_KEYS,
+            "dev_server_existing_path": temporal_binary,
+            **options,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
+    """One dev server per test module (with its Web UI off)."""
+    env = await start_dev_server(temporal_binary, ui=False)
+    yield env
+    await env.shutdown()
 
 
 def project_root() -> Path:

@@ -38,11 +38,10 @@ from mentorflow.codec import ENCODING, KEY_ID_METADATA, EncryptionCodec, Payload
 from mentorflow.codec_server import CodecServerConfig, RunningCodecServer, start_codec_server
 from mentorflow.config import Settings
 from mentorflow.keyring import Keyring, UnknownKeyError, format_key, generate_key
-from tests.conftest import DATA_CONVERTER, TEST_KEYRING
+from tests.conftest import TEST_KEYRING
 from tests.helpers import new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, state_of
 from workflows.relationship import Relationship, RelationshipInput
-from workflows.search_attributes import ALL_KEYS
 
 SENTINEL = "Zebra-sentinel-7f3a"
 NAMESPACE = "mentorflow"
@@ -89,19 +88,6 @@ async def test_the_size_limit_names_size_and_limit_and_only_clients_have_it() ->
 
 
 # -- on a real Temporal server, read back without the codec ------------------------------
-
-
-@pytest.fixture(scope="module")
-async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        namespace=NAMESPACE,
-        data_converter=DATA_CONVERTER,
-        search_attributes=ALL_KEYS,
-        dev_server_existing_path=temporal_binary,
-        ui=False,
-    )
-    yield env
-    await env.shutdown()
 
 
 def raw_client(env: WorkflowEnvironment) -> Client:

@@ -41,7 +41,7 @@ from events.commands import COMMAND_TYPES
 from events.model import CONFIDENTIAL_PATHS, AnyEvent
 from events.sensitivity import confidential_paths
 from events.settings import ProgrammeSettings
-from mentorflow.client import connect, dev_server_flags
+from mentorflow.client import dev_server_flags
 from mentorflow.dev import _die_with_parent
 from tests.conftest import DATA_CONVERTER, TEST_KEYRING, project_root
 from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship

@@ -10,21 +10,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.event_store import PostgresEventStore
 from events.state import Phase, fold
-from tests.conftest import DATA_CONVERTER
+from tests.conftest import start_dev_server
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
 from workflows.relationship import Relationship
-from workflows.search_attributes import ALL_KEYS
 
 
 async def dev_server(temporal_binary: str, database_file: Path) -> WorkflowEnvironment:
-    return await WorkflowEnvironment.start_local(
-        namespace="mentorflow",
-        data_converter=DATA_CONVERTER,
-        search_attributes=ALL_KEYS,
-        dev_server_existing_path=temporal_binary,
-        dev_server_database_filename=str(database_file),
-    )
+    return await start_dev_server(temporal_binary, dev_server_database_filename=str(database_file))
 
 
 async def test_a_relationship_survives_a_server_restart_and_finishes(

@@ -10,7 +10,6 @@ import os
 import secrets
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,24 +25,11 @@ from activities.directory import Directory
 from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.codec_server import CodecServerConfig, start_codec_server
-from tests.conftest import DATA_CONVERTER, TEST_KEYRING
+from tests.conftest import TEST_KEYRING
 from tests.helpers import failed_workflow_tasks, new_worker
 from workflows.relationship import Relationship, RelationshipInput
-from workflows.search_attributes import ALL_KEYS
 
 CLI = [sys.executable, "-m", "mentorflow.cli"]
-
-
-@pytest.fixture(scope="module")
-async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        namespace="mentorflow",
-        data_converter=DATA_CONVERTER,
-        search_attributes=ALL_KEYS,
-        dev_server_existing_path=temporal_binary,
-    )
-    yield env
-    await env.shutdown()
 
 
 def address_of(client: Client) -> str:

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,8 @@ from temporalio.testing import WorkflowEnvironment
 from activities.directory import Directory
 from events.people import Programme
 from events.settings import ProgrammeSettings
-from tests.conftest import DATA_CONVERTER, TEST_KEYRING, project_root
+from tests.conftest import TEST_KEYRING, project_root
 from tests.helpers import failed_workflow_tasks, new_worker
-from workflows.search_attributes import ALL_KEYS
 
 EXAMPLE = project_root() / "examples" / "node"
 NPM_TIMEOUT = 600
@@ -69,19 +67,6 @@ def node_example() -> str:
             assert installed.returncode == 0, f"npm install failed:\n{installed.stdout}\n{installed.stderr}"
     assert installed_client_version() == pinned_client_version()
     return node
-
-
-@pytest.fixture(scope="module")
-async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
-    """A real dev server on free ports, with our search attributes."""
-    env = await WorkflowEnvironment.start_local(
-        namespace="mentorflow",
-        data_converter=DATA_CONVERTER,
-        search_attributes=ALL_KEYS,
-        dev_server_existing_path=temporal_binary,
-    )
-    yield env
-    await env.shutdown()
 
 
 def address_of(client: Client) -> str:
