@@ -8,6 +8,7 @@ a traceback means a bug.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -18,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import asyncpg
 import typer
@@ -55,6 +56,9 @@ from mentorflow.config import ConfigurationError, Settings
 from mentorflow.directory_input import apply_setting_overrides, read_people, read_programme_document
 from workflows.relationship import CommandResult, Relationship, RelationshipInput, describe_validation_error
 from workflows.start_options import relationship_start_options, round_start_options
+
+if TYPE_CHECKING:
+    from workflows.matching_round import MatchingRoundResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -1668,7 +1672,11 @@ def start_round(
             raise Problem(f"{workflow_id} is already running") from None
         except RPCError as error:
             raise Problem(f"Temporal refused to start {workflow_id}: {error.message}") from None
-        return await handle.result() if wait else None
+        if not wait:
+            return None
+        if not err.is_terminal:
+            return await handle.result()
+        return await _with_round_progress(handle)
 
     result = run(start())
     if as_json:
@@ -1680,6 +1688,38 @@ def start_round(
         out.print(f"{escape(workflow_id)}: {result.matched} of {result.mentees} mentees matched "
                   f"(mean score {result.mean_score}); {result.proposed} proposed, "
                   f"{result.already_proposed} already proposed, {result.not_proposed} not proposed")  # fmt: skip
+
+
+async def _with_round_progress(handle: WorkflowHandle[Any, Any]) -> MatchingRoundResult:
+    """The round's result, with a progress bar on stderr fed by its `progress` query."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from workflows.matching_round import MatchingRound, MatchingRoundResult, RoundProgress
+
+    result = asyncio.ensure_future(handle.result())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("starting the round", total=None)
+        while not result.done():
+            with contextlib.suppress(RPCError):
+                progress: RoundProgress = await handle.query(MatchingRound.progress)
+                done = progress.proposed + progress.already_proposed + progress.not_proposed
+                total = progress.solution.matched if progress.solution else None
+                bar.update(task, description=progress.stage, completed=done, total=total)
+            await asyncio.wait({result}, timeout=0.5)
+    return MatchingRoundResult.model_validate(await result)
+
+
+@round_app.command("run")
+def run_round(
+    programme: ProgrammeOption,
+    round_id: Annotated[str, typer.Option("--round", help="Round id; running the same round again proposes nothing twice.")],
+    coordinator: Annotated[str, typer.Option("--coordinator", help="Who the proposals come from.")] = "matching-round",
+    objective: Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")] = None,
+    mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a programme's matching round to the end, with a progress bar: `round start --wait`."""
+    start_round(programme, round_id, coordinator, objective, mentees, wait=True, as_json=as_json)
 
 
 @round_app.command("show")

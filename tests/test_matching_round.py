@@ -127,3 +127,41 @@ async def test_a_round_proposes_the_optimal_pairs_once_with_their_explanations(
         outcomes = await pool.fetch("SELECT DISTINCT outcome FROM matching_round_pairs WHERE round_id = $1", round_id)
         assert [row["outcome"] for row in outcomes] == ["relationship closed"]
         assert await pool.fetchval("SELECT count(*) FROM mentor_slots") == 0
+
+
+async def test_round_start_wait_shows_the_rounds_progress_on_a_terminal(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool, monkeypatch: Any
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from mentorflow import cli
+
+    env = time_skipping_env
+    await ProfileStore(pool).save_profiles(PROGRAMME, cohort())
+    settings = ProgrammeSettings(coordinator_ids=("coord-1",))
+    await Directory(pool).create_or_update_programme(Programme(programme_id=PROGRAMME, name="Cohort 27", settings=settings))
+    round_id = f"r-{uuid.uuid4().hex[:8]}"
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=100))
+    async with new_worker(env.client, pool) as worker:
+        handle = await env.client.start_workflow(
+            MatchingRound.run,
+            MatchingRoundInput(programme_id=PROGRAMME, round_id=round_id, coordinator_id="coord-1", batch_size=2),
+            id=round_workflow_id(PROGRAMME, round_id),
+            task_queue=worker.task_queue,
+        )
+        result = await cli._with_round_progress(handle)
+        assert (result.matched, result.proposed) == (4, 4)
+        final = await handle.query(MatchingRound.progress)
+        for pair in await pool.fetch("SELECT relationship_id, mentee_id FROM matching_round_pairs WHERE round_id = $1", round_id):
+            relationship = env.client.get_workflow_handle(relationship_workflow_id(PROGRAMME, pair["relationship_id"]))
+            await relationship.execute_update(
+                "close_relationship", {"command_id": f"close-{pair['mentee_id']}", "actor_id": pair["mentee_id"]}
+            )
+    # The bar was drawn (a terminal gets control sequences) and named a stage of the round.
+    shown = screen.getvalue()
+    assert "\x1b[" in shown
+    assert final.stage == "done"
+    assert any(stage in shown for stage in ("collecting", "solving", "proposing", "done")), shown
