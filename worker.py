@@ -59,6 +59,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
+        **_perf_experiment_runner(),  # PERF-EXPERIMENT
         activities=[
             store.append_events,
             store.read_stream,
@@ -128,3 +129,17 @@ async def run_worker(
         if ready is not None:
             ready.set()
         await asyncio.Future()  # until cancelled
+
+
+def _perf_experiment_runner() -> dict:  # PERF-EXPERIMENT (temporary)
+    import os
+    from temporalio.worker import UnsandboxedWorkflowRunner
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+    mode = os.environ.get("MENTORFLOW_PERF_RUNNER")
+    if mode == "unsandboxed":
+        return {"workflow_runner": UnsandboxedWorkflowRunner()}
+    if mode == "passthrough":
+        return {"workflow_runner": SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows"))}
+    if mode == "all":
+        return {"workflow_runner": SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())}
+    return {}

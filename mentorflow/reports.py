@@ -90,7 +90,7 @@ def _numbers_right(table: Table, first: int = 1) -> Table:
 
 def report_renderable(report: ProgrammeReport, statuses: Sequence[ProjectionStatus]) -> Group:
     """The dashboard as rich tables."""
-    parts: list[Any] = [f"[bold]Programme {escape(report.programme_id)}[/bold]: {report.relationships} relationships"]
+    parts: list[Any] = [f"[bold]Programme {escape(report.programme_id)}[/bold]: {report.relationships} relationship{'' if report.relationships == 1 else 's'}"]
     behind = max((s.behind for s in statuses), default=0)
     if behind:
         parts.append(f"[yellow]The read models are {behind} events behind the event store.[/yellow]")
