@@ -10,7 +10,14 @@ from datetime import timedelta
 import asyncpg
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
-from temporalio.worker import Worker, WorkerDeploymentConfig
+from temporalio.worker import (
+    PollerBehaviorAutoscaling,
+    UnsandboxedWorkflowRunner,
+    Worker,
+    WorkerDeploymentConfig,
+    WorkflowRunner,
+)
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.directory import Directory, DirectoryActivities
 from activities.event_store import EventStoreActivities, PostgresEventStore
@@ -59,7 +66,11 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
-        **_perf_experiment_runner(),  # PERF-EXPERIMENT
+        workflow_runner=workflow_runner(settings),
+        # As many workflow-task polls as the server's backlog calls for, instead of a fixed 5:
+        # under load, with 5, the workflow tasks of signals waited in the backlog up to
+        # seconds while updates' went straight through (p99 9.4 s, autoscaled 2.7 s: bench/README.md).
+        workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
         activities=[
             store.append_events,
             store.read_stream,
@@ -73,6 +84,18 @@ def build_worker(
         deployment_config=deployment_config(settings),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+
+
+def workflow_runner(settings: Settings) -> WorkflowRunner:
+    """Temporal's sandbox only with MENTORFLOW_WORKFLOW_SANDBOX (the test suite turns it on).
+
+    The sandbox re-imports a workflow's module for every workflow it loads into the worker's
+    cache and runs its import and call checks around every activation and every payload:
+    about a third of the worker's CPU under load (bench/README.md, the load section). What it
+    catches, a non-deterministic call in workflow code, the test suite catches with it on;
+    the workflow modules keep no state of their own between runs, the one thing the sandbox's
+    re-import also protected against."""
+    return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
 
 
 def store_keyring(client: Client, settings: Settings) -> Keyring | None:
@@ -130,16 +153,3 @@ async def run_worker(
             ready.set()
         await asyncio.Future()  # until cancelled
 
-
-def _perf_experiment_runner() -> dict:  # PERF-EXPERIMENT (temporary)
-    import os
-    from temporalio.worker import UnsandboxedWorkflowRunner
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
-    mode = os.environ.get("MENTORFLOW_PERF_RUNNER")
-    if mode == "unsandboxed":
-        return {"workflow_runner": UnsandboxedWorkflowRunner()}
-    if mode == "passthrough":
-        return {"workflow_runner": SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows"))}
-    if mode == "all":
-        return {"workflow_runner": SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())}
-    return {}

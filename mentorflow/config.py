@@ -40,6 +40,9 @@ class Settings(BaseModel):
     # unset: an unversioned worker. See docs/deploying.md.
     deployment_name: str = Field(default="mentorflow", min_length=1, max_length=255)
     build_id: str | None = Field(default=None, min_length=1, max_length=255)
+    # Run workflows in Temporal's sandbox (worker.workflow_runner): it checks workflow code for
+    # non-deterministic calls at about a third of the worker's CPU. The tests turn it on.
+    workflow_sandbox: bool = False
 
     # Email notifications over SMTP; without a host they are written to the log instead.
     smtp_host: str | None = None

@@ -27,6 +27,9 @@ from workflows.search_attributes import ALL_KEYS
 for _name in [name for name in os.environ if name.startswith("MENTORFLOW_")]:
     if _name != "MENTORFLOW_TEST_DATABASE_URL":
         del os.environ[_name]
+# Workers under test run workflows in Temporal's sandbox (off in production for speed, see
+# worker.workflow_runner), so a non-deterministic call in workflow code fails a test.
+os.environ["MENTORFLOW_WORKFLOW_SANDBOX"] = "true"
 
 # A fresh key per test session: every test client and worker goes through the real
 # encrypting converter (the worker has no size limit, as in production).
