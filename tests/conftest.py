@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.database import create_pool, migrate
 from mentorflow.client import data_converter, search_attribute_types
 from mentorflow.keyring import Keyring
+from tests.peers import SmtpServer, WebhookReceiver
 from workflows.search_attributes import ALL_KEYS
 
 # The tests configure every server and worker they start themselves: settings exported in
@@ -99,6 +100,22 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[SmtpServer]:
+    """A real SMTP server on a free loopback port (tests/peers.py)."""
+    server = await SmtpServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A real HTTP webhook receiver on a free loopback port (tests/peers.py)."""
+    server = await WebhookReceiver().start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -203,20 +203,6 @@ async def temporal(temporal_binary: str, tmp_path_factory: pytest.TempPathFactor
     server.stop()
 
 
-@pytest.fixture
-async def smtp_server() -> AsyncIterator[SmtpServer]:
-    server = await SmtpServer().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = await WebhookReceiver().start()
-    yield server
-    await server.stop()
-
-
 @asynccontextmanager
 async def scene_on(
     client: Client, address: str, pool: asyncpg.Pool, database_url: str, smtp: SmtpServer, receiver: WebhookReceiver, directory: Path

@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import icalendar
-import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -129,20 +128,6 @@ def participants(receiver: WebhookReceiver) -> tuple[Participant, Participant, P
         channels=(ChannelAddress(kind="webhook", address=receiver.url_for(COORDINATOR_HOOK)),),
     )
     return mentee, mentor, coordinator
-
-
-@pytest.fixture
-async def smtp_server() -> AsyncIterator[SmtpServer]:
-    server = await SmtpServer().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = await WebhookReceiver().start()
-    yield server
-    await server.stop()
 
 
 # -- reading what arrived ------------------------------------------------------------------

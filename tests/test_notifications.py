@@ -9,7 +9,7 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,26 +100,12 @@ def closed(recipient: Participant) -> Notification:
 # -- a real SMTP server ------------------------------------------------------------------
 
 
-@pytest.fixture
-async def smtp_server() -> AsyncIterator[SmtpServer]:
-    server = await SmtpServer(free_port()).start()
-    yield server
-    await server.stop()
-
-
 def email_channel(port: int, **options: Any) -> EmailChannel:
     config: dict[str, Any] = {"host": "127.0.0.1", "port": port, "sender": SENDER, "security": "none", "timeout": 5}
     return EmailChannel(SmtpConfig(**(config | options)))
 
 
 # -- a real HTTP receiver ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = await WebhookReceiver().start()
-    yield server
-    await server.stop()
 
 
 # -- running the activity ----------------------------------------------------------------
