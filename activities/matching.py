@@ -36,7 +36,7 @@ from pairing.scoring import PairScore, score_matrix, score_pair, weekly_slots
 from pairing.settings import MatchingSettings, Objective
 from pairing.solver import SolveStats, solve
 from workflows.relationship import CommandResult, Relationship, RelationshipInput
-from workflows.start_options import relationship_start_options
+from workflows.start_options import relationship_start_options, relationship_workflow_id
 
 log = logging.getLogger("mentorflow.matching")
 
@@ -117,10 +117,6 @@ def round_relationship_id(programme_id: str, round_id: str, mentee_id: str) -> s
 
 def round_command_id(relationship_id: str) -> str:
     return f"{relationship_id}-propose"
-
-
-def relationship_workflow_id(programme_id: str, relationship_id: str) -> str:
-    return f"relationship/{programme_id}/{relationship_id}"
 
 
 def round_workflow_id(programme_id: str, round_id: str) -> str:

@@ -55,7 +55,12 @@ from events.state import RelationshipState
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.directory_input import apply_setting_overrides, read_people, read_programme_document
 from workflows.relationship import CommandResult, Relationship, RelationshipInput, describe_validation_error
-from workflows.start_options import relationship_start_options, round_start_options
+from workflows.start_options import (
+    relationship_id_of,
+    relationship_start_options,
+    relationship_workflow_id,
+    round_start_options,
+)
 
 if TYPE_CHECKING:
     from workflows.matching_round import MatchingRoundResult
@@ -305,6 +310,7 @@ async def _connect(
                 ) from None
         await asyncio.sleep(1)
 
+
 # -- operating a deployment ----------------------------------------------------------------
 
 
@@ -450,10 +456,6 @@ def _new_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def workflow_id_for(programme_id: str, relationship_id: str) -> str:
-    return f"relationship/{programme_id}/{relationship_id}"
-
-
 @relationship_app.command("start")
 @reports_problems
 def start_relationship(
@@ -469,7 +471,7 @@ def start_relationship(
         )
     except ValidationError as error:
         raise Problem(describe_validation_error(error), exit_code=2) from None
-    workflow_id = workflow_id_for(relationship.programme_id, relationship.relationship_id)
+    workflow_id = relationship_workflow_id(relationship.programme_id, relationship.relationship_id)
     settings = Settings.from_env()
     # The workflow reads the programme's settings as it starts; an unknown programme would
     # only fail it there, so say so here.
@@ -1767,20 +1769,24 @@ def forget(
     unreadable for good by deleting its data key; everything else stays. See docs/confidentiality.md."""
     from temporalio.client import WorkflowExecutionStatus
 
-    from mentorflow.forgetting import ForgetRefused, forget_relationship, relationship_id_of
+    from mentorflow.forgetting import ForgetRefused, forget_relationship
 
     settings = Settings.from_env()
     requester = by or os.environ.get("USER") or "unknown"
     if not yes:
         if not sys.stdin.isatty():
             raise Problem("forgetting cannot be undone: pass --yes to confirm", exit_code=2)
+        try:
+            relationship_id = relationship_id_of(relationship)
+        except ValueError as error:
+            raise Problem(str(error), exit_code=2) from None
         typer.confirm(
-            f"Make the notes, concerns, comments and reflections of {relationship_id_of(relationship)} "
+            f"Make the notes, concerns, comments and reflections of {relationship_id} "
             "unreadable for good?", abort=True,
         )  # fmt: skip
 
     async def still_running(programme_id: str, relationship_id: str) -> bool:
-        workflow_id = workflow_id_for(programme_id, relationship_id)
+        workflow_id = relationship_workflow_id(programme_id, relationship_id)
         client = await _connect(settings)
         try:
             description = await client.get_workflow_handle(workflow_id).describe()

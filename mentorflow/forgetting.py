@@ -24,6 +24,7 @@ import asyncpg
 
 from activities.data_keys import ENCRYPTED, seal_payload
 from events.model import CONFIDENTIAL_PATHS
+from workflows.start_options import relationship_id_of
 
 log = logging.getLogger("mentorflow.forget")
 
@@ -50,11 +51,6 @@ class Forgotten:
     scrubbed_events: int
 
 
-def relationship_id_of(reference: str) -> str:
-    """The relationship id, also from a workflow id `relationship/PROGRAMME/ID`."""
-    return reference.rsplit("/", 1)[-1] if reference.startswith("relationship/") else reference
-
-
 StillRunning = Callable[[str, str], Awaitable[bool]]
 
 
@@ -65,7 +61,10 @@ async def forget_relationship(
     asked only when the event store does not show the relationship closed."""
     if not _REQUESTER.match(forgotten_by):
         raise ForgetRefused(f"--by must be an id (letters, digits, . _ : @ -), not {forgotten_by[:40]!r}")
-    relationship_id = relationship_id_of(reference)
+    try:
+        relationship_id = relationship_id_of(reference)
+    except ValueError as error:
+        raise ForgetRefused(str(error)) from None
     found = await pool.fetchrow(
         """SELECT count(*) AS events,
                   coalesce(bool_or(event_type = 'RelationshipClosed'), false) AS closed,

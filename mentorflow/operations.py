@@ -25,11 +25,9 @@ from events.model import Health
 from events.state import Phase
 from mentorflow.client import search_attribute_types
 from workflows import search_attributes as sa
+from workflows.start_options import relationship_id_of
 
 log = logging.getLogger("mentorflow.operations")
-
-RELATIONSHIP_PREFIX = "relationship/"
-
 
 class OperationError(Exception):
     """Something the caller can fix; `usage` when it is how the command was called."""
@@ -253,12 +251,10 @@ class StoredEventRow:
 
 def stream_id_of(workflow_or_relationship_id: str) -> str:
     """`relationship/PROGRAMME/ID` or a bare relationship id → the event stream's id."""
-    if workflow_or_relationship_id.startswith(RELATIONSHIP_PREFIX):
-        parts = workflow_or_relationship_id.split("/")
-        if len(parts) != 3 or not all(parts[1:]):
-            raise OperationError(f"{workflow_or_relationship_id!r}: expected relationship/PROGRAMME/ID", usage=True)
-        return parts[2]
-    return workflow_or_relationship_id
+    try:
+        return relationship_id_of(workflow_or_relationship_id)
+    except ValueError as error:
+        raise OperationError(str(error), usage=True) from None
 
 
 async def stream_events(pool: asyncpg.Pool, stream_id: str) -> Sequence[StoredEventRow]:

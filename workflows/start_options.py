@@ -26,6 +26,25 @@ if TYPE_CHECKING:  # activities.matching imports this module, and matching_round
     from workflows.matching_round import MatchingRoundInput
 
 
+_WORKFLOW_ID_PREFIX = "relationship/"
+
+
+def relationship_workflow_id(programme_id: str, relationship_id: str) -> str:
+    """A relationship's workflow id: `relationship/PROGRAMME/ID`, ids only (no names)."""
+    return f"{_WORKFLOW_ID_PREFIX}{programme_id}/{relationship_id}"
+
+
+def relationship_id_of(reference: str) -> str:
+    """The relationship id from its workflow id `relationship/PROGRAMME/ID`, or `reference`
+    itself when it is a bare relationship id; ValueError for a malformed workflow id."""
+    if not reference.startswith(_WORKFLOW_ID_PREFIX):
+        return reference
+    parts = reference.split("/")
+    if len(parts) != 3 or not all(parts[1:]):
+        raise ValueError(f"{reference!r}: expected relationship/PROGRAMME/ID")
+    return parts[2]
+
+
 class StartOptions(TypedDict):
     static_summary: str
     static_details: str
