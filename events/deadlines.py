@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from calendar import monthrange
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -55,25 +56,60 @@ def midpoint(state: RelationshipState) -> datetime | None:
     return state.activated_at + (state.term_ends_at - state.activated_at) / 2
 
 
-def next_due_at(state: RelationshipState) -> datetime | None:
-    """When the people in the relationship next have something due: the proposal's answer,
-    the signatures, the next meeting, the review, the reflections. Operators filter on it
-    (search attribute NextDueAt); unlike `next_deadline` it ignores internal timers."""
+class Due(BaseModel):
+    """What the people in a relationship next have to do, and by when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: AwareDatetime | None
+    # Shown in the Web UI's Current Details; roles and numbers, never names.
+    what: str
+
+
+def next_due(state: RelationshipState) -> Due | None:
+    """What the people in the relationship next have to do and when: the proposal's answer,
+    the signatures, the next meeting, the review, the reflections. Operators filter on the
+    time (search attribute NextDueAt); unlike `next_deadline` it ignores internal timers."""
     if state.phase is Phase.MATCHING:
         if state.candidate is not None:
-            return state.candidate.expires_at
-        return state.started_at + timedelta(days=state.settings.matching_timeout_days)
+            waiting = ", ".join(_waiting_for(state.candidate.accepted_by)) or "nobody"
+            return Due(at=state.candidate.expires_at, what=f"Answer to the match proposal ({waiting} to accept)")
+        return Due(
+            at=state.started_at + timedelta(days=state.settings.matching_timeout_days),
+            what="A mentor proposal (matching gives up then)",
+        )
     if state.phase is Phase.AGREEMENT:
-        return state.agreement_due_at
+        if state.agreement is None:
+            return Due(at=state.agreement_due_at, what="An agreement proposal and both signatures")
+        missing = ", ".join(_waiting_for(state.agreement.signed_by))
+        version = state.agreement.agreement_version
+        return Due(at=state.agreement_due_at, what=f"Signatures on agreement version {version} ({missing})")
     if state.phase is Phase.REVIEW and state.review is not None:
-        return state.review.respond_by
+        missing = ", ".join(_waiting_for(state.review.submissions)) or "all in"
+        kind = state.review.kind.replace("_", " ")
+        return Due(at=state.review.respond_by, what=f"Answers to the {kind} review ({missing})")
     if state.phase is Phase.CLOSING:
-        return state.reflections_due_at
+        missing = ", ".join(_waiting_for(state.reflections_from)) or "all in"
+        return Due(at=state.reflections_due_at, what=f"Closing reflections ({missing})")
     if state.phase is Phase.ACTIVE:
         if state.paused_until is not None:
-            return state.paused_until
-        return state.next_meeting.starts_at if state.next_meeting else state.term_ends_at
+            return Due(at=state.paused_until, what="The end of the pause")
+        if state.next_meeting is not None:
+            return Due(at=state.next_meeting.starts_at, what=f"Meeting {state.next_meeting.meeting_number}")
+        return Due(at=state.term_ends_at, what="The end of the term")
     return None
+
+
+def _waiting_for(done: Iterable[str]) -> list[str]:
+    """The parties, mentee first, not among those who have already done it."""
+    finished = set(done)
+    return [party for party in ("mentee", "mentor") if party not in finished]
+
+
+def next_due_at(state: RelationshipState) -> datetime | None:
+    """When `next_due` is due (the NextDueAt search attribute)."""
+    due = next_due(state)
+    return due.at if due is not None else None
 
 
 def next_deadline(state: RelationshipState) -> Deadline | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from events.deadlines import Deadline, next_deadline, next_due_at
+from events.deadlines import Deadline, next_deadline, next_due
 from events.notifications import Notification
 from events.settings import ProgrammeSettings
 from events.state import Phase, RelationshipState
@@ -119,35 +119,6 @@ def round_start_details(
 # -- while it runs ---------------------------------------------------------------------------
 
 
-def next_due_label(state: RelationshipState) -> str | None:
-    """What the people in the relationship next have to do (the `NextDueAt` attribute's "what")."""
-    if state.phase is Phase.MATCHING:
-        if state.candidate is not None:
-            waiting = [party for party in ("mentee", "mentor") if party not in state.candidate.accepted_by]
-            return f"Answer to the match proposal ({', '.join(waiting) or 'nobody'} to accept)"
-        return "A mentor proposal (matching gives up then)"
-    if state.phase is Phase.AGREEMENT:
-        if state.agreement is None:
-            return "An agreement proposal and both signatures"
-        missing = [party for party in ("mentee", "mentor") if party not in state.agreement.signed_by]
-        return f"Signatures on agreement version {state.agreement.agreement_version} ({', '.join(missing)})"
-    if state.phase is Phase.REVIEW and state.review is not None:
-        answered = set(state.review.submissions)
-        missing = [party for party in ("mentee", "mentor") if party not in answered]
-        kind = state.review.kind.replace("_", " ")
-        return f"Answers to the {kind} review ({', '.join(missing) or 'all in'})"
-    if state.phase is Phase.CLOSING:
-        missing = [party for party in ("mentee", "mentor") if party not in state.reflections_from]
-        return f"Closing reflections ({', '.join(missing) or 'all in'})"
-    if state.phase is Phase.ACTIVE:
-        if state.paused_until is not None:
-            return "The end of the pause"
-        if state.next_meeting is not None:
-            return f"Meeting {state.next_meeting.meeting_number}"
-        return "The end of the term"
-    return None
-
-
 def current_details(state: RelationshipState, *, continued_from_run: str | None = None) -> str:
     """The Web UI's "Current Details" of a relationship, kept current by the workflow.
 
@@ -162,12 +133,12 @@ def current_details(state: RelationshipState, *, continued_from_run: str | None 
         f"- Relationship `{state.relationship_id}` · programme `{state.programme_id}` · "
         f"mentee `{state.mentee_id}` · mentor `{mentor}`",
     ]
-    due, label = next_due_at(state), next_due_label(state)
+    due = next_due(state)
     if state.phase is Phase.CLOSED:
         closed = f"{_utc(state.closed_at)}" if state.closed_at else "closed"
         lines.append(f"- Closed {closed}: {state.closure_reason.value if state.closure_reason else 'closed'}")
-    elif due is not None and label is not None:
-        lines.append(f"- Next due: {label}, by {_utc(due)}")
+    elif due is not None and due.at is not None:
+        lines.append(f"- Next due: {due.what}, by {_utc(due.at)}")
     timer: Deadline | None = next_deadline(state)
     if timer is not None:
         lines.append(f"- Next timer: {timer.summary}, {_utc(timer.at)}")

@@ -9,10 +9,10 @@ from events.operator_view import (
     SUMMARY_LIMIT,
     current_details,
     describe_notifications,
-    next_due_label,
     relationship_summary,
 )
-from events.state import Phase
+from events.deadlines import next_due
+from events.state import Phase, RelationshipState
 from tests.test_domain import COORDINATOR, MENTEE, MENTOR, SECRET, Story, active, closing, matched, programme
 from workflows.relationship import RelationshipInput
 from workflows.start_options import relationship_start_options
@@ -42,14 +42,19 @@ def test_current_details_show_the_live_picture_and_no_confidential_text() -> Non
     assert "Continued as new from run `run-1`" in current_details(state, continued_from_run="run-1")
 
 
+def next_due_what(state: RelationshipState) -> str | None:
+    due = next_due(state)
+    return due.what if due is not None else None
+
+
 def test_the_next_due_label_follows_the_phase() -> None:
     story = Story(programme())
-    assert next_due_label(story.state) == "A mentor proposal (matching gives up then)"
+    assert next_due_what(story.state) == "A mentor proposal (matching gives up then)"
     story = matched()
     assert story.state.phase is Phase.AGREEMENT
-    assert next_due_label(story.state) == "An agreement proposal and both signatures"
+    assert next_due_what(story.state) == "An agreement proposal and both signatures"
     story = closing()
-    assert next_due_label(story.state) == "Closing reflections (mentee, mentor)"
+    assert next_due_what(story.state) == "Closing reflections (mentee, mentor)"
     assert "Next due: Closing reflections" in current_details(story.state)
 
 
