@@ -30,6 +30,7 @@ from activities.notifications import (
     channels_from_settings,
 )
 from activities.projections import ProjectionFollower
+from activities.store_and_notify import StoreAndNotifyActivities
 from mentorflow.codec import EncryptionCodec
 from mentorflow.config import Settings
 from mentorflow.keyring import Keyring
@@ -60,6 +61,7 @@ def build_worker(
         channels=channels_from_settings(settings),
         taps=channels or (),
     )
+    together = StoreAndNotifyActivities(store, notifications)
     directory = DirectoryActivities(Directory(pool))
     matching = MatchingActivities(pool, client, task_queue)
     return Worker(
@@ -75,6 +77,7 @@ def build_worker(
             store.append_events,
             store.read_stream,
             notifications.send_notifications,
+            together.append_events_and_notify,
             directory.load_programme,
             directory.check_participants,
             directory.get_contacts,

@@ -8,6 +8,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from events.model import AnyEvent
+from events.notifications import Notification
 
 
 class ConcurrencyConflict(Exception):
@@ -28,6 +29,26 @@ class AppendRequest(BaseModel):
     stream_id: str
     expected_version: int
     events: list[AnyEvent]
+
+
+class AppendAndNotifyRequest(BaseModel):
+    """One batch to store and, once it is stored, the notifications it causes: one local
+    activity (one marker in history, one round trip through the worker) instead of two."""
+
+    model_config = ConfigDict(frozen=True)
+
+    append: AppendRequest
+    notifications: list[Notification]
+
+
+class AppendAndNotifyResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    notifications_sent: int
+    # Something could not be sent at once (a channel down or slow): the workflow hands the
+    # notifications to an activity that retries with backoff; the delivery log keeps what
+    # already went out from going out again.
+    notifications_pending: bool
 
 
 class ReadStreamRequest(BaseModel):

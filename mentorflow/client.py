@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.contrib.pydantic import PydanticPayloadConverter
+from temporalio.converter import CompositePayloadConverter, DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime
 
 from mentorflow.codec import EncryptionCodec
@@ -19,11 +18,29 @@ from mentorflow.keyring import Keyring
 from workflows.search_attributes import ALL_KEYS
 
 
+class SharedPydanticPayloadConverter(CompositePayloadConverter):
+    """temporalio's pydantic payload converter, one set of it per process.
+
+    The SDK builds a new payload converter for every workflow activation; a new
+    `PydanticPayloadConverter` comes with an empty cache of pydantic TypeAdapters, so every
+    activation built the adapters of the values it decoded again (about 5 % of the worker's
+    CPU under load, bench/README.md). Instances of this class share one converter, and so
+    one cache. The converters keep no other state."""
+
+    _shared: ClassVar[PydanticPayloadConverter | None] = None
+
+    def __init__(self) -> None:
+        shared = SharedPydanticPayloadConverter._shared
+        if shared is None:
+            shared = SharedPydanticPayloadConverter._shared = PydanticPayloadConverter()
+        super().__init__(*shared.converters.values())
+
+
 def data_converter(keyring: Keyring, *, max_payload_bytes: int | None = None) -> DataConverter:
     """pydantic JSON, then every payload (memo and summaries too) encrypted with `keyring`;
     failure messages and stack traces move into an encrypted payload as well."""
-    return dataclasses.replace(
-        pydantic_data_converter,
+    return DataConverter(
+        payload_converter_class=SharedPydanticPayloadConverter,
         payload_codec=EncryptionCodec(keyring, max_payload_bytes=max_payload_bytes),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

@@ -95,10 +95,13 @@ class MetricsInterceptor(Interceptor):
 class _CountRejections(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         result = await super().execute_activity(input)
-        if activity.info().activity_type == "append_events" and input.args:
+        kind = activity.info().activity_type
+        if kind in ("append_events", "append_events_and_notify") and input.args:
+            # An AppendRequest, or one inside an AppendAndNotifyRequest.
+            batch = getattr(input.args[0], "append", input.args[0])
             rejected = [
                 getattr(event, "command_name", "unknown")
-                for event in getattr(input.args[0], "events", ())
+                for event in getattr(batch, "events", ())
                 if getattr(event, "type", None) == "CommandRejected"
             ]
             if rejected:

@@ -9,9 +9,11 @@ or an embedded one), and saves one history per phase a relationship can be in. O
 workflows are saved as they are, mid-flight, which is how a new worker meets them.
 
 Re-record only on purpose: when a change is *meant* to be incompatible (after the old
-histories can no longer exist anywhere, see docs/deploying.md), or to cover a new path.
-A failing replay of the committed files is the warning this exists for; recording over
-them silences it.
+histories can no longer exist anywhere, see docs/deploying.md). A failing replay of the
+committed files is the warning this exists for; recording over them silences it. To cover
+a new path behind `workflow.patched()`, record into a new subfolder
+(`--out tests/histories/<name>`) and add it to RECORDINGS in tests/test_replay.py: the older
+recordings stay, because relationships recorded by that code may still be running.
 
 Payloads are encrypted like everywhere else, with the fixed key HISTORIES_KEYS below: it
 protects nothing but these fixtures, and the replay test needs it to read them.

@@ -129,11 +129,13 @@ LOCAL_ACTIVITY_MARKER_KEYS = {
     "seq", "attempt", "activity_id", "activity_type", "complete_time", "backoff", "original_schedule_time",
     "activation_index",
 }  # fmt: skip
+# A workflow.patched() marker: the patch id, and whether it is deprecated.
+PATCH_MARKER_KEYS = {"id", "deprecated"}
 
 
 def _is_marker_data(payload: Payload) -> bool:
     value = json.loads(payload.data)
-    return isinstance(value, dict) and set(value) <= LOCAL_ACTIVITY_MARKER_KEYS
+    return isinstance(value, dict) and (set(value) <= LOCAL_ACTIVITY_MARKER_KEYS or set(value) == PATCH_MARKER_KEYS)
 
 
 @activity.defn(name="codec_test_fail")
@@ -205,8 +207,8 @@ async def test_history_memo_summaries_and_failures_are_unreadable_without_the_co
         everything = b"".join(event.SerializeToString() for event in history.events) + described.SerializeToString()
         assert SENTINEL.encode() not in everything, workflow_id
         payloads = [payload for event in history.events for payload in payloads_in(event)] + payloads_in(described)
-        # The SDK writes its local-activity bookkeeping in plain JSON, past the codec: only
-        # sequence numbers, attempts, activity types and times.
+        # The SDK writes its local-activity and patch bookkeeping in plain JSON, past the
+        # codec: only sequence numbers, attempts, activity types, times and patch ids.
         bookkeeping = [p for p in payloads if p.metadata.get("encoding") == b"json/plain" and _is_marker_data(p)]
         payloads = [p for p in payloads if p not in bookkeeping]
         assert {payload.metadata.get("encoding") for payload in payloads} == {ENCODING}, workflow_id

@@ -658,7 +658,7 @@ async def test_temporal_killed_mid_cadence_keeps_timers_signals_and_accepted_upd
 
 FAILED_ATTEMPT = re.compile(
     r"^(\S+ \S+) WARNING temporalio\.activity: Completing activity as failed \(\{'activity_id': '(\w+)', "
-    r"'activity_type': 'append_events', 'attempt': (\d+),.*'workflow_id': '([^']+)'",
+    r"'activity_type': 'append_events(?:_and_notify)?', 'attempt': (\d+),.*'workflow_id': '([^']+)'",
     re.MULTILINE,
 )
 

@@ -32,10 +32,10 @@ from tests.record_histories import (
     ROUND_FILES,
     histories_converter,
 )
-from tests.workflow_variants import PatchedActivity, PatchedTimer, UnpatchedActivity, UnpatchedTimer
+from tests.workflow_variants import PATCH_ID, PatchedActivity, PatchedTimer, UnpatchedActivity, UnpatchedTimer
 from worker import build_worker
 from workflows.matching_round import MatchingRound
-from workflows.relationship import Relationship
+from workflows.relationship import STORE_AND_NOTIFY_TOGETHER, Relationship
 
 def cmd(actor: str, **fields: Any) -> dict[str, Any]:
     return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
@@ -59,21 +59,46 @@ def by_file(outcomes: list[ReplayOutcome], paths: list[Path]) -> dict[str, Repla
 # -- the recorded histories --------------------------------------------------------------
 
 
-def test_there_is_a_recorded_history_of_every_phase() -> None:
-    recorded = {path.stem for path in HISTORIES.glob("*.json")}
+# Each folder holds one recording of every phase, made by the code of its time: the oldest
+# in tests/histories/ itself, later ones (recorded to cover a new path behind patched())
+# in subfolders. Relationships recorded by each may be running somewhere.
+RECORDINGS = [HISTORIES, HISTORIES / "store-and-notify"]
+# The patches each recording must show in use (so that it covers the path it was made for).
+PATCHES_IN_USE = {HISTORIES / "store-and-notify": {STORE_AND_NOTIFY_TOGETHER}}
+
+
+def patches_in(path: Path) -> set[str]:
+    """The ids of the workflow.patched() markers in a history (core writes them unencrypted)."""
+    ids = set()
+    for event in json.loads(path.read_text(encoding="utf-8"))["events"]:
+        attributes = event.get("markerRecordedEventAttributes") or {}
+        if attributes.get("markerName") == "core_patch":
+            [payload] = attributes["details"]["patch-data"]["payloads"]
+            ids.add(json.loads(base64.b64decode(payload["data"]))["id"])
+    return ids
+
+
+@pytest.mark.parametrize("folder", RECORDINGS, ids=lambda folder: folder.name)
+def test_there_is_a_recorded_history_of_every_phase(folder: Path) -> None:
+    recorded = {path.stem for path in folder.glob("*.json")}
     missing = set(RELATIONSHIP_FILES + ROUND_FILES) - recorded
-    assert not missing, f"record them: python -m tests.record_histories (missing {sorted(missing)})"
+    assert not missing, f"record them: python -m tests.record_histories --out {folder} (missing {sorted(missing)})"
     for phase in ("matching", "agreement", "active", "review", "closing", "closed"):
-        assert last_phase(HISTORIES / f"{phase}.json") == phase
-    first_run = json.loads((HISTORIES / "continued-as-new-first-run.json").read_text())["events"]
+        assert last_phase(folder / f"{phase}.json") == phase
+    first_run = json.loads((folder / "continued-as-new-first-run.json").read_text())["events"]
     assert first_run[-1]["eventType"] in ("EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW", "WorkflowExecutionContinuedAsNew")
-    second_run = json.loads((HISTORIES / "continued-as-new-second-run.json").read_text())["events"]
+    second_run = json.loads((folder / "continued-as-new-second-run.json").read_text())["events"]
     assert second_run[0]["workflowExecutionStartedEventAttributes"].get("continuedExecutionRunId")
+    if folder in PATCHES_IN_USE:
+        assert PATCHES_IN_USE[folder] <= patches_in(folder / "active.json")
+    else:
+        assert STORE_AND_NOTIFY_TOGETHER not in patches_in(folder / "active.json")
 
 
-async def test_every_recorded_history_replays_on_the_current_code() -> None:
-    paths = sorted(HISTORIES.glob("*.json"))
-    histories = load_histories(HISTORIES)
+@pytest.mark.parametrize("folder", RECORDINGS, ids=lambda folder: folder.name)
+async def test_every_recorded_history_replays_on_the_current_code(folder: Path) -> None:
+    paths = sorted(folder.glob("*.json"))
+    histories = load_histories(folder)
     outcomes = by_file(await replay_histories(histories, histories_converter()), paths)
     failures = {name: o.detail for name, o in outcomes.items() if o.verdict != "ok"}
     assert not failures, (
@@ -142,22 +167,35 @@ async def _patched_change(env: WorkflowEnvironment, pool: asyncpg.Pool) -> None:
             assert await failed_workflow_tasks(handle) == 0
 
     def patch_markers(history: WorkflowHistory) -> int:
+        """Markers of the variant's patch (the workflow has patches of its own)."""
         return sum(
             1
             for e in history.events
             if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
             and e.marker_recorded_event_attributes.marker_name == "core_patch"
+            and json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"] == PATCH_ID
         )
 
-    def timers(history: WorkflowHistory) -> int:
-        return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED)
+    def paused_before_storing(history: WorkflowHistory) -> bool:
+        """After the variant's patch marker, the next thing the workflow did was its new
+        pause (a timer), before the next local activity (the append)."""
+        events = list(history.events)
+        [marker] = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+                    and e.marker_recorded_event_attributes.marker_name == "core_patch"
+                    and PATCH_ID.encode() in e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data]  # fmt: skip
+        for event in events[marker + 1 :]:
+            if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+                return event.timer_started_event_attributes.start_to_fire_timeout.ToSeconds() == 1
+            if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+                return False
+        return False
 
     old_history, new_history = await old.fetch_history(), await new.fetch_history()
     # The running one kept the old path (patched() stays False for the rest of its run)…
     assert patch_markers(old_history) == 0
     # …the new one took the new step, after the patch marker that keeps it on that path.
     assert patch_markers(new_history) == 1
-    assert timers(new_history) > timers(old_history)
+    assert paused_before_storing(new_history)
 
     # Both replay on the patched code; the new one no longer on the old code: roll back
     # only to a build that knows the patch (docs/deploying.md).

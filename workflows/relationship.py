@@ -67,7 +67,7 @@ with workflow.unsafe.imports_passed_through():
     from events.people import ParticipantStatus
     from events.settings import ProgrammeSettings
     from events.state import Phase, RelationshipState, evolve, fold
-    from events.store import AppendRequest, ReadStreamRequest
+    from events.store import AppendAndNotifyRequest, AppendAndNotifyResult, AppendRequest, ReadStreamRequest
     from workflows import search_attributes as sa
 
 STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
@@ -79,6 +79,9 @@ NOTIFY_FIRST_TRY = RetryPolicy(maximum_attempts=2)
 # workflow adopt the stored events, and a first try that failed goes on to retry.
 ADOPT_AFTER_CONFLICT = "adopt-stored-events-after-a-conflict"
 RETRY_AFTER_FAILED_FIRST_TRY = "notifications-retry-after-a-failed-first-try"
+# workflow.patched() id: a batch and the first try of its notifications in one local activity
+# (`append_events_and_notify`) instead of two. Runs that began before it keep two.
+STORE_AND_NOTIFY_TOGETHER = "store-and-notify-in-one-local-activity"
 # How often, at most, a relationship asks the directory whether its people are still here.
 PARTICIPANT_CHECK_INTERVAL = timedelta(days=1)
 
@@ -582,15 +585,28 @@ class Relationship:
         while self._outbox:
             batch, notifications = list(self._outbox), list(self._notifications)
             first, last = batch[0].version, batch[-1].version
+            request = AppendRequest(stream_id=self.current.relationship_id, expected_version=first - 1, events=batch)
+            stored = f"Store events {first}–{last}" if last > first else f"Store event {first}"
+            together = bool(notifications) and workflow.patched(STORE_AND_NOTIFY_TOGETHER)
             try:
-                # A local activity: one marker in history instead of three events and a task.
-                await workflow.execute_local_activity(
-                    "append_events",
-                    AppendRequest(stream_id=self.current.relationship_id, expected_version=first - 1, events=batch),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=STORE_RETRY,
-                    summary=f"Store events {first}–{last}" if last > first else f"Store event {first}",
-                )
+                # Local activities: one marker in history instead of three events and a task.
+                if together:
+                    outcome: AppendAndNotifyResult = await workflow.execute_local_activity(
+                        "append_events_and_notify",
+                        AppendAndNotifyRequest(append=request, notifications=notifications),
+                        result_type=AppendAndNotifyResult,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=STORE_RETRY,
+                        summary=f"{stored}; {describe_notifications(notifications, self.current)}"[:200],
+                    )
+                else:
+                    await workflow.execute_local_activity(
+                        "append_events",
+                        request,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=STORE_RETRY,
+                        summary=stored,
+                    )
             except (ActivityError, ApplicationError) as error:
                 # Before this patch a conflict failed the workflow (see _is_conflict).
                 if not (_is_conflict(error) and workflow.patched(ADOPT_AFTER_CONFLICT)):
@@ -603,8 +619,10 @@ class Relationship:
             del self._notifications[: len(notifications)]
             if not self._outbox:
                 self._redo.clear()
-            if notifications:
+            if not together and notifications:
                 self._send(notifications)
+            elif together and outcome.notifications_pending:
+                self._send(notifications, tried=True)
         self._sync_search_attributes()
         self._show_current_details()
 
@@ -642,9 +660,11 @@ class Relationship:
         if adopted:
             self._send(adopted)  # the delivery log drops what already went out
 
-    def _send(self, notifications: list[Notification]) -> None:
+    def _send(self, notifications: list[Notification], *, tried: bool = False) -> None:
+        """Deliver in the background. `tried`: the quick first try has been made (with the
+        append), so straight to the activity that retries with backoff."""
         # Not awaited: a slow or failing channel must not hold the relationship up.
-        task = asyncio.create_task(self._deliver(notifications))
+        task = asyncio.create_task(self._retry_delivery(notifications) if tried else self._deliver(notifications))
         self._sending[task] = notifications
         task.add_done_callback(self._delivery_done)
 
@@ -653,14 +673,13 @@ class Relationship:
         self._retrying.discard(task)
 
     async def _deliver(self, notifications: list[Notification]) -> None:
-        summary = describe_notifications(notifications, self.current)
         try:
             await workflow.execute_local_activity(
                 "send_notifications",
                 notifications,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=NOTIFY_FIRST_TRY,
-                summary=summary,
+                summary=describe_notifications(notifications, self.current),
             )
             return
         except ActivityError:  # the first try timed out
@@ -670,6 +689,9 @@ class Relationship:
             # here and the notifications were never retried (see _is_conflict).
             if not workflow.patched(RETRY_AFTER_FAILED_FIRST_TRY):
                 raise
+        await self._retry_delivery(notifications)
+
+    async def _retry_delivery(self, notifications: list[Notification]) -> None:
         # The delivery log keeps what already went out from going out again.
         current = asyncio.current_task()
         assert current is not None
@@ -679,7 +701,7 @@ class Relationship:
             notifications,
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=NOTIFY_RETRY,
-            summary=f"{summary} (retrying)"[:200],
+            summary=f"{describe_notifications(notifications, self.current)} (retrying)"[:200],
         )
 
     async def _settle(self) -> None:
