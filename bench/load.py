@@ -90,16 +90,19 @@ class LoadCeiling:
 
     @workflow.signal(dynamic=True)
     def any_signal(self, _name: str, _args: Sequence[RawValue]) -> None:
-        self.count += 1
+        self._received()
 
     @workflow.update(dynamic=True)
     def any_update(self, _name: str, _args: Sequence[RawValue]) -> int:
-        self.count += 1
+        self._received()
         return self.count
 
     @workflow.query(name="count")
     def count_query(self) -> int:
         return self.count
+
+    def _received(self) -> None:
+        self.count += 1
 
 
 @workflow.defn(name="LoadCeilingUpserting", sandboxed=False)
@@ -109,25 +112,10 @@ class LoadCeilingUpserting(LoadCeiling):
 
     @workflow.run
     async def run(self, _input: Any) -> int:
-        await workflow.wait_condition(lambda: False)
-        return self.count
+        return await super().run(_input)
 
-    @workflow.signal(dynamic=True)
-    def any_signal(self, _name: str, _args: Sequence[RawValue]) -> None:
-        self.count += 1
-        self._upsert()
-
-    @workflow.update(dynamic=True)
-    def any_update(self, _name: str, _args: Sequence[RawValue]) -> int:
-        self.count += 1
-        self._upsert()
-        return self.count
-
-    @workflow.query(name="count")
-    def count_query(self) -> int:
-        return self.count
-
-    def _upsert(self) -> None:
+    def _received(self) -> None:
+        super()._received()
         workflow.upsert_search_attributes([MEETINGS_HELD.value_set(self.count)])
 
 

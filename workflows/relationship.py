@@ -586,27 +586,25 @@ class Relationship:
             batch, notifications = list(self._outbox), list(self._notifications)
             first, last = batch[0].version, batch[-1].version
             request = AppendRequest(stream_id=self.current.relationship_id, expected_version=first - 1, events=batch)
-            stored = f"Store events {first}–{last}" if last > first else f"Store event {first}"
+            summary = f"Store events {first}–{last}" if last > first else f"Store event {first}"
             together = bool(notifications) and workflow.patched(STORE_AND_NOTIFY_TOGETHER)
+            argument: AppendRequest | AppendAndNotifyRequest
+            if together:
+                notified = describe_notifications(notifications, self.current)
+                name, argument = "append_events_and_notify", AppendAndNotifyRequest(append=request, notifications=notifications)
+                summary = f"{summary}; {notified}"[:200]
+            else:
+                name, argument = "append_events", request
             try:
-                # Local activities: one marker in history instead of three events and a task.
-                if together:
-                    outcome: AppendAndNotifyResult = await workflow.execute_local_activity(
-                        "append_events_and_notify",
-                        AppendAndNotifyRequest(append=request, notifications=notifications),
-                        result_type=AppendAndNotifyResult,
-                        start_to_close_timeout=timedelta(seconds=30),
-                        retry_policy=STORE_RETRY,
-                        summary=f"{stored}; {describe_notifications(notifications, self.current)}"[:200],
-                    )
-                else:
-                    await workflow.execute_local_activity(
-                        "append_events",
-                        request,
-                        start_to_close_timeout=timedelta(seconds=30),
-                        retry_policy=STORE_RETRY,
-                        summary=stored,
-                    )
+                # A local activity: one marker in history instead of three events and a task.
+                outcome = await workflow.execute_local_activity(
+                    name,
+                    argument,
+                    result_type=AppendAndNotifyResult if together else None,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=STORE_RETRY,
+                    summary=summary,
+                )
             except (ActivityError, ApplicationError) as error:
                 # Before this patch a conflict failed the workflow (see _is_conflict).
                 if not (_is_conflict(error) and workflow.patched(ADOPT_AFTER_CONFLICT)):
@@ -622,7 +620,7 @@ class Relationship:
             if not together and notifications:
                 self._send(notifications)
             elif together and outcome.notifications_pending:
-                self._send(notifications, tried=True)
+                self._send(notifications, tried_as=notified)
         self._sync_search_attributes()
         self._show_current_details()
 
@@ -660,11 +658,12 @@ class Relationship:
         if adopted:
             self._send(adopted)  # the delivery log drops what already went out
 
-    def _send(self, notifications: list[Notification], *, tried: bool = False) -> None:
-        """Deliver in the background. `tried`: the quick first try has been made (with the
-        append), so straight to the activity that retries with backoff."""
+    def _send(self, notifications: list[Notification], *, tried_as: str | None = None) -> None:
+        """Deliver in the background. `tried_as`: the quick first try has been made (with the
+        append) under this summary, so straight to the activity that retries with backoff."""
         # Not awaited: a slow or failing channel must not hold the relationship up.
-        task = asyncio.create_task(self._retry_delivery(notifications) if tried else self._deliver(notifications))
+        delivery = self._deliver(notifications) if tried_as is None else self._retry_delivery(notifications, tried_as)
+        task = asyncio.create_task(delivery)
         self._sending[task] = notifications
         task.add_done_callback(self._delivery_done)
 
@@ -673,13 +672,14 @@ class Relationship:
         self._retrying.discard(task)
 
     async def _deliver(self, notifications: list[Notification]) -> None:
+        summary = describe_notifications(notifications, self.current)
         try:
             await workflow.execute_local_activity(
                 "send_notifications",
                 notifications,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=NOTIFY_FIRST_TRY,
-                summary=describe_notifications(notifications, self.current),
+                summary=summary,
             )
             return
         except ActivityError:  # the first try timed out
@@ -689,9 +689,9 @@ class Relationship:
             # here and the notifications were never retried (see _is_conflict).
             if not workflow.patched(RETRY_AFTER_FAILED_FIRST_TRY):
                 raise
-        await self._retry_delivery(notifications)
+        await self._retry_delivery(notifications, summary)
 
-    async def _retry_delivery(self, notifications: list[Notification]) -> None:
+    async def _retry_delivery(self, notifications: list[Notification], summary: str) -> None:
         # The delivery log keeps what already went out from going out again.
         current = asyncio.current_task()
         assert current is not None
@@ -701,7 +701,7 @@ class Relationship:
             notifications,
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=NOTIFY_RETRY,
-            summary=f"{describe_notifications(notifications, self.current)} (retrying)"[:200],
+            summary=f"{summary} (retrying)"[:200],
         )
 
     async def _settle(self) -> None:
