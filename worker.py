@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -32,7 +33,7 @@ from activities.notifications import (
 from activities.projections import ProjectionFollower
 from activities.store_and_notify import StoreAndNotifyActivities
 from mentorflow.codec import EncryptionCodec
-from mentorflow.config import Settings
+from mentorflow.config import ConfigurationError, Settings
 from mentorflow.keyring import Keyring
 from mentorflow.metrics import MetricsInterceptor, report_relationships_by_phase, runtime_of
 from workflows.matching_round import MatchingRound
@@ -62,10 +63,10 @@ def build_worker(
         taps=channels or (),
     )
     together = StoreAndNotifyActivities(store, notifications)
-    directory = DirectoryActivities(Directory(pool))
+    directory = DirectoryActivities(Directory(pool), trust_start_settings=settings.trust_start_settings)
     matching = MatchingActivities(pool, client, task_queue)
     return Worker(
-        client,
+        worker_client(client, settings),
         task_queue=task_queue,
         workflows=list(workflows),
         workflow_runner=workflow_runner(settings),
@@ -99,6 +100,31 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     the workflow modules keep no state of their own between runs, the one thing the sandbox's
     re-import also protected against."""
     return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+
+
+def refuses_plain_payloads(settings: Settings) -> bool:
+    """MENTORFLOW_REFUSE_PLAIN_PAYLOADS; unset, on (`mentorflow dev` sets it off when unset)."""
+    return settings.refuse_plain_payloads is not False
+
+
+def worker_client(client: Client, settings: Settings) -> Client:
+    """The client the worker polls with: `client`'s connection and data converter, its codec
+    refusing payloads that arrive unencrypted unless MENTORFLOW_REFUSE_PLAIN_PAYLOADS is off.
+
+    Only the worker decodes this way (workflow inputs, signals, updates, queries): `client`
+    itself, which the activities use and the CLI and the codec server are built like, keeps
+    showing plain payloads as they are. A client without our codec (a test's plain one) is
+    left as it is unless the setting asks for it explicitly."""
+    codec = client.data_converter.payload_codec
+    if not refuses_plain_payloads(settings) or (isinstance(codec, EncryptionCodec) and codec.refuse_plain):
+        return client
+    if not isinstance(codec, EncryptionCodec):
+        if settings.refuse_plain_payloads is None:
+            return client
+        raise ConfigurationError("MENTORFLOW_REFUSE_PLAIN_PAYLOADS needs a client with mentorflow's encrypting codec")
+    config = client.config()
+    config["data_converter"] = dataclasses.replace(client.data_converter, payload_codec=codec.refusing_plain())
+    return Client(**config)
 
 
 def store_keyring(client: Client, settings: Settings) -> Keyring | None:

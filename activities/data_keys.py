@@ -24,7 +24,7 @@ import base64
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -180,12 +180,19 @@ class DataKeys:
             )
         return self._keyring
 
-    async def for_append(self, stream_id: str) -> StreamCipher | None:
-        """The stream's cipher, creating its key if it has none; None once it was forgotten."""
+    async def for_append(
+        self, stream_id: str, *, before_creating: Callable[[], Awaitable[object]] | None = None
+    ) -> StreamCipher | None:
+        """The stream's cipher, creating its key if it has none; None once it was forgotten.
+
+        `before_creating` runs first whenever the key is not cached (the event store checks
+        there that the stream is the appender's: a refused append must not leave a key)."""
         cached = self._for_append.get(stream_id)
         if cached is not None:
             return cached
         keyring = self._require_keyring()
+        if before_creating is not None:
+            await before_creating()
         kek_id, wrapped = keyring.encrypt(generate_key(), _wrap_aad(stream_id))
         # Concurrent first appends race here: the insert that loses returns nothing (it
         # waits for the winner to commit), and the select, a new statement, then sees it.
@@ -202,6 +209,25 @@ class DataKeys:
         if cipher is not None:
             self._remember(self._for_append, stream_id, cipher)
         return cipher
+
+    async def for_rewrite(self, connection: asyncpg.Connection, stream_id: str) -> StreamCipher | None:
+        """Inside `connection`'s transaction: the stream's cipher, its `data_keys` row created if
+        missing and locked until the transaction ends (a concurrent `mentorflow forget` waits for
+        it, and it for `forget`); None when the relationship was forgotten. For the one-off
+        re-encryption of text stored in plain (mentorflow/reencrypt.py)."""
+        keyring = self._require_keyring()
+        query = "SELECT wrapped_key, kek_id FROM data_keys WHERE stream_id = $1 FOR UPDATE"
+        row = await connection.fetchrow(query, stream_id)
+        if row is None:
+            kek_id, wrapped = keyring.encrypt(generate_key(), _wrap_aad(stream_id))
+            await connection.execute(
+                "INSERT INTO data_keys (stream_id, wrapped_key, kek_id) VALUES ($1, $2, $3) ON CONFLICT (stream_id) DO NOTHING",
+                stream_id,
+                wrapped,
+                kek_id,
+            )
+            row = await connection.fetchrow(query, stream_id)
+        return self.from_row(stream_id, row["wrapped_key"], row["kek_id"])
 
     def from_row(self, stream_id: str, wrapped: bytes | None, kek_id: str | None) -> StreamCipher | None:
         """The cipher for a stored (wrapped key, key id); None when the key was forgotten."""

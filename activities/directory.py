@@ -27,7 +27,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from events.people import ChannelAddress, ChannelKind, Participant, ParticipantStatus, Programme
-from events.settings import ProgrammeSettings
+from events.settings import ProgrammeRequest, ProgrammeSettings
 
 SaveOutcome = Literal["created", "updated", "unchanged"]
 
@@ -396,12 +396,20 @@ class Directory:
 class DirectoryActivities:
     """The directory as workflows see it; registered as bound methods on the worker."""
 
-    def __init__(self, directory: Directory):
+    def __init__(self, directory: Directory, *, trust_start_settings: bool = False):
         self._directory = directory
+        self._trust_start_settings = trust_start_settings
 
     @activity.defn(name="load_programme")
-    async def load_programme(self, programme_id: str) -> ProgrammeSettings:
-        """The settings a relationship copies when it starts."""
+    async def load_programme(self, request: ProgrammeRequest | str) -> ProgrammeSettings:
+        """The settings a relationship copies when it starts: its programme's. Settings its
+        starter passed must be the programme's (or the worker trusts them: tests only).
+        A bare programme id is what relationships started before that check ask with."""
+        if isinstance(request, str):
+            request = ProgrammeRequest(programme_id=request)
+        if request.given is not None and self._trust_start_settings:
+            return request.given
+        programme_id = request.programme_id
         try:
             programme = await self._directory.get_programme(programme_id)
         except StoredProgrammeInvalid as error:
@@ -412,6 +420,13 @@ class DirectoryActivities:
             raise ApplicationError(
                 f"programme {programme_id!r} does not exist; create it with `mentorflow programme create`",
                 type="UnknownProgramme",
+                non_retryable=True,
+            )
+        if request.given is not None and request.given != programme.settings:
+            raise ApplicationError(
+                f"the settings given at start are not programme {programme_id!r}'s: a relationship takes its rules "
+                "from its programme (change them with `mentorflow programme`), not from whoever starts it",
+                type="SettingsNotFromProgramme",
                 non_retryable=True,
             )
         return programme.settings

@@ -7,6 +7,7 @@ Confidential text in payloads is encrypted with the relationship's own data key
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -16,11 +17,23 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.data_keys import ENCRYPTED, FORGOTTEN, SEALED, DataKeys, StreamCipher, has_text, open_payload, seal_payload
-from events.model import CONFIDENTIAL_PATHS, AnyEvent, event_payload, event_payload_json, load_event
-from events.store import AppendRequest, ConcurrencyConflict, ReadStreamRequest, StoredEvent
+from events.model import CONFIDENTIAL_PATHS, AnyEvent, RelationshipStarted, event_payload, event_payload_json, load_event
+from events.store import (
+    STREAM_OWNED_BY_ANOTHER,
+    AppendRequest,
+    ConcurrencyConflict,
+    ReadStreamRequest,
+    StoredEvent,
+    StreamOwnedByAnother,
+    StreamOwner,
+)
 from mentorflow.keyring import Keyring
 
+log = logging.getLogger("mentorflow.event_store")
+
 _CONFLICT = "MF409"
+# The stream belongs to another relationship workflow (migrations/0008_stream_owners.sql).
+_OWNED_BY_ANOTHER = "MF403"
 # Each event with its stream's wrapped data key (NULL when it has none, or it was forgotten).
 _FROM = "events e LEFT JOIN data_keys k ON k.stream_id = e.stream_id"
 _COLUMNS = (
@@ -37,7 +50,9 @@ class PostgresEventStore:
         self._pool = pool
         self._keys = DataKeys(pool, keyring)
 
-    async def append(self, stream_id: str, expected_version: int, events: Sequence[AnyEvent]) -> list[int]:
+    async def append(
+        self, stream_id: str, expected_version: int, events: Sequence[AnyEvent], *, owner: StreamOwner
+    ) -> list[int]:
         if not events:
             return []
         for offset, event in enumerate(events, start=1):
@@ -45,6 +60,13 @@ class PostgresEventStore:
                 raise ValueError(
                     f"event {event.event_id} is {event.stream_id}@{event.version}, "
                     f"expected {stream_id}@{expected_version + offset}"
+                )
+            # The owner's programme is the relationship's: a stream's recorded owner and its
+            # RelationshipStarted always agree (what `mentorflow audit streams` checks).
+            if isinstance(event, RelationshipStarted) and event.programme_id != owner.programme_id:
+                raise ValueError(
+                    f"event {event.event_id} starts {stream_id} in programme {event.programme_id}, "
+                    f"not in the appender's {owner.programme_id}"
                 )
         arguments = (
             stream_id,
@@ -54,9 +76,11 @@ class PostgresEventStore:
             [event.schema_version for event in events],
             [event.occurred_at for event in events],
             [event.command_id for event in events],
-            await self._payloads(stream_id, events),
+            await self._payloads(stream_id, events, owner),
+            owner.programme_id,
+            owner.workflow_id,
         )
-        query = "SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8::jsonb[])"
+        query = "SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9, $10)"
         # A unique violation means a concurrent writer got in between our version check
         # and our insert; the second call then reports either the retry or the conflict.
         for attempt in range(2):
@@ -70,10 +94,19 @@ class PostgresEventStore:
                 if error.sqlstate == _CONFLICT:
                     actual = int(getattr(error, "detail", None) or -1)
                     raise ConcurrencyConflict(stream_id, expected_version, actual) from None
+                _raise_if_owned_by_another(error, stream_id, owner)
                 raise
         raise AssertionError("unreachable")
 
-    async def _payloads(self, stream_id: str, events: Sequence[AnyEvent]) -> list[str]:
+    async def check_owner(self, stream_id: str, owner: StreamOwner) -> None:
+        """`StreamOwnedByAnother` unless `owner` may read and append to the stream."""
+        try:
+            await self._pool.fetchval("SELECT assert_stream_owner($1, $2, $3)", stream_id, owner.programme_id, owner.workflow_id)
+        except asyncpg.PostgresError as error:
+            _raise_if_owned_by_another(error, stream_id, owner)
+            raise
+
+    async def _payloads(self, stream_id: str, events: Sequence[AnyEvent], owner: StreamOwner) -> list[str]:
         """Each event's payload JSON, its confidential text encrypted (the same text at the
         same place always encrypts the same: a retried append must compare equal)."""
         payloads: list[str] = []
@@ -85,18 +118,34 @@ class PostgresEventStore:
                 payloads.append(event_payload_json(event))
                 continue
             if not have_cipher:
-                cipher, have_cipher = await self._keys.for_append(stream_id), True
+                # A refused append must not leave a data key behind: the owner is checked
+                # before one is made (the append checks again, in its own transaction).
+                cipher = await self._keys.for_append(stream_id, before_creating=lambda: self.check_owner(stream_id, owner))
+                have_cipher = True
             payload = event_payload(event)
             seal_payload(payload, paths, stream_id, event.version, cipher)
             payloads.append(json.dumps(payload, separators=(",", ":")))
         return payloads
 
-    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[AnyEvent]:
-        rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM {_FROM} WHERE e.stream_id = $1 AND e.version > $2 ORDER BY e.version",
-            stream_id,
-            after_version,
-        )
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, *, owner: StreamOwner | None = None
+    ) -> list[AnyEvent]:
+        """With `owner` (a read for a workflow): refused unless the stream is that owner's.
+        Without: an operator's or a test's read, unchecked."""
+        query = f"SELECT {_COLUMNS} FROM {_FROM} WHERE e.stream_id = $1 AND e.version > $2 ORDER BY e.version"
+        if owner is None:
+            rows = await self._pool.fetch(query, stream_id, after_version)
+        else:
+            # Owners are never changed once recorded: the check, then the read.
+            async with self._pool.acquire() as connection:
+                try:
+                    await connection.fetchval(
+                        "SELECT assert_stream_owner($1, $2, $3)", stream_id, owner.programme_id, owner.workflow_id
+                    )
+                except asyncpg.PostgresError as error:
+                    _raise_if_owned_by_another(error, stream_id, owner)
+                    raise
+                rows = await connection.fetch(query, stream_id, after_version)
         return [self.event_from_row(row) for row in rows]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
@@ -121,6 +170,11 @@ class PostgresEventStore:
             unreadable = FORGOTTEN if forgotten else SEALED
             open_payload(payload, row["stream_id"], row["version"], cipher, unreadable)
         return _event(row, payload)
+
+
+def _raise_if_owned_by_another(error: asyncpg.PostgresError, stream_id: str, owner: StreamOwner) -> None:
+    if error.sqlstate == _OWNED_BY_ANOTHER:
+        raise StreamOwnedByAnother(stream_id, owner, getattr(error, "detail", None) or "") from None
 
 
 def _event(row: asyncpg.Record, payload: dict[str, Any]) -> AnyEvent:
@@ -148,13 +202,34 @@ class EventStoreActivities:
     @activity.defn(name="append_events")
     async def append_events(self, request: AppendRequest) -> list[int]:
         try:
-            return await self._store.append(request.stream_id, request.expected_version, request.events)
+            return await self._store.append(
+                request.stream_id, request.expected_version, request.events, owner=request.owner
+            )
         except ConcurrencyConflict as conflict:
             # Retrying cannot help: the workflow's view of its own stream is wrong.
             raise ApplicationError(str(conflict), type="ConcurrencyConflict", non_retryable=True) from None
+        except StreamOwnedByAnother as refused:
+            raise _refusal(refused, "append to") from None
         except ValueError as error:
             raise ApplicationError(str(error), type="InvalidAppend", non_retryable=True) from None
 
     @activity.defn(name="read_stream")
     async def read_stream(self, request: ReadStreamRequest) -> list[AnyEvent]:
-        return await self._store.read_stream(request.stream_id, request.after_version)
+        try:
+            return await self._store.read_stream(request.stream_id, request.after_version, owner=request.owner)
+        except StreamOwnedByAnother as refused:
+            raise _refusal(refused, "read") from None
+
+
+def _refusal(refused: StreamOwnedByAnother, action: str) -> ApplicationError:
+    """Logged for the operator with the stream's owner; the workflow is told only that it was
+    refused (the owner's programme and workflow id are not its business)."""
+    log.error(
+        "REFUSED: %s tried to %s stream %s, which is not its own (owner: %s); security issue #12: "
+        "a workflow started under another programme or workflow id for an existing relationship",
+        refused.refused,
+        action,
+        refused.stream_id,
+        refused.owner or "another workflow",
+    )
+    return ApplicationError(str(refused), type=STREAM_OWNED_BY_ANOTHER, non_retryable=True)

@@ -145,6 +145,9 @@ class Delivery:
     first_attempt_at: datetime
     # Other participants the notification names, for the texts.
     people: Mapping[str, Participant] = field(default_factory=dict)
+    # The recipient's channel this message is for: the log delivers it in place of a channel
+    # this worker has not configured ("email", "webhook"), and says so.
+    meant_for: str = "log"
 
 
 class DeliveryChannel(Protocol):
@@ -167,29 +170,48 @@ class NotificationChannel(Protocol):
     async def send(self, notification: Notification) -> None: ...
 
 
+# Template parameters that hold confidential text (security issue #12): the two parties see
+# them in their messages, logs never do. events/notifications.py fills them from the state.
+CONFIDENTIAL_PARAMETERS = frozenset({"explanation", "goal_title"})
+REDACTED = "[confidential]"
+
+
+def redacted(notification: Notification) -> Notification:
+    """The notification with its confidential parameters replaced by REDACTED, for logs."""
+    hidden = {key: REDACTED for key, value in notification.data.items() if key in CONFIDENTIAL_PARAMETERS and value}
+    return notification.model_copy(update={"data": {**notification.data, **hidden}}) if hidden else notification
+
+
 class LogChannel:
-    """Writes each notification as one structured line (ids and parameters only)."""
+    """Writes each notification as one structured line (ids and parameters, confidential ones redacted)."""
 
     name = "log"
 
     async def send(self, notification: Notification) -> None:
-        log.info("notification %s", json.dumps(notification.model_dump(mode="json"), sort_keys=True))
+        log.info("notification %s", json.dumps(redacted(notification).model_dump(mode="json"), sort_keys=True))
 
 
 class LogDeliveryChannel:
-    """The `log` channel: writes the rendered message to the log, for development."""
+    """The `log` channel: writes the rendered message to the log, for development. In place
+    of a channel the worker has not configured it names that channel, so a message to someone
+    with both email and a webhook reads as two deliveries, not as one sent twice."""
 
     kind: ChannelKind = "log"
 
     async def deliver(self, delivery: Delivery) -> None:
         notification = delivery.notification
+        via = "log" if delivery.meant_for == "log" else f"{delivery.meant_for} (not configured: logged)"
+        # Rendered again without the confidential parameters: a log is not the recipient.
+        hidden = redacted(notification)
+        message = delivery.message if hidden is notification else render(hidden, delivery.recipient, delivery.people)
         log.info(
-            "message %s to %s (%s): %s\n%s",
+            "message %s to %s via %s (%s): %s\n%s",
             notification.notification_id,
             notification.recipient_id,
+            via,
             notification.template,
-            delivery.message.subject,
-            delivery.message.body,
+            message.subject,
+            message.body,
         )
 
 
@@ -522,6 +544,7 @@ class _Job:
     recipient: Participant | None = None
     address: str = ""
     destination: str = ""
+    meant_for: str = "log"  # the recipient's channel kind (the log may stand in for it)
     outcome: Outcome = "waiting"
     problem: str = ""
 
@@ -635,7 +658,8 @@ class NotificationActivities:
         else:
             recorded_as, destination = kind, _digest(address) if address else ""
         return _Job(
-            notification, recorded_as, sender=channel, recipient=recipient, address=address, destination=destination
+            notification, recorded_as, sender=channel, recipient=recipient, address=address, destination=destination,
+            meant_for=kind,
         )
 
     async def _run_in_order(self, group: list[_Job], token: str, people: Mapping[str, Participant]) -> None:
@@ -681,6 +705,7 @@ class NotificationActivities:
                             delivery_id=_delivery_id(key),
                             first_attempt_at=claim.first_attempt_at or datetime.now(UTC),
                             people=people,
+                            meant_for=job.meant_for,
                         )
                     )
         except DeliveryRejected as error:

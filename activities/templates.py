@@ -256,6 +256,21 @@ TEMPLATES: dict[str, MessageTemplate] = {
         "Thank you for taking part.",
         ("Meetings missed: $meetings_missed.", "Feedback scores, round by round: $feedback_trend."),
     ),
+    # To the coordinators, at once, when a relationship ends before its term (never with the
+    # note whoever closed it wrote: that stays in the event store).
+    "relationship_closed_early": MessageTemplate(
+        "Mentoring relationship closed early",
+        "The mentoring relationship $relationship_id of $mentee_name has been closed early "
+        "($reason). You may want to talk to both sides about how it went and what comes next.",
+        (
+            "Mentor: $mentor_name.",
+            "Closed by: $closed_by_name.",
+            "Both have been asked for a closing reflection by $respond_by; the final summary "
+            "follows when the relationship has closed.",
+            "Summary: $meetings_held meetings held and $goals_achieved of $goals_total goals "
+            "achieved over $duration_days days.",
+        ),
+    ),
     "relationship_closed": MessageTemplate(
         "Mentoring relationship closed",
         "The mentoring relationship has been closed ($reason). Thank you for taking part; "

@@ -37,6 +37,7 @@ from bench.event_store import (
     Append,
     CpuMeter,
     FollowerReport,
+    bench_owner,
     ceiling_arguments,
     count_appends,
     event_count,
@@ -175,7 +176,7 @@ async def adapter_setup(executor: asyncpg.Pool | asyncpg.Connection) -> Write:
     store = PostgresEventStore(executor, Keyring.generate("bench"))
 
     async def write(append: Append) -> None:
-        await store.append(append.stream_id, append.expected_version, append.events)
+        await store.append(append.stream_id, append.expected_version, append.events, owner=bench_owner(append.stream_id))
 
     return write
 
@@ -195,9 +196,18 @@ def function_arguments(append: Append) -> tuple[Any, ...]:
 
 
 def function_setup(function_sql: str | None) -> Setup:
-    """Calls `append_events` (or `append_variant`) with the pre-serialized rows: no pydantic."""
-    name = "append_variant" if function_sql else "append_events"
-    query = f"SELECT {name}($1, $2, $3, $4, $5, $6, $7, $8::jsonb[])"
+    """Calls `append_events` (or `append_variant`) with the pre-serialized rows: no pydantic.
+    The production `append_events` takes the stream's owner too (migration 0008)."""
+    if function_sql:
+        query = "SELECT append_variant($1, $2, $3, $4, $5, $6, $7, $8::jsonb[])"
+    else:
+        query = "SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9, $10)"
+
+    def arguments(append: Append) -> tuple[Any, ...]:
+        if function_sql:
+            return function_arguments(append)
+        owner = bench_owner(append.stream_id)
+        return (*function_arguments(append), owner.programme_id, owner.workflow_id)
 
     async def setup(executor: asyncpg.Pool | asyncpg.Connection) -> Write:
         await _migrate(executor)
@@ -205,7 +215,7 @@ def function_setup(function_sql: str | None) -> Setup:
             await executor.execute(function_sql)
 
         async def write(append: Append) -> None:
-            await executor.fetchval(query, *function_arguments(append))
+            await executor.fetchval(query, *arguments(append))
 
         return write
 
@@ -305,7 +315,11 @@ class ProposedEventStore(PostgresEventStore):
         super().__init__(pool)
         self._executor = pool
 
-    async def append(self, stream_id: str, expected_version: int, events: Sequence[AnyEvent]) -> list[int]:
+    async def append(
+        self, stream_id: str, expected_version: int, events: Sequence[AnyEvent], *, owner: object = None
+    ) -> list[int]:
+        # The prototype predates stream owners (0008): it replaces the 8-argument function,
+        # which refuses since 0008, with 0001's body, and checks no owner.
         positions: list[int] = await self._executor.fetchval(
             "SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8::jsonb[])",
             stream_id,

@@ -59,7 +59,17 @@ from events.decider import catch_up, decide, start_relationship
 from events.model import AnyEvent, event_payload
 from events.settings import ProgrammeSettings
 from events.state import evolve, fold
+from events.store import StreamOwner
 from mentorflow.keyring import Keyring
+from events.relationship_io import relationship_workflow_id
+
+# Every bench relationship is one workflow of this programme: the store checks each append's
+# owner (migrations/0008_stream_owners.sql), as in production.
+BENCH_PROGRAMME = "prog-1"
+
+
+def bench_owner(stream_id: str) -> StreamOwner:
+    return StreamOwner(programme_id=BENCH_PROGRAMME, workflow_id=relationship_workflow_id(BENCH_PROGRAMME, stream_id))
 
 DATABASE_URL_VARIABLE = "MENTORFLOW_BENCH_DATABASE_URL"
 APPENDS_PER_STREAM = 10
@@ -141,7 +151,7 @@ def _stream_events(rng: random.Random, stream_id: str, limit: int) -> list[AnyEv
     before every command, as the workflow does); fewer if the relationship closes."""
     now = _EPOCH + timedelta(minutes=rng.randrange(60 * 24 * 60))
     mentee, mentor = f"mentee-{rng.randrange(100_000)}", f"mentor-{rng.randrange(100_000)}"
-    events = start_relationship(stream_id, "prog-1", mentee, ProgrammeSettings(coordinator_ids=("coord-1",)), now)
+    events = start_relationship(stream_id, BENCH_PROGRAMME, mentee, ProgrammeSettings(coordinator_ids=("coord-1",)), now)
     state = fold(events)
     assert state is not None
     for step, (delay, command_at) in enumerate(_script(rng, mentee, mentor)):
@@ -508,7 +518,7 @@ async def run_ours(run: Run) -> Result:
         store = PostgresEventStore(pool, Keyring.generate("bench"))
 
         async def write(append: Append) -> None:
-            await store.append(append.stream_id, append.expected_version, append.events)
+            await store.append(append.stream_id, append.expected_version, append.events, owner=bench_owner(append.stream_id))
 
         await timed_writers(warmup, write)
         meter = await prepare_measurement(url, run.local)

@@ -4,18 +4,35 @@ Each command is one pydantic model with a stable message name (the signal and up
 on the `Relationship` workflow). Every command carries a `command_id` chosen by the sender;
 a relationship applies each id at most once, so a sender may retry freely. Fields marked
 confidential hold what mentees and mentors share in confidence (notes, concerns, feedback,
-reflections): they never reach search attributes, ids, logs or error messages.
+reflections, the agreement and its goals, …): all free text is, unless a field says why not.
+They never reach search attributes, ids, logs or error messages.
 """
 
 from __future__ import annotations
 
-from datetime import date, time
+import hashlib
+import json
+import re
+from datetime import date, datetime, time
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from events.sensitivity import CONFIDENTIAL, NOT_CONFIDENTIAL, NotConfidential
+from events.refusals import Rejection, field_problems, invalid_payload
+from events.sensitivity import CONFIDENTIAL, NOT_CONFIDENTIAL, ConfidentialText, NotConfidential
 from events.settings import MeetingFrequency
 
 # Ids are opaque references (no names or free text): they end up in search attributes,
@@ -23,9 +40,45 @@ from events.settings import MeetingFrequency
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"), NOT_CONFIDENTIAL
 ]
-ShortText = Annotated[str, StringConstraints(max_length=2000), NOT_CONFIDENTIAL]
+# Short free text (a match explanation, who someone was introduced to, a resource's title):
+# confidential like all free text (security issue #12; there is no plain free text).
+ShortConfidential = Annotated[str, StringConstraints(max_length=2000), CONFIDENTIAL]
 # Encrypted in the event store with the relationship's own key (events/sensitivity.py).
 Confidential = Annotated[str, StringConstraints(max_length=10_000), CONFIDENTIAL]
+
+
+# Payloads are validated exactly as their JSON Schema reads (`contract/`): strict types (no
+# "60" for 60, no 1 for true) and times as RFC 3339 strings with an offset. JSON has no
+# tuples, dates or times of its own, so those fields take arrays and strings (and, from
+# Python callers, the native values).
+_RFC3339_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_TIME = re.compile(r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+
+
+def _text_as(pattern: re.Pattern[str], native: type, expected: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, native) or (isinstance(value, str) and pattern.match(value)):
+            return value
+        raise ValueError(f"should be {expected}")
+
+    return BeforeValidator(check)
+
+
+Moment = Annotated[
+    AwareDatetime,
+    Strict(False),
+    _text_as(_RFC3339_DATETIME, datetime, "an RFC 3339 date-time with an offset, e.g. 2027-03-01T09:00:00+01:00"),
+]
+Day = Annotated[date, Strict(False), _text_as(_ISO_DATE, date, "a date, e.g. 2027-03-01")]
+# Published as a pattern: JSON Schema's `format: time` is RFC 3339's full-time (seconds and
+# an offset, "09:30:00Z"), while a window is a wall-clock time in the party's own time zone.
+ClockTime = Annotated[
+    time,
+    Strict(False),
+    _text_as(_ISO_TIME, time, "a time of day, e.g. 09:30"),
+    WithJsonSchema({"type": "string", "pattern": _ISO_TIME.pattern, "description": "A wall-clock time, HH:MM[:SS]."}),
+]
 
 Party = Literal["mentor", "mentee"]
 MeetingFormat = Literal["in_person", "phone", "video", "email", "chat"]
@@ -34,7 +87,7 @@ ReviewOutcome = Literal["continue", "recalibrate", "extend", "close"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -66,7 +119,7 @@ def check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from None
+        raise ValueError("unknown time zone (use an IANA name such as Europe/Berlin)") from None
     return name
 
 
@@ -75,17 +128,20 @@ def check_timezone(name: str) -> str:
 
 class Milestone(_Model):
     milestone_id: Identifier
-    title: NotConfidential = Field(min_length=1, max_length=500)
+    # Confidential: a step towards a goal the mentee shared in confidence (002 §2).
+    title: ConfidentialText = Field(min_length=1, max_length=500)
 
 
 class Goal(_Model):
     """A SMART goal: specific (title), measurable (measure), time-bound (target_date)."""
 
     goal_id: Identifier
-    title: NotConfidential = Field(min_length=1, max_length=500)
-    measure: NotConfidential = Field(default="", max_length=1000)
-    target_date: date | None = None
-    milestones: tuple[Milestone, ...] = Field(default=(), max_length=20)
+    # Confidential: goals are what mentees share in confidence (002 §2). Reports and
+    # projections count goals by `goal_id`; only the two parties see the words.
+    title: ConfidentialText = Field(min_length=1, max_length=500)
+    measure: ConfidentialText = Field(default="", max_length=1000)
+    target_date: Day | None = None
+    milestones: Annotated[tuple[Milestone, ...], Strict(False)] = Field(default=(), max_length=20)
 
     @field_validator("milestones")
     @classmethod
@@ -100,8 +156,8 @@ class AvailabilityWindow(_Model):
     """A weekly window in the party's own time zone; weekday 0 is Monday."""
 
     weekday: int = Field(ge=0, le=6)
-    start: time
-    end: time
+    start: ClockTime
+    end: ClockTime
 
     @model_validator(mode="after")
     def _ordered(self) -> AvailabilityWindow:
@@ -112,8 +168,10 @@ class AvailabilityWindow(_Model):
 
 class PartyAvailability(_Model):
     party: Party
+    # Plain: an IANA zone name checked against the tz database (`check_timezone`), not free
+    # text; scheduling needs it.
     timezone: NotConfidential = "UTC"
-    windows: tuple[AvailabilityWindow, ...] = Field(min_length=1, max_length=50)
+    windows: Annotated[tuple[AvailabilityWindow, ...], Strict(False)] = Field(min_length=1, max_length=50)
 
     @field_validator("timezone")
     @classmethod
@@ -124,23 +182,28 @@ class PartyAvailability(_Model):
 class Confidentiality(_Model):
     private_by_default: bool = True
     # What is *not* private, stated in the agreement (seed 000 "Keep it confidential").
-    not_private: tuple[NotConfidential, ...] = ("risk of harm to anyone", "breaches of law or of the organisation's policies")
+    # Confidential: the parties may write their own, personal exceptions here.
+    not_private: Annotated[tuple[ConfidentialText, ...], Strict(False)] = (
+        "risk of harm to anyone",
+        "breaches of law or of the organisation's policies",
+    )
 
 
 class AgreementTerms(_Model):
     """The written mentoring agreement (seed 004)."""
 
-    objective: NotConfidential = Field(min_length=1, max_length=4000)
-    goals: tuple[Goal, ...] = Field(min_length=1, max_length=20)
-    formats: tuple[MeetingFormat, ...] = Field(default=("video",), min_length=1)
+    # Confidential, like the goals and the exit plan: what the mentee wants out of it.
+    objective: ConfidentialText = Field(min_length=1, max_length=4000)
+    goals: Annotated[tuple[Goal, ...], Strict(False)] = Field(min_length=1, max_length=20)
+    formats: Annotated[tuple[MeetingFormat, ...], Strict(False)] = Field(default=("video",), min_length=1)
     meeting_frequency: MeetingFrequency
     meeting_minutes: int = Field(ge=5, le=480)
     term_months: int = Field(ge=1, le=36)
-    availability: tuple[PartyAvailability, ...] = Field(default=(), max_length=2)
+    availability: Annotated[tuple[PartyAvailability, ...], Strict(False)] = Field(default=(), max_length=2)
     cancellation_notice_hours: int = Field(default=24, ge=0, le=24 * 14)
     agenda_policy: AgendaPolicy = "mentee_shares"
     confidentiality: Confidentiality = Confidentiality()
-    early_exit_plan: NotConfidential = Field(
+    early_exit_plan: ConfidentialText = Field(
         default="Either of us may end the relationship early after telling the other and the coordinator why.",
         min_length=1,
         max_length=4000,
@@ -185,7 +248,8 @@ class ProposeMatch(Command):
     message_name: ClassVar[str] = "propose_match"
     mentor_id: Identifier
     # Why this mentor: shown to both sides (e.g. "shares 3 of 4 goals; 5 h/week overlap").
-    explanation: ShortText = ""
+    # Confidential: it names the goals and topics the two share; shown to the two parties.
+    explanation: ShortConfidential = ""
     score: float | None = None
 
 
@@ -213,11 +277,18 @@ class SignAgreement(Command):
 
 
 class RecordMeeting(Command):
-    """A meeting was held. Without `meeting_number` it is the one currently scheduled; with
-    the number of a meeting marked missed, it corrects that record."""
+    """A meeting was held. `meeting_number` says which: the scheduled meeting, or one
+    marked missed (that record is corrected). Without it, `held_at` decides: the meeting
+    planned nearest to it, cancelled ones aside. A meeting already recorded as held is
+    refused as a conflict, so a meeting reported twice counts once.
+
+    `held_at` may lie at most 1 hour in the future (`MEETING_CLOCK_SKEW` in
+    events/meetings.py: the sender's clock may run ahead, a report made from the calendar
+    entry may carry the meeting's end); further ahead, or before the agreement took effect,
+    it is refused as `limit`."""
 
     message_name: ClassVar[str] = "record_meeting"
-    held_at: AwareDatetime
+    held_at: Moment
     duration_minutes: int = Field(ge=1, le=480)
     notes: Confidential = ""
     meeting_number: int | None = Field(default=None, ge=1)
@@ -232,14 +303,14 @@ class CancelMeeting(Command):
 class RescheduleMeeting(Command):
     message_name: ClassVar[str] = "reschedule_meeting"
     meeting_number: int = Field(ge=1)
-    starts_at: AwareDatetime
+    starts_at: Moment
 
 
 class RecordGoalProgress(Command):
     message_name: ClassVar[str] = "record_goal_progress"
     goal_id: Identifier
     progress_percent: int = Field(ge=0, le=100)
-    milestones_reached: tuple[Identifier, ...] = ()
+    milestones_reached: Annotated[tuple[Identifier, ...], Strict(False)] = ()
 
 
 class ProposeGoalRevision(Command):
@@ -278,19 +349,21 @@ class RecordIntroduction(Command):
     """The mentor introduced the mentee to someone in their network (002 §9)."""
 
     message_name: ClassVar[str] = "record_introduction"
-    introduced_to: ShortText = Field(min_length=1)
+    # Confidential: free text, often a person's name or role (not an id).
+    introduced_to: ShortConfidential = Field(min_length=1)
     note: Confidential = ""
 
 
 class ShareResource(Command):
     message_name: ClassVar[str] = "share_resource"
-    title: ShortText = Field(min_length=1)
-    url: NotConfidential | None = Field(default=None, max_length=2000)
+    # Confidential: what someone reads says what they work on; a URL may carry a token.
+    title: ShortConfidential = Field(min_length=1)
+    url: ConfidentialText | None = Field(default=None, max_length=2000)
 
 
 class PauseRelationship(Command):
     message_name: ClassVar[str] = "pause_relationship"
-    until: AwareDatetime
+    until: Moment
     reason: Confidential = ""
 
 
@@ -311,7 +384,7 @@ class GoalAssessment(_Model):
 class SubmitReview(Command):
     message_name: ClassVar[str] = "submit_review"
     outcome: ReviewOutcome
-    goal_assessments: tuple[GoalAssessment, ...] = ()
+    goal_assessments: Annotated[tuple[GoalAssessment, ...], Strict(False)] = ()
     # With outcome "extend": by how many months (bounded by the programme).
     extension_months: int | None = Field(default=None, ge=1, le=24)
     comment: Confidential = ""
@@ -371,4 +444,33 @@ DIRECTORY_ACTOR = "directory"
 # programme's matching round. They may propose (and withdraw, for want of capacity)
 # like a coordinator.
 MATCHING_ACTOR = "matching-engine"
-MATCHING_ACTORS = frozenset({MATCHING_ACTOR, "matching-round"})
+ROUND_ACTOR = "matching-round"
+MATCHING_ACTORS = frozenset({MATCHING_ACTOR, ROUND_ACTOR})
+# Actors that are the system itself. The workflow issues the directory's and the pool's
+# commands itself; from outside, only a round's proposal may name one (and is checked
+# against the round's records before it is applied).
+INTERNAL_ACTORS = frozenset({DIRECTORY_ACTOR, *MATCHING_ACTORS})
+
+
+def command_digest(command: Command) -> str:
+    """A fingerprint of what a command asks (its message and every field), so that a command
+    id sent again with other content is told apart from an honest retry."""
+    canonical = json.dumps(
+        {"message": command.message_name, **command.model_dump(mode="json")}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def payload_digest(message_name: str, payload: Any) -> str:
+    """`command_digest` of a payload as it was sent (one that may not be a valid command)."""
+    canonical = json.dumps({"message": message_name, "payload": payload}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def read_command(model: type[Command], payload: Any) -> Command | Rejection:
+    """A payload as the command it is, validated exactly as its JSON Schema in `contract/`
+    reads, or the `invalid_payload` refusal naming every field at fault."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        return invalid_payload(field_problems(error, known=frozenset(model.model_fields)))

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from events.health import quiet_since
 from events.model import Health
-from events.state import Phase, RelationshipState
+from events.state import LEGACY_CADENCE_RULES, Phase, RelationshipState
 
 DeadlineKind = Literal[
     "matching_timeout",
@@ -94,8 +94,13 @@ def next_due(state: RelationshipState) -> Due | None:
     if state.phase is Phase.ACTIVE:
         if state.paused_until is not None:
             return Due(at=state.paused_until, what="The end of the pause")
-        if state.next_meeting is not None:
-            return Due(at=state.next_meeting.starts_at, what=f"Meeting {state.next_meeting.meeting_number}")
+        meeting = state.next_meeting
+        # A meeting the legacy rules left past the end of the term comes after the final review.
+        past_the_term = meeting is not None and state.cadence_rules != LEGACY_CADENCE_RULES and (
+            state.term_ends_at is not None and meeting.starts_at > state.term_ends_at
+        )
+        if meeting is not None and not past_the_term:
+            return Due(at=meeting.starts_at, what=f"Meeting {meeting.meeting_number}")
         return Due(at=state.term_ends_at, what="The end of the term")
     return None
 

@@ -5,7 +5,8 @@ command id or the deadline), so deciding the same thing twice yields the same ev
 retried append is recognised as the same write, and a replayed workflow decides identically.
 
 Every decision ends with the same follow-up (`_follow_up`): a relationship in its cadence
-always has its next meeting scheduled, and its health always matches `assess_health`.
+always has its next meeting scheduled while the term has room for one (events/meetings.py),
+and its health always matches `assess_health`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from events.commands import (
     DIRECTORY_ACTOR,
+    INTERNAL_ACTORS,
     MATCHING_ACTORS,
+    ROUND_ACTOR,
     AcceptMatch,
     AcknowledgeGoalRevision,
     CancelMeeting,
@@ -46,6 +47,7 @@ from events.commands import (
     SubmitFeedback,
     SubmitReflection,
     SubmitReview,
+    command_digest,
 )
 from events.deadlines import Deadline, add_months, next_deadline
 from events.health import assess_health, quiet_since
@@ -59,6 +61,7 @@ from events.model import (
     ClosureBegun,
     ClosureReason,
     CommandRejected,
+    CommandStamp,
     ConcernRaised,
     ConcernResolved,
     FeedbackRequested,
@@ -95,29 +98,30 @@ from events.model import (
     ReviewSubmitted,
     TermExtended,
 )
-from events.scheduling import next_slot
-from events.settings import FREQUENCY_DAYS, FREQUENCY_ORDER, ProgrammeSettings
-from events.state import Phase, RelationshipState, evolve
+from events.refusals import FieldProblem, RefusalCode, Rejection, limits, refuse
+from events.meetings import FIRST_MEETING_WITHIN as FIRST_MEETING_WITHIN
+from events.meetings import MIN_SCHEDULING_LEAD as MIN_SCHEDULING_LEAD
+from events.meetings import (
+    MAX_RESCHEDULE_AHEAD,
+    MEETING_CLOCK_SKEW,
+    beyond_the_term,
+    meeting_reported,
+    plan_next_meeting,
+)
+from events.settings import FREQUENCY_ORDER, ProgrammeSettings
+from events.state import LEGACY_CADENCE_RULES, Phase, RelationshipState, evolve
+
+NOT_ALLOWED, WRONG_PHASE, NOT_FOUND, LIMIT, CONFLICT = (
+    RefusalCode.NOT_ALLOWED,
+    RefusalCode.WRONG_PHASE,
+    RefusalCode.NOT_FOUND,
+    RefusalCode.LIMIT,
+    RefusalCode.CONFLICT,
+)
 
 _EVENT_ID_NAMESPACE = uuid.UUID("5f0c6a4e-2b7d-4c1e-9a55-6d0b8f3e7a21")
 
-# A meeting reported this far in the future is a clock or input error, not a meeting.
-MEETING_CLOCK_SKEW = timedelta(hours=1)
-# A newly scheduled meeting is at least this far ahead, so reminders can still go out.
-MIN_SCHEDULING_LEAD = timedelta(days=1)
-# The first meeting comes within a week of signing, even for a monthly rhythm.
-FIRST_MEETING_WITHIN = timedelta(days=7)
-# A meeting is rescheduled at most this far ahead: beyond it is an input error (and a date
-# near the end of the calendar would overflow the deadlines computed from it).
-MAX_RESCHEDULE_AHEAD = timedelta(days=366)
-
-
-class Rejection(BaseModel):
-    """Why a command is not allowed now; the message is shown to the sender as is."""
-
-    model_config = ConfigDict(frozen=True)
-
-    reason: str
+# The meeting rules and their constants (clock skew, scheduling lead, …): events/meetings.py.
 
 
 Decision = list[AnyEvent] | Rejection
@@ -127,9 +131,19 @@ class _Emitter:
     """Stamps successive events with the envelope (next version, derived id, time, cause)
     and folds each one, so later rules see the state the earlier events made."""
 
-    def __init__(self, state: RelationshipState | None, stream_id: str, cause: str, now: datetime, command_id: str | None):
+    def __init__(
+        self,
+        state: RelationshipState | None,
+        stream_id: str,
+        cause: str,
+        now: datetime,
+        command_id: str | None,
+        stamp: CommandStamp | None = None,
+    ):
         self.state = state
         self.stream_id, self.cause, self.now, self.command_id = stream_id, cause, now, command_id
+        # Goes on the first event only: it is what the command was, not what each event is.
+        self.stamp = stamp
         self.version = state.version if state else 0
         self.events: list[AnyEvent] = []
 
@@ -147,6 +161,7 @@ class _Emitter:
             event_id=str(event_id),
             occurred_at=self.now,
             command_id=self.command_id,
+            **({"caused_by": self.stamp} if self.stamp and not self.events else {}),
             **fields,
         )
         self.state = evolve(self.state, event)
@@ -161,26 +176,79 @@ def start_relationship(
     return emit.events
 
 
-def reject(state: RelationshipState, command_name: str, command_id: str | None, reason: str, now: datetime) -> AnyEvent:
+def reject(
+    state: RelationshipState,
+    command_name: str,
+    command_id: str | None,
+    rejection: Rejection,
+    now: datetime,
+    payload_digest: str | None = None,
+) -> AnyEvent:
     """The event that records a signalled command which was not allowed."""
     cause = f"rejected:{command_id}" if command_id else f"rejected:{state.version}"
     emit = _Emitter(state, state.relationship_id, cause, now, command_id)
-    emit(CommandRejected, command_name=command_name, reason=reason)
+    emit(
+        CommandRejected,
+        command_name=command_name,
+        code=rejection.code,
+        reason=rejection.reason,
+        problems=rejection.problems,
+        payload_digest=payload_digest,
+    )
     return emit.events[0]
 
 
+def already_refused(state: RelationshipState, command_id: str | None, payload_digest: str) -> bool:
+    """Whether this very payload was refused last time its command id was sent: a resent
+    signal is then not recorded again (a corrected one, with other content, is decided)."""
+    if command_id is None:
+        return False
+    for rejected in reversed(state.rejected_commands):
+        if rejected.command_id == command_id:
+            return rejected.payload_digest == payload_digest
+    return False
+
+
+def refuse_from_outside(command: Command) -> Rejection | None:
+    """A message sent from outside (a signal or update) that claims to be the system itself.
+
+    The directory's and the pool's commands are issued by the workflow, never received; a
+    matching round's `propose_match` is received and must then be confirmed against the
+    round's own records (the workflow does that, it needs I/O)."""
+    if command.actor_id not in INTERNAL_ACTORS:
+        return None
+    if command.actor_id == ROUND_ACTOR and isinstance(command, ProposeMatch):
+        return None
+    return refuse(
+        NOT_ALLOWED, f"actor {command.actor_id} is the system itself: it acts only from the system's own workflows"
+    )
+
+
 def decide(state: RelationshipState, command: Command, now: datetime) -> Decision:
-    """The events a command causes, `[]` for a command already applied, or a rejection."""
+    """The events a command causes, `[]` for a command already applied (a retry), or a rejection.
+
+    A command id names one command: sent again with the same content it is a retry and
+    changes nothing; sent with other content (or as another message) it is refused with
+    `command_id_reused`. A refused command does not use its id up."""
+    digest = command_digest(command)
     if command.command_id in state.processed_command_ids:
+        first = state.applied_commands.get(command.command_id)
+        if first is not None and first.digest is not None and first.digest != digest:
+            return refuse(
+                RefusalCode.COMMAND_ID_REUSED,
+                f"command id {command.command_id} was already used for another command ({first.message}); "
+                "nothing happened: send a new command with a new command id",
+            )
         return []
     if state.phase is Phase.CLOSED:
-        return Rejection(reason=f"the relationship is closed ({state.closure_reason})")
+        return refuse(WRONG_PHASE, f"the relationship is closed ({state.closure_reason})")
     if state.phase is Phase.CLOSING and not isinstance(command, SubmitReflection):
-        return Rejection(reason="the relationship is closing; only submit_reflection is accepted")
+        return refuse(WRONG_PHASE, "the relationship is closing; only submit_reflection is accepted")
     handler = _HANDLERS.get(type(command))
     if handler is None:
-        return Rejection(reason=f"unknown command {type(command).__name__}")
-    emit = _Emitter(state, state.relationship_id, f"command:{command.command_id}", now, command.command_id)
+        return refuse(RefusalCode.UNKNOWN_MESSAGE, f"unknown command {command.message_name}")
+    stamp = CommandStamp(message=command.message_name, digest=digest)
+    emit = _Emitter(state, state.relationship_id, f"command:{command.command_id}", now, command.command_id, stamp)
     rejection = handler(command, emit)
     if rejection is not None:
         return rejection
@@ -228,8 +296,7 @@ def _follow_up(emit: _Emitter) -> None:
     state = emit.current
     if not state.in_cadence or state.is_paused:
         return
-    if state.next_meeting is None:
-        _schedule_next_meeting(emit)
+    _schedule_next_meeting(emit)
     state = emit.current
     health, reasons = assess_health(state, emit.now)
     if (health, reasons) != (state.health, state.health_reasons):
@@ -237,19 +304,16 @@ def _follow_up(emit: _Emitter) -> None:
 
 
 def _schedule_next_meeting(emit: _Emitter) -> None:
+    """Schedule the next meeting if none is (or move one left past the end of the term into
+    it), by the rules in events/meetings.py; nothing when the term has no room for it."""
     state = emit.current
-    assert state.agreement is not None and state.activated_at is not None and state.meeting_frequency is not None
-    terms = state.agreement.terms
-    interval = timedelta(days=FREQUENCY_DAYS[state.meeting_frequency])
-    anchors = [m for m in (state.last_meeting_at, state.last_scheduled_start) if m is not None]
-    due = max(anchors) + interval if anchors else state.activated_at + min(interval, FIRST_MEETING_WITHIN)
-    starts_at = next_slot(max(due, emit.now + MIN_SCHEDULING_LEAD), terms.availability, terms.meeting_minutes)
-    emit(
-        MeetingScheduled,
-        meeting_number=state.last_meeting_number + 1,
-        starts_at=starts_at,
-        ends_at=starts_at + timedelta(minutes=terms.meeting_minutes),
-    )
+    planned = plan_next_meeting(state, emit.now)
+    if planned is None:
+        return
+    number, starts_at = planned
+    assert state.agreement is not None
+    ends_at = starts_at + timedelta(minutes=state.agreement.terms.meeting_minutes)
+    emit(MeetingScheduled, meeting_number=number, starts_at=starts_at, ends_at=ends_at)
 
 
 # -- who may act ---------------------------------------------------------------------------
@@ -259,15 +323,15 @@ def _wrong_phase(state: RelationshipState, command: Command, *allowed: Phase) ->
     if state.phase in allowed:
         return None
     names = " or ".join(phase.value for phase in allowed)
-    return Rejection(
-        reason=f"{command.message_name} is only allowed in the {names} phase; the relationship is in {state.phase.value}"
+    return refuse(
+        WRONG_PHASE, f"{command.message_name} is only allowed in the {names} phase; the relationship is in {state.phase.value}"
     )
 
 
 def _party(state: RelationshipState, command: Command) -> Party | Rejection:
     party = state.party_of(command.actor_id)
     if party is None:
-        return Rejection(reason=f"actor {command.actor_id} is not a party to this relationship")
+        return refuse(NOT_ALLOWED, f"actor {command.actor_id} is not a party to this relationship")
     return party
 
 
@@ -287,16 +351,13 @@ def _party_or_coordinator(state: RelationshipState, command: Command) -> Party |
         return party
     if _is_coordinator(state, command.actor_id):
         return None
-    return Rejection(reason=f"actor {command.actor_id} is neither a party nor a coordinator of this relationship")
+    return refuse(NOT_ALLOWED, f"actor {command.actor_id} is neither a party nor a coordinator of this relationship")
 
 
 def _not_paused(state: RelationshipState, command: Command) -> Rejection | None:
     if state.paused_until is None:
         return None
-    return Rejection(
-        reason=f"{command.message_name} is not allowed while the relationship is paused "
-        f"(until {state.paused_until.isoformat()}); resume it first"
-    )
+    return refuse(WRONG_PHASE, f"{command.message_name} is not allowed while the relationship is paused; resume it first")
 
 
 Handler = Callable[[Any, _Emitter], Rejection | None]
@@ -311,15 +372,15 @@ def _propose_match(command: ProposeMatch, emit: _Emitter) -> Rejection | None:
         return rejection
     coordinators = state.settings.coordinator_ids
     if coordinators and command.actor_id not in coordinators and command.actor_id not in MATCHING_ACTORS:
-        return Rejection(reason=f"actor {command.actor_id} is not a coordinator of this programme")
+        return refuse(NOT_ALLOWED, f"actor {command.actor_id} is not a coordinator of this programme")
     if command.actor_id == state.mentee_id:
-        return Rejection(reason="the mentee cannot propose their own mentor")
+        return refuse(NOT_ALLOWED, "the mentee cannot propose their own mentor")
     if command.mentor_id == state.mentee_id:
-        return Rejection(reason="mentor_id must differ from the mentee")
+        return refuse(CONFLICT, "mentor_id must differ from the mentee")
     if command.mentor_id in state.declined_mentor_ids:
-        return Rejection(reason=f"mentor {command.mentor_id} was already proposed and declined or let it expire")
+        return refuse(CONFLICT, f"mentor {command.mentor_id} was already proposed and declined or let it expire")
     if state.candidate is not None:
-        return Rejection(reason=f"mentor {state.candidate.mentor_id} is already proposed; wait for an answer or expiry")
+        return refuse(CONFLICT, f"mentor {state.candidate.mentor_id} is already proposed; wait for an answer or expiry")
     emit(
         MatchProposed,
         mentor_id=command.mentor_id,
@@ -336,12 +397,12 @@ def _accept_match(command: AcceptMatch, emit: _Emitter) -> Rejection | None:
     if rejection := _wrong_phase(state, command, Phase.MATCHING):
         return rejection
     if state.candidate is None:
-        return Rejection(reason="there is no match proposal to accept")
+        return refuse(NOT_FOUND, "there is no match proposal to accept")
     party = _party(state, command)
     if isinstance(party, Rejection):
         return party
     if party in state.candidate.accepted_by:
-        return Rejection(reason=f"the {party} has already accepted this proposal")
+        return refuse(CONFLICT, f"the {party} has already accepted this proposal")
     emit(MatchAccepted, party=party, accepted_by=command.actor_id)
     if len(state.candidate.accepted_by) == 1:
         emit(
@@ -357,7 +418,7 @@ def _decline_match(command: DeclineMatch, emit: _Emitter) -> Rejection | None:
     if rejection := _wrong_phase(state, command, Phase.MATCHING):
         return rejection
     if state.candidate is None:
-        return Rejection(reason="there is no match proposal to decline")
+        return refuse(NOT_FOUND, "there is no match proposal to decline")
     # The pool withdraws a proposal whose mentor has no free slot, on the mentor's behalf.
     party = "mentor" if command.actor_id in MATCHING_ACTORS else _party(state, command)
     if isinstance(party, Rejection):
@@ -383,21 +444,30 @@ def _propose_agreement(command: ProposeAgreement, emit: _Emitter) -> Rejection |
     if isinstance(party, Rejection):
         return party
     settings, terms = state.settings, command.terms
+    problems: list[FieldProblem] = []
     if FREQUENCY_ORDER.index(terms.meeting_frequency) > FREQUENCY_ORDER.index(settings.minimum_meeting_frequency):
-        return Rejection(
-            reason=f"meeting_frequency {terms.meeting_frequency} is less often than the programme minimum "
-            f"({settings.minimum_meeting_frequency})"
+        problems.append(
+            FieldProblem(
+                field="terms.meeting_frequency",
+                message=f"is less often than the programme minimum ({settings.minimum_meeting_frequency})",
+            )
         )
     if not settings.min_meeting_minutes <= terms.meeting_minutes <= settings.max_meeting_minutes:
-        return Rejection(
-            reason=f"meeting_minutes must be between {settings.min_meeting_minutes} and "
-            f"{settings.max_meeting_minutes}, not {terms.meeting_minutes}"
+        problems.append(
+            FieldProblem(
+                field="terms.meeting_minutes",
+                message=f"must be between {settings.min_meeting_minutes} and {settings.max_meeting_minutes}",
+            )
         )
     if not settings.min_term_months <= terms.term_months <= settings.max_term_months:
-        return Rejection(
-            reason=f"term_months must be between {settings.min_term_months} and "
-            f"{settings.max_term_months}, not {terms.term_months}"
+        problems.append(
+            FieldProblem(
+                field="terms.term_months",
+                message=f"must be between {settings.min_term_months} and {settings.max_term_months}",
+            )
         )
+    if rejection := limits(problems):
+        return rejection
     version = state.agreement.agreement_version + 1 if state.agreement else 1
     emit(AgreementProposed, agreement_version=version, terms=terms, proposed_by=command.actor_id)
     return None
@@ -410,14 +480,15 @@ def _sign_agreement(command: SignAgreement, emit: _Emitter) -> Rejection | None:
         return party
     agreement = state.agreement
     if agreement is None:
-        return Rejection(reason="no agreement has been proposed yet")
+        return refuse(NOT_FOUND, "no agreement has been proposed yet")
     if command.agreement_version != agreement.agreement_version:
-        return Rejection(
-            reason=f"agreement_version {command.agreement_version} is not the current version "
-            f"({agreement.agreement_version}); read it and sign that one"
+        return refuse(
+            NOT_FOUND,
+            f"agreement_version is not the current version ({agreement.agreement_version}); read it and sign that one",
+            FieldProblem(field="agreement_version", message=f"should be {agreement.agreement_version}"),
         )
     if party in agreement.signed_by:
-        return Rejection(reason=f"the {party} has already signed version {agreement.agreement_version}")
+        return refuse(CONFLICT, f"the {party} has already signed version {agreement.agreement_version}")
     emit(AgreementSigned, agreement_version=agreement.agreement_version, party=party, signed_by=command.actor_id)
     if len(agreement.signed_by) == 1:
         emit(
@@ -441,21 +512,19 @@ def _record_meeting(command: RecordMeeting, emit: _Emitter) -> Rejection | None:
         return party
     assert state.activated_at is not None
     if command.held_at > emit.now + MEETING_CLOCK_SKEW:
-        return Rejection(reason=f"held_at {command.held_at.isoformat()} is in the future")
+        return refuse(LIMIT, "held_at is in the future", FieldProblem(field="held_at", message="is in the future"))
     if command.held_at < state.activated_at:
-        return Rejection(reason=f"held_at {command.held_at.isoformat()} is before the agreement took effect")
+        return refuse(
+            LIMIT,
+            "held_at is before the agreement took effect",
+            FieldProblem(field="held_at", message="is before the agreement took effect"),
+        )
+    reported = meeting_reported(state, command)
+    if isinstance(reported, Rejection):
+        return reported
+    number, correction = reported
     held = {"held_at": command.held_at, "duration_minutes": command.duration_minutes, "recorded_by": command.actor_id, "notes": command.notes}
-    if command.meeting_number is not None and (
-        state.next_meeting is None or command.meeting_number != state.next_meeting.meeting_number
-    ):
-        if command.meeting_number not in state.missed_meeting_numbers:
-            return Rejection(
-                reason=f"meeting {command.meeting_number} is neither the next meeting nor one marked missed"
-            )
-        emit(MeetingHeld, meeting_number=command.meeting_number, correction=True, **held)
-    else:
-        assert state.next_meeting is not None, "a relationship in its cadence always has a next meeting"
-        emit(MeetingHeld, meeting_number=state.next_meeting.meeting_number, **held)
+    emit(MeetingHeld, meeting_number=number, correction=correction, **held)
     # A corrected meeting counts as held too, so it may complete a feedback round.
     every = state.settings.feedback_every_sessions
     held_count = emit.current.meetings_held
@@ -468,7 +537,7 @@ def _scheduled(state: RelationshipState, command: CancelMeeting | RescheduleMeet
     meeting = state.next_meeting
     if meeting is None or meeting.meeting_number != command.meeting_number:
         current = f"meeting {meeting.meeting_number}" if meeting else "none"
-        return Rejection(reason=f"meeting {command.meeting_number} is not the scheduled meeting (that is {current})")
+        return refuse(NOT_FOUND, f"meeting {command.meeting_number} is not the scheduled meeting (that is {current})")
     return None
 
 
@@ -508,11 +577,15 @@ def _reschedule_meeting(command: RescheduleMeeting, emit: _Emitter) -> Rejection
     if rejection := _scheduled(state, command):
         return rejection
     if command.starts_at <= emit.now:
-        return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is not in the future")
+        return refuse(LIMIT, "starts_at is not in the future", FieldProblem(field="starts_at", message="is not in the future"))
     if command.starts_at > emit.now + MAX_RESCHEDULE_AHEAD:
-        ahead = MAX_RESCHEDULE_AHEAD.days
-        return Rejection(reason=f"starts_at {command.starts_at.isoformat()} is more than {ahead} days ahead")
-    assert state.agreement is not None
+        ahead = f"is more than {MAX_RESCHEDULE_AHEAD.days} days ahead"
+        return refuse(LIMIT, f"starts_at {ahead}", FieldProblem(field="starts_at", message=ahead))
+    assert state.agreement is not None and state.term_ends_at is not None
+    ends_at = command.starts_at + timedelta(minutes=state.agreement.terms.meeting_minutes)
+    if state.cadence_rules != LEGACY_CADENCE_RULES and beyond_the_term(state, ends_at):
+        after = f"would end after the term ({state.term_ends_at.isoformat()})"
+        return refuse(LIMIT, f"starts_at {after}", FieldProblem(field="starts_at", message=after))
     emit(
         MeetingRescheduled,
         meeting_number=command.meeting_number,
@@ -535,11 +608,11 @@ def _record_goal_progress(command: RecordGoalProgress, emit: _Emitter) -> Reject
         return party
     goal = state.goals.get(command.goal_id)
     if goal is None:
-        return Rejection(reason=f"there is no goal {command.goal_id}; goals are {', '.join(state.goals) or 'none'}")
+        return refuse(NOT_FOUND, f"there is no goal {command.goal_id}; goals are {', '.join(state.goals) or 'none'}")
     known = {m.milestone_id for m in goal.goal.milestones}
     unknown = [m for m in command.milestones_reached if m not in known]
     if unknown:
-        return Rejection(reason=f"goal {command.goal_id} has no milestone {', '.join(unknown)}")
+        return refuse(NOT_FOUND, f"goal {command.goal_id} has no milestone {', '.join(unknown)}")
     emit(GoalProgressRecorded, goal_id=command.goal_id, progress_percent=command.progress_percent, recorded_by=command.actor_id)
     for milestone_id in dict.fromkeys(command.milestones_reached):
         if milestone_id not in goal.milestones_reached:
@@ -556,9 +629,9 @@ def _propose_goal_revision(command: ProposeGoalRevision, emit: _Emitter) -> Reje
         return party
     goal_id = command.goal.goal_id
     if any(pending.goal.goal_id == goal_id for pending in state.pending_goal_revisions.values()):
-        return Rejection(reason=f"a revision of goal {goal_id} is already waiting for acknowledgement")
+        return refuse(CONFLICT, f"a revision of goal {goal_id} is already waiting for acknowledgement")
     if goal_id not in state.goals and len(state.goals) >= 20:
-        return Rejection(reason="a relationship can have at most 20 goals")
+        return refuse(LIMIT, "a relationship can have at most 20 goals")
     emit(
         GoalRevisionProposed,
         revision_id=command.command_id,
@@ -577,9 +650,9 @@ def _acknowledge_goal_revision(command: AcknowledgeGoalRevision, emit: _Emitter)
         return party
     pending = state.pending_goal_revisions.get(command.revision_id)
     if pending is None:
-        return Rejection(reason=f"there is no goal revision {command.revision_id} waiting for acknowledgement")
+        return refuse(NOT_FOUND, f"there is no goal revision {command.revision_id} waiting for acknowledgement")
     if pending.party == party:
-        return Rejection(reason=f"the {party} proposed revision {command.revision_id}; the other side must acknowledge it")
+        return refuse(NOT_ALLOWED, f"the {party} proposed revision {command.revision_id}; the other side must acknowledge it")
     emit(GoalRevised, revision_id=command.revision_id, goal=pending.goal, acknowledged_by=command.actor_id)
     return None
 
@@ -591,9 +664,9 @@ def _submit_feedback(command: SubmitFeedback, emit: _Emitter) -> Rejection | Non
         return party
     if not 1 <= command.feedback_round <= state.feedback_round:
         asked = f"rounds 1 to {state.feedback_round}" if state.feedback_round else "no round yet"
-        return Rejection(reason=f"feedback round {command.feedback_round} has not been requested ({asked})")
+        return refuse(NOT_FOUND, f"feedback round {command.feedback_round} has not been requested ({asked})")
     if any(s.feedback_round == command.feedback_round and s.party == party for s in state.feedback_scores):
-        return Rejection(reason=f"the {party} has already given feedback for round {command.feedback_round}")
+        return refuse(CONFLICT, f"the {party} has already given feedback for round {command.feedback_round}")
     emit(
         FeedbackSubmitted,
         feedback_round=command.feedback_round,
@@ -623,10 +696,10 @@ def _resolve_concern(command: ResolveConcern, emit: _Emitter) -> Rejection | Non
     state = emit.current
     concern = state.open_concerns.get(command.concern_id)
     if concern is None:
-        return Rejection(reason=f"there is no open concern {command.concern_id}")
+        return refuse(NOT_FOUND, f"there is no open concern {command.concern_id}")
     raised_by_actor = concern.party is not None and state.party_of(command.actor_id) == concern.party
     if not (_is_coordinator(state, command.actor_id) or raised_by_actor):
-        return Rejection(reason="only a coordinator or whoever raised the concern may resolve it")
+        return refuse(NOT_ALLOWED, "only a coordinator or whoever raised the concern may resolve it")
     emit(ConcernResolved, concern_id=command.concern_id, resolved_by=command.actor_id, resolution=command.resolution)
     return None
 
@@ -658,9 +731,10 @@ def _pause(command: PauseRelationship, emit: _Emitter) -> Rejection | None:
         return party
     longest = timedelta(days=state.settings.max_pause_days)
     if command.until <= emit.now:
-        return Rejection(reason=f"until {command.until.isoformat()} is not in the future")
+        return refuse(LIMIT, "until is not in the future", FieldProblem(field="until", message="is not in the future"))
     if command.until > emit.now + longest:
-        return Rejection(reason=f"a pause may last at most {state.settings.max_pause_days} days")
+        most = f"is more than {state.settings.max_pause_days} days ahead (the longest pause)"
+        return refuse(LIMIT, f"until {most}", FieldProblem(field="until", message=most))
     emit(RelationshipPaused, until=command.until, paused_by=command.actor_id, reason=command.reason)
     return None
 
@@ -668,7 +742,7 @@ def _pause(command: PauseRelationship, emit: _Emitter) -> Rejection | None:
 def _resume(command: ResumeRelationship, emit: _Emitter) -> Rejection | None:
     state = emit.current
     if state.paused_until is None:
-        return Rejection(reason="the relationship is not paused")
+        return refuse(WRONG_PHASE, "the relationship is not paused")
     if isinstance(party := _party_or_coordinator(state, command), Rejection):
         return party
     _resume_now(emit, command.actor_id)
@@ -707,18 +781,23 @@ def _submit_review(command: SubmitReview, emit: _Emitter) -> Rejection | None:
     review = state.review
     assert review is not None
     if party in review.submissions:
-        return Rejection(reason=f"the {party} has already submitted the {review.kind} review")
+        return refuse(CONFLICT, f"the {party} has already submitted the {review.kind} review")
     unknown = [a.goal_id for a in command.goal_assessments if a.goal_id not in state.goals]
     if unknown:
-        return Rejection(reason=f"there is no goal {', '.join(unknown)}")
+        return refuse(NOT_FOUND, f"there is no goal {', '.join(unknown)}")
     settings = state.settings
+    problems: list[FieldProblem] = []
     if command.outcome == "extend":
         if state.extensions >= settings.max_extensions:
-            return Rejection(reason=f"the term cannot be extended again (at most {settings.max_extensions} extensions)")
+            problems.append(
+                FieldProblem(field="outcome", message=f"cannot extend again (at most {settings.max_extensions} extensions)")
+            )
         if (command.extension_months or settings.max_extension_months) > settings.max_extension_months:
-            return Rejection(reason=f"an extension may be at most {settings.max_extension_months} months")
+            problems.append(FieldProblem(field="extension_months", message=f"may be at most {settings.max_extension_months}"))
     elif command.extension_months is not None:
-        return Rejection(reason="extension_months only goes with outcome extend")
+        problems.append(FieldProblem(field="extension_months", message="only goes with outcome extend"))
+    if rejection := limits(problems):
+        return rejection
     emit(
         ReviewSubmitted,
         kind=review.kind,
@@ -774,23 +853,23 @@ def _close_relationship(command: CloseRelationship, emit: _Emitter) -> Rejection
     elif state.mentor_id is not None and command.actor_id == state.mentor_id:
         reason = ClosureReason.CLOSED_BY_MENTOR
     else:
-        return Rejection(reason=f"actor {command.actor_id} may not close this relationship")
-    _close(emit, reason, command.actor_id)
+        return refuse(NOT_ALLOWED, f"actor {command.actor_id} may not close this relationship")
+    _close(emit, reason, command.actor_id, command.note)
     return None
 
 
 def _participant_left(command: ReportParticipantLeft, emit: _Emitter) -> Rejection | None:
     state = emit.current
     if not (command.actor_id == DIRECTORY_ACTOR or _is_coordinator(state, command.actor_id)):
-        return Rejection(reason="only the directory or a coordinator may report that a participant left")
+        return refuse(NOT_ALLOWED, "only the directory or a coordinator may report that a participant left")
     party = state.party_of(command.participant_id)
     if party is None:
-        return Rejection(reason=f"participant {command.participant_id} is not part of this relationship")
+        return refuse(NOT_FOUND, f"participant {command.participant_id} is not part of this relationship")
     if state.phase is Phase.MATCHING and party == "mentor":
         # Only proposed, not yet matched: the search goes on without them.
         _candidate_declined(emit, "mentor", command.actor_id, "participant left")
     else:
-        _close(emit, ClosureReason.PARTICIPANT_LEFT, command.actor_id)
+        _close(emit, ClosureReason.PARTICIPANT_LEFT, command.actor_id, left=command.participant_id)
     return None
 
 
@@ -800,21 +879,25 @@ def _submit_reflection(command: SubmitReflection, emit: _Emitter) -> Rejection |
     if isinstance(party, Rejection):
         return party
     if party in state.reflections_from:
-        return Rejection(reason=f"the {party} has already shared a reflection")
+        return refuse(CONFLICT, f"the {party} has already shared a reflection")
     emit(ReflectionSubmitted, party=party, text=command.text)
     if len(emit.current.reflections_from) == 2:
         _finish(emit)
     return None
 
 
-def _close(emit: _Emitter, reason: ClosureReason, closed_by: str | None) -> None:
-    """End the relationship: with closing reflections if it ever got going, else at once."""
+def _close(
+    emit: _Emitter, reason: ClosureReason, closed_by: str | None, note: str = "", *, left: str | None = None
+) -> None:
+    """End the relationship: with closing reflections if it ever got going, else at once.
+    `left`: who left the organisation (participant_left)."""
     state = emit.current
     if state.activated_at is None:
-        emit(RelationshipClosed, reason=reason, closed_by=closed_by, summary=summarize(state, reason, emit.now))
+        summary = summarize(state, reason, emit.now)
+        emit(RelationshipClosed, reason=reason, closed_by=closed_by, summary=summary, note=note, participant_id=left)
         return
     due = emit.now + timedelta(days=state.settings.reflection_days)
-    emit(ClosureBegun, reason=reason, closed_by=closed_by, reflections_due_at=due)
+    emit(ClosureBegun, reason=reason, closed_by=closed_by, reflections_due_at=due, note=note, participant_id=left)
 
 
 def _finish(emit: _Emitter) -> None:

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from events.commands import AgreementTerms, Goal, GoalAssessment, Party, ReviewOutcome
+from events.refusals import FieldProblem, RefusalCode, code_of_stored_reason
 from events.sensitivity import ConfidentialText, FieldPath, NotConfidential, confidential_paths
 from events.settings import MeetingFrequency, ProgrammeSettings
 
@@ -40,6 +41,13 @@ class ClosureReason(StrEnum):
     STALLED = "stalled"
     REVIEW_DECIDED_CLOSE = "review_decided_close"
     TERM_COMPLETED = "term_completed"
+
+
+# Text in events is confidential by default (`ConfidentialText`: encrypted in the store with
+# the relationship's key, `[forgotten]` after `mentorflow forget`). `NotConfidential` is kept
+# for what is not free text: ids of people, events, goals, concerns, revisions and commands
+# (`*_id`, `*_by`: reports, projections and SQL join on them), codes, message names,
+# digests, and texts the system writes itself (refusal reasons, health reason codes).
 
 
 class _Frozen(BaseModel):
@@ -75,6 +83,14 @@ class RelationshipSummary(_Frozen):
     reflections_from: tuple[Party, ...]
 
 
+class CommandStamp(_Frozen):
+    """Which message a command was and a digest of its content (`events.commands.command_digest`):
+    what tells a retry of a command from another command sent under the same id."""
+
+    message: NotConfidential
+    digest: NotConfidential
+
+
 class Event(_Frozen):
     stream_id: NotConfidential
     version: int = Field(ge=1)
@@ -82,6 +98,8 @@ class Event(_Frozen):
     occurred_at: AwareDatetime
     # The command that caused this event; None for events caused by a deadline.
     command_id: NotConfidential | None = None
+    # On the first event a command caused (absent on events stored before it was kept).
+    caused_by: CommandStamp | None = None
     schema_version: int = 1
 
 
@@ -100,7 +118,8 @@ class MatchProposed(Event):
     mentor_id: NotConfidential
     proposed_by: NotConfidential
     expires_at: AwareDatetime
-    explanation: NotConfidential = ""
+    # Confidential: names the goals and topics the two share (or a coordinator's own words).
+    explanation: ConfidentialText = ""
     score: float | None = None
 
 
@@ -291,15 +310,17 @@ class ConcernResolved(Event):
 
 class IntroductionRecorded(Event):
     type: Literal["IntroductionRecorded"] = "IntroductionRecorded"
-    introduced_to: NotConfidential
+    # Confidential: free text, often a person's name or role.
+    introduced_to: ConfidentialText
     recorded_by: NotConfidential
     note: ConfidentialText = ""
 
 
 class ResourceShared(Event):
     type: Literal["ResourceShared"] = "ResourceShared"
-    title: NotConfidential
-    url: NotConfidential | None
+    # Confidential: what the mentee reads says what they work on; a URL may carry a token.
+    title: ConfidentialText
+    url: ConfidentialText | None
     shared_by: NotConfidential
 
 
@@ -324,6 +345,7 @@ class HealthChanged(Event):
     type: Literal["HealthChanged"] = "HealthChanged"
     health: Health
     previous: Health
+    # Plain: codes (quiet, missed_meetings, concern_open, low_feedback; events/health.py).
     reasons: tuple[NotConfidential, ...] = ()
 
 
@@ -377,6 +399,10 @@ class ClosureBegun(Event):
     reason: ClosureReason
     closed_by: NotConfidential | None = None
     reflections_due_at: AwareDatetime
+    # What whoever closed it early wrote (close_relationship's note).
+    note: ConfidentialText = ""
+    # Who left the organisation, when that is why it closed (participant_left).
+    participant_id: NotConfidential | None = None
 
 
 class ReflectionSubmitted(Event):
@@ -390,14 +416,32 @@ class RelationshipClosed(Event):
     reason: ClosureReason
     closed_by: NotConfidential | None = None
     summary: RelationshipSummary
+    # What whoever closed it wrote (close_relationship's note), when it closed at once.
+    note: ConfidentialText = ""
+    # Who left the organisation, when that is why it closed (participant_left).
+    participant_id: NotConfidential | None = None
 
 
 class CommandRejected(Event):
     """A signalled command that was not allowed; kept so the sender can see why."""
 
     type: Literal["CommandRejected"] = "CommandRejected"
+    # Plain: a message name of the contract, and a text the decider writes, which names
+    # fields and rules but never a value sent (events/refusals.py).
     command_name: NotConfidential
+    code: RefusalCode
     reason: NotConfidential
+    problems: tuple[FieldProblem, ...] = ()
+    # A digest of the refused payload: the same payload sent again is not recorded twice.
+    payload_digest: NotConfidential | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _code_of_older_events(cls, data: Any) -> Any:
+        # Rejections stored before codes existed carry only their text.
+        if isinstance(data, dict) and "code" not in data and isinstance(data.get("reason"), str):
+            return {**data, "code": code_of_stored_reason(data["reason"])}
+        return data
 
 
 AnyEvent = Annotated[

@@ -1,6 +1,7 @@
 """Who is told what when an event happens: pure, so the same events always notify the same way.
 
-A notification carries ids and a template name, never confidential text; channels (log,
+A notification carries ids and a template name, never confidential text (a closure's
+`note`, for one, stays in its event); channels (log,
 email with calendar invites, signed webhooks) render and deliver it. Its id is derived from
 the event id and the recipient, so a channel can recognise a redelivery.
 
@@ -22,6 +23,7 @@ from events.model import (
     AgreementReminderIssued,
     AnyEvent,
     ClosureBegun,
+    ClosureReason,
     ConcernRaised,
     ConcernResolved,
     FeedbackRequested,
@@ -108,6 +110,73 @@ def _health(event: HealthChanged, state: RelationshipState) -> list[Audience]:
         data = {"health": event.health.value, "previous": event.previous.value, "reasons": ",".join(event.reasons)}
         audiences.append((f"health_{event.health.value}", _coordinators(state), data))
     return audiences
+
+
+# Closures that end a relationship before its term. The coordinators hear of each at once,
+# with the reason and who closed it (002 §8 "address issues early"; the default exit plan
+# itself says to tell the coordinator) — not days later from the summary, nor never, until
+# the reflection deadline, if nobody reflects.
+# Not early: `term_completed` (the planned end), and `unmatched` and `agreement_expired`,
+# which end a relationship that never got under way: nobody chose them, the coordinators
+# heard of every decline or expiry on the way, and such a relationship closes at once, so
+# the summary reaches the coordinators the moment it happens anyway.
+EARLY_CLOSURE_REASONS = frozenset(
+    {
+        ClosureReason.CLOSED_BY_MENTEE,
+        ClosureReason.CLOSED_BY_MENTOR,
+        ClosureReason.CLOSED_BY_COORDINATOR,
+        ClosureReason.PARTICIPANT_LEFT,
+        ClosureReason.STALLED,
+        ClosureReason.REVIEW_DECIDED_CLOSE,
+    }
+)
+
+
+def _closed_early(
+    event: ClosureBegun | RelationshipClosed, state: RelationshipState, data: dict[str, str]
+) -> list[Audience]:
+    """`relationship_closed_early` to the coordinators: the reason, who closed it and who the
+    parties are (ids, shown as names), never the `note` whoever closed it wrote. A
+    coordinator who is also a party hears as a party, once."""
+    if event.reason not in EARLY_CLOSURE_REASONS:
+        return []
+    parties = _both(state)
+    coordinators = tuple(c for c in _coordinators(state) if c not in parties)
+    told = {"reason": event.reason.value, "mentee_id": state.mentee_id}
+    if state.mentor_id is not None:  # matched (a mentor only proposed is not named)
+        told["mentor_id"] = state.mentor_id
+    if event.closed_by is not None:
+        told["closed_by_id"] = event.closed_by
+    return [("relationship_closed_early", coordinators, {**told, **data})] if coordinators else []
+
+
+def _closure_begun(event: ClosureBegun, state: RelationshipState) -> list[Audience]:
+    respond_by = event.reflections_due_at.isoformat()
+    return [
+        ("reflection_request", _both(state), {"reason": event.reason.value, "respond_by": respond_by}),
+        *_closed_early(event, state, {"respond_by": respond_by}),
+        *_withdrawn_meeting(state, "the relationship is closing"),
+    ]
+
+
+def _closed(event: RelationshipClosed, state: RelationshipState) -> list[Audience]:
+    summary = event.summary
+    data = {
+        "reason": event.reason.value,
+        "meetings_held": str(summary.meetings_held),
+        "meetings_missed": str(summary.meetings_missed),
+        "goals_achieved": str(summary.goals_achieved),
+        "goals_total": str(summary.goals_total),
+        "duration_days": str(summary.duration_days),
+        "feedback_trend": ",".join(str(x) for x in summary.feedback_trend),
+    }
+    # A relationship that never got going closes at once, without a ClosureBegun: if that is
+    # an early closure, the coordinators' copy of the summary is the early-closure notice
+    # (one message, saying who closed it). After a ClosureBegun they were told then.
+    early = _closed_early(event, state, data) if summary.activated_at is None else []
+    if not early:
+        return [("relationship_summary", _everyone(state), data)]
+    return [("relationship_summary", _both(state), data), *early]
 
 
 def _withdrawn_meeting(state: RelationshipState, because: str) -> list[Audience]:
@@ -277,21 +346,6 @@ _RULES: dict[type, Rule] = {
         _everyone(s),
         {"months": str(e.months), "term_ends_at": e.term_ends_at.isoformat()},
     ),
-    ClosureBegun: lambda e, s: [
-        ("reflection_request", _both(s), {"reason": e.reason.value, "respond_by": e.reflections_due_at.isoformat()}),
-        *_withdrawn_meeting(s, "the relationship is closing"),
-    ],
-    RelationshipClosed: lambda e, s: (
-        "relationship_summary",
-        _everyone(s),
-        {
-            "reason": e.reason.value,
-            "meetings_held": str(e.summary.meetings_held),
-            "meetings_missed": str(e.summary.meetings_missed),
-            "goals_achieved": str(e.summary.goals_achieved),
-            "goals_total": str(e.summary.goals_total),
-            "duration_days": str(e.summary.duration_days),
-            "feedback_trend": ",".join(str(x) for x in e.summary.feedback_trend),
-        },
-    ),
+    ClosureBegun: _closure_begun,
+    RelationshipClosed: _closed,
 }

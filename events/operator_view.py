@@ -213,6 +213,7 @@ _TEMPLATE_LABELS = {
     "term_extended": "Term extended",
     "reflection_request": "Closing reflection request",
     "relationship_summary": "Final summary",
+    "relationship_closed_early": "Early-closure alert",
 }
 
 

@@ -18,6 +18,13 @@ Interval = tuple[datetime, datetime]
 def next_slot(not_before: datetime, availability: tuple[PartyAvailability, ...], minutes: int) -> datetime:
     """The first start at or after `not_before` at which every party that gave availability
     is free for `minutes`, looking `SEARCH_DAYS` ahead; `not_before` if there is none."""
+    slot = first_common_slot(not_before, availability, minutes)
+    return not_before if slot is None else slot
+
+
+def first_common_slot(not_before: datetime, availability: tuple[PartyAvailability, ...], minutes: int) -> datetime | None:
+    """Like `next_slot`, but None when the parties gave availability and share no slot in
+    the `SEARCH_DAYS` searched (without availability every moment is a slot)."""
     if not availability:
         return not_before
     length = timedelta(minutes=minutes)
@@ -29,7 +36,7 @@ def next_slot(not_before: datetime, availability: tuple[PartyAvailability, ...],
         candidate = _round_up(max(start, not_before))
         if candidate + length <= end:
             return candidate
-    return not_before
+    return None
 
 
 def _windows_utc(availability: PartyAvailability, since: datetime, until: datetime) -> list[Interval]:

@@ -3,12 +3,15 @@
 Every `str` in an event, however deeply nested (agreement terms, goal assessments,
 programme settings), carries one of two markers in its type annotation:
 
-* `CONFIDENTIAL` — what mentees and mentors share in confidence: meeting notes, reasons,
-  concerns and their resolutions, feedback and review comments, reflections. The event
-  store encrypts these with the relationship's own data key, and `mentorflow forget`
-  makes them unreadable for good.
-* `NOT_CONFIDENTIAL` — ids, codes and text meant to be seen by everyone in the relationship
-  and by operators (goal titles, resource titles, the matching explanation, …).
+* `CONFIDENTIAL` — the default for free text: meeting notes, reasons, concerns and their
+  resolutions, feedback and review comments, reflections, and the agreement itself (its
+  objective, goals with measures and milestones, not-private list, early-exit plan), match
+  explanations, introductions and shared resources. The event store encrypts these with
+  the relationship's own data key, and `mentorflow forget` makes them unreadable for good.
+* `NOT_CONFIDENTIAL` — only what is not free text and is needed in plain by a report, a
+  projection, a search or SQL: ids, codes, message names, digests, IANA time zone names,
+  texts the system writes itself (refusal reasons). Each such field says why where it is
+  declared; `tests/test_data_keys.py` lists every plain field, so adding one is deliberate.
 
 `unmarked_text_fields` lists any `str` with neither marker; a test keeps that list empty
 for every event type, so a new field has to be classified before it can be stored.
@@ -86,3 +89,32 @@ def confidential_paths(model: type[BaseModel]) -> tuple[FieldPath, ...]:
 def unmarked_text_fields(model: type[BaseModel]) -> list[str]:
     """Dotted paths of text fields that are neither confidential nor declared not confidential."""
     return [".".join(path) for path, marker in _walk(model, None, ()) if marker is None]
+
+
+def not_confidential_fields(model: type[BaseModel]) -> list[str]:
+    """Dotted paths of the text fields declared not confidential (stored in plain)."""
+    return [".".join(path) for path, marker in _walk(model, None, ()) if marker is NOT_CONFIDENTIAL]
+
+
+def redacted_json(model: BaseModel, replacement: str) -> dict[str, Any]:
+    """The model's JSON form with every non-empty confidential text replaced by `replacement`:
+    for readers not entitled to it (e.g. the `state` query shown to a read-only API key,
+    which holds the agreement and goals)."""
+    data: dict[str, Any] = model.model_dump(mode="json")
+
+    def replace(node: Any, rest: FieldPath) -> Any:
+        if not rest:
+            return replacement if isinstance(node, str) and node else node
+        step, tail = rest[0], rest[1:]
+        if step == ITEM:
+            if isinstance(node, list):
+                return [replace(item, tail) for item in node]
+            if isinstance(node, dict):
+                return {key: replace(item, tail) for key, item in node.items()}
+        elif isinstance(node, dict) and step in node:
+            return {**node, step: replace(node[step], tail)}
+        return node
+
+    for path in confidential_paths(type(model)):
+        data = replace(data, path)
+    return data

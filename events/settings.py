@@ -76,3 +76,14 @@ class ProgrammeSettings(BaseModel):
         if any(days < 1 or days >= self.agreement_ttl_days for days in self.agreement_reminder_days):
             raise ValueError("agreement_reminder_days must each be between 1 and agreement_ttl_days - 1")
         return self
+
+
+class ProgrammeRequest(BaseModel):
+    """What a starting relationship asks the directory: its programme's settings. `given`:
+    settings the starter passed, which are verified against the programme's (a start from
+    outside may not choose its own rules), unless the worker trusts them (tests only)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    programme_id: str
+    given: ProgrammeSettings | None = None

@@ -8,8 +8,10 @@ relationship exists.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from enum import StrEnum
 from functools import singledispatch
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_serializer
 
@@ -63,11 +65,21 @@ from events.model import (
     ReviewSubmitted,
     TermExtended,
 )
+from events.refusals import FieldProblem, RefusalCode
 from events.settings import MeetingFrequency, ProgrammeSettings
 
 # Rejections are kept for the sender to read, but only the most recent ones: the full
 # record is in the event store.
 REJECTIONS_KEPT = 20
+
+# The generations of meeting rules (`RelationshipState.cadence_rules`, events/meetings.py).
+# 1: the next meeting falls due one rhythm after the later of the last meeting held and the
+# last one planned, and a report is always the scheduled meeting. Kept only so that runs
+# which made decisions by it re-decide them identically when they replay.
+LEGACY_CADENCE_RULES = 1
+# 2: meetings on a grid anchored to the first meeting, never past the end of the term, and
+# each report matched to the meeting it belongs to.
+CADENCE_RULES = 2
 
 
 class Phase(StrEnum):
@@ -106,6 +118,17 @@ class ScheduledMeeting(_Frozen):
     revision: int = 0
     agenda_requested: bool = False
     reminded: bool = False
+
+
+MeetingOutcome = Literal["held", "missed", "cancelled"]
+
+
+class PastMeeting(_Frozen):
+    """A meeting no longer scheduled: when it was (last) planned for, and what became of it."""
+
+    meeting_number: int
+    starts_at: AwareDatetime
+    outcome: MeetingOutcome
 
 
 class GoalProgress(_Frozen):
@@ -147,8 +170,22 @@ class OpenReview(_Frozen):
 class RejectedCommand(_Frozen):
     command_id: str | None
     command_name: str
+    code: RefusalCode = RefusalCode.NOT_ALLOWED
     reason: str
+    problems: tuple[FieldProblem, ...] = ()
     rejected_at: AwareDatetime
+    payload_digest: str | None = None
+
+
+class AppliedCommand(_Frozen):
+    """What a command did when it was applied: the answer a retry of it gets again."""
+
+    # None for commands applied before their message and digest were kept.
+    message: str | None = None
+    digest: str | None = None
+    events: tuple[str, ...] = ()
+    version: int
+    phase: Phase
 
 
 class RelationshipState(_Frozen):
@@ -189,6 +226,15 @@ class RelationshipState(_Frozen):
     late_cancellations: int = 0
     meeting_minutes_total: int = 0
     last_meeting_at: AwareDatetime | None = None
+    # Which meeting rules decide (see CADENCE_RULES). No event sets it: every relationship
+    # folds to the current rules, and a workflow run that replays decisions made by the
+    # legacy rules decides on a copy set to LEGACY_CADENCE_RULES (docs/relationships.md).
+    cadence_rules: int = CADENCE_RULES
+    # Where the meeting grid starts: the start meeting 1 was first planned for.
+    cadence_origin: AwareDatetime | None = None
+    # Every meeting no longer scheduled (held, missed, cancelled), oldest first; a report of
+    # a meeting is matched against them. Empty in states carried over from before it was kept.
+    past_meetings: tuple[PastMeeting, ...] = ()
     paused_at: AwareDatetime | None = None
     paused_until: AwareDatetime | None = None
     resumed_at: AwareDatetime | None = None
@@ -224,7 +270,9 @@ class RelationshipState(_Frozen):
     closed_at: AwareDatetime | None = None
     summary: RelationshipSummary | None = None
 
+    # Ids of the commands applied (each at most once); a refused command's id is not used up.
     processed_command_ids: frozenset[str] = frozenset()
+    applied_commands: dict[str, AppliedCommand] = {}
     rejected_commands: tuple[RejectedCommand, ...] = ()
 
     @field_serializer("processed_command_ids")
@@ -281,11 +329,30 @@ def evolve(state: RelationshipState | None, event: AnyEvent) -> RelationshipStat
         raise ValueError(f"event version {event.version} does not follow state version {state.version}")
     changes = _changes(event, state)
     changes["version"] = event.version
-    if event.command_id is not None and event.command_id not in state.processed_command_ids:
-        changes["processed_command_ids"] = state.processed_command_ids | {event.command_id}
+    if event.command_id is not None and not isinstance(event, CommandRejected):
+        if event.command_id not in state.processed_command_ids:
+            changes["processed_command_ids"] = state.processed_command_ids | {event.command_id}
+        changes["applied_commands"] = _applied(state, event, changes.get("phase", state.phase))
     if "phase" in changes and changes["phase"] is not state.phase:
         changes["phase_entered_at"] = event.occurred_at
     return state.model_copy(update=changes)
+
+
+def _applied(state: RelationshipState, event: AnyEvent, phase: object) -> dict[str, AppliedCommand]:
+    assert event.command_id is not None and isinstance(phase, Phase)
+    first = state.applied_commands.get(event.command_id)
+    if first is None:
+        stamp = event.caused_by
+        record = AppliedCommand(
+            message=stamp.message if stamp else None,
+            digest=stamp.digest if stamp else None,
+            events=(event.type,),
+            version=event.version,
+            phase=phase,
+        )
+    else:
+        record = first.model_copy(update={"events": (*first.events, event.type), "version": event.version, "phase": phase})
+    return {**state.applied_commands, event.command_id: record}
 
 
 def fold(events: Iterable[AnyEvent], state: RelationshipState | None = None) -> RelationshipState | None:
@@ -403,13 +470,34 @@ def _(event: RelationshipActivated, state: RelationshipState) -> Changes:
 
 @_changes.register
 def _(event: MeetingScheduled, state: RelationshipState) -> Changes:
-    return {
-        "next_meeting": ScheduledMeeting(
-            meeting_number=event.meeting_number, starts_at=event.starts_at, ends_at=event.ends_at
-        ),
+    meeting = state.next_meeting
+    if meeting is not None and meeting.meeting_number == event.meeting_number:
+        # Planned again (it lay past the end of the term): a new revision of the same invite.
+        planned = meeting.model_copy(
+            update={
+                "starts_at": event.starts_at,
+                "ends_at": event.ends_at,
+                "revision": meeting.revision + 1,
+                "agenda_requested": False,
+                "reminded": False,
+            }
+        )
+    else:
+        planned = ScheduledMeeting(meeting_number=event.meeting_number, starts_at=event.starts_at, ends_at=event.ends_at)
+    changes: Changes = {
+        "next_meeting": planned,
         "last_meeting_number": max(state.last_meeting_number, event.meeting_number),
         "last_scheduled_start": event.starts_at,
     }
+    if event.meeting_number == 1 and state.cadence_origin is None:
+        changes["cadence_origin"] = event.starts_at
+    return changes
+
+
+def _past(state: RelationshipState, number: int, starts_at: datetime, outcome: MeetingOutcome) -> tuple[PastMeeting, ...]:
+    """The past meetings with meeting `number` recorded as `outcome` (replacing its record)."""
+    kept = tuple(m for m in state.past_meetings if m.meeting_number != number)
+    return tuple(sorted((*kept, PastMeeting(meeting_number=number, starts_at=starts_at, outcome=outcome)), key=lambda m: m.meeting_number))
 
 
 @_changes.register
@@ -442,20 +530,27 @@ def _(event: MeetingHeld, state: RelationshipState) -> Changes:
         # The corrected meeting was held: of the misses in a row, only those after it remain.
         later_misses = sum(1 for n in still_missed if n > event.meeting_number)
         changes["consecutive_missed"] = min(state.consecutive_missed, later_misses)
+        missed = next((m for m in state.past_meetings if m.meeting_number == event.meeting_number), None)
+        if missed is not None:
+            changes["past_meetings"] = _past(state, missed.meeting_number, missed.starts_at, "held")
     else:
         changes["consecutive_missed"] = 0
         if state.next_meeting is not None and state.next_meeting.meeting_number == event.meeting_number:
             changes["next_meeting"] = None
+            changes["past_meetings"] = _past(state, event.meeting_number, state.next_meeting.starts_at, "held")
     return changes
 
 
 @_changes.register
 def _(event: MeetingCancelled, state: RelationshipState) -> Changes:
-    return {
+    changes: Changes = {
         "next_meeting": None,
         "meetings_cancelled": state.meetings_cancelled + 1,
         "late_cancellations": state.late_cancellations + (1 if event.late else 0),
     }
+    if state.next_meeting is not None:
+        changes["past_meetings"] = _past(state, event.meeting_number, state.next_meeting.starts_at, "cancelled")
+    return changes
 
 
 @_changes.register
@@ -483,6 +578,7 @@ def _(event: MeetingMissed, state: RelationshipState) -> Changes:
         "meetings_missed": state.meetings_missed + 1,
         "missed_meeting_numbers": (*state.missed_meeting_numbers, event.meeting_number),
         "consecutive_missed": state.consecutive_missed + 1,
+        "past_meetings": _past(state, event.meeting_number, event.starts_at, "missed"),
     }
 
 
@@ -687,7 +783,10 @@ def _(event: CommandRejected, state: RelationshipState) -> Changes:
     rejection = RejectedCommand(
         command_id=event.command_id,
         command_name=event.command_name,
+        code=event.code,
         reason=event.reason,
+        problems=event.problems,
         rejected_at=event.occurred_at,
+        payload_digest=event.payload_digest,
     )
     return {"rejected_commands": (*state.rejected_commands, rejection)[-REJECTIONS_KEPT:]}

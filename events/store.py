@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.model import AnyEvent
 from events.notifications import Notification
@@ -21,6 +21,38 @@ class ConcurrencyConflict(Exception):
         self.stream_id, self.expected_version, self.actual_version = stream_id, expected_version, actual_version
 
 
+# The ApplicationError type of an append or read refused because the stream is another
+# relationship workflow's (non-retryable): the workflow must fail, never adopt or retry.
+STREAM_OWNED_BY_ANOTHER = "StreamOwnedByAnother"
+
+
+class StreamOwner(BaseModel):
+    """Who a stream belongs to: the one relationship workflow that may read and append to it.
+
+    Recorded by the stream's first append (migrations/0008_stream_owners.sql) and checked on
+    every append and every read made for a workflow. A workflow passes its own
+    `workflow.info().workflow_id` and the programme it was started for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    programme_id: str = Field(min_length=1)
+    workflow_id: str = Field(min_length=1)
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} (programme {self.programme_id})"
+
+
+class StreamOwnedByAnother(Exception):
+    """The stream belongs to another relationship workflow: nothing was written or read.
+
+    `owner` is the recorded (or, for a stream stored before owners were recorded, the
+    presumed) owner, for the operator's log only: it is not told to the refused workflow."""
+
+    def __init__(self, stream_id: str, refused: StreamOwner, owner: str):
+        super().__init__(f"stream {stream_id} belongs to another relationship workflow: refused to {refused}")
+        self.stream_id, self.refused, self.owner = stream_id, refused, owner
+
+
 class AppendRequest(BaseModel):
     """What the workflow hands to the append activity: one batch for one stream."""
 
@@ -29,6 +61,9 @@ class AppendRequest(BaseModel):
     stream_id: str
     expected_version: int
     events: list[AnyEvent]
+    # The appending workflow; the store refuses the batch unless the stream is this owner's
+    # (or new, and then it becomes this owner's).
+    owner: StreamOwner
 
 
 class AppendAndNotifyRequest(BaseModel):
@@ -56,6 +91,8 @@ class ReadStreamRequest(BaseModel):
 
     stream_id: str
     after_version: int = 0
+    # The reading workflow: refused unless the stream is this owner's (or has no events).
+    owner: StreamOwner
 
 
 class StoredEvent(BaseModel):
@@ -68,16 +105,24 @@ class StoredEvent(BaseModel):
 
 
 class EventStore(Protocol):
-    async def append(self, stream_id: str, expected_version: int, events: Sequence[AnyEvent]) -> list[int]:
+    async def append(
+        self, stream_id: str, expected_version: int, events: Sequence[AnyEvent], *, owner: StreamOwner
+    ) -> list[int]:
         """Append atomically after `expected_version`; returns the events' global positions.
 
-        Appending events whose ids are already stored at those versions (a retry of a
-        write that succeeded) returns their positions and writes nothing. Any other
-        mismatch raises `ConcurrencyConflict`.
+        Raises `StreamOwnedByAnother`, having written nothing, unless the stream belongs to
+        `owner` (a new stream becomes `owner`'s). Appending events whose ids are already
+        stored at those versions (a retry of a write that succeeded) returns their
+        positions and writes nothing. Any other mismatch raises `ConcurrencyConflict`.
         """
         ...
 
-    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[AnyEvent]: ...
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, *, owner: StreamOwner | None = None
+    ) -> list[AnyEvent]:
+        """The stream's events after `after_version`. With `owner` (a read for a workflow),
+        `StreamOwnedByAnother` unless the stream is that owner's; without, an operator's read."""
+        ...
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """Events of every stream in global order. A follower that passes the last position

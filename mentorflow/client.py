@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Coroutine
+from typing import Any, ClassVar, NoReturn
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -11,6 +17,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import CompositePayloadConverter, DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime
+from temporalio.service import TLSConfig
 
 from mentorflow.codec import EncryptionCodec
 from mentorflow.config import Settings
@@ -56,10 +63,49 @@ def converter_for(settings: Settings, *, sends_commands: bool, keyring: Keyring 
 
 
 async def connect(
-    address: str, namespace: str, *, data_converter: DataConverter, runtime: Runtime | None = None
+    address: str,
+    namespace: str,
+    *,
+    data_converter: DataConverter,
+    runtime: Runtime | None = None,
+    tls: TLSConfig | bool = False,
 ) -> Client:
-    """`runtime`: the one exporting metrics (mentorflow.metrics.metrics_runtime), for a worker."""
-    return await Client.connect(address, namespace=namespace, data_converter=data_converter, runtime=runtime)
+    """`runtime`: the one exporting metrics (mentorflow.metrics.metrics_runtime), for a worker.
+    `tls`: `Settings.temporal_tls()` (mTLS to a production cluster)."""
+    return await Client.connect(address, namespace=namespace, data_converter=data_converter, runtime=runtime, tls=tls)
+
+
+def run_and_exit(main: Coroutine[Any, Any, object]) -> NoReturn:
+    """Run a client script's `main()` and end the process: exit status 0, or 1 after printing
+    the traceback of whatever `main` raised (a `SystemExit` keeps its code). Use it instead of
+    `asyncio.run(main())` as the last line of a short script that uses a Temporal client.
+
+    Why: the Temporal SDK's native threads outlive the client, and when one touches Python
+    while the interpreter finalizes, the process aborts with "Fatal Python error:
+    PyGILState_Release" and exit status 134 (sdk-python#300; about one run in two of a short
+    script here). This ends the process without finalizing the interpreter (`os._exit`),
+    after flushing stdout, stderr and the logging handlers; `atexit` functions do not run,
+    so close files and connections inside `main`. The `mentorflow` command exits this way too.
+    """
+    try:
+        asyncio.run(main)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def __getattr__(name: str) -> Any:

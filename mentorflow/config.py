@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
+    from temporalio.service import TLSConfig
     from mentorflow.keyring import Keyring
 
 
@@ -24,6 +25,12 @@ class Settings(BaseModel):
     database_url: str | None = None
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "mentorflow"
+    # TLS to Temporal (mTLS with a client certificate): PEM files. Without a CA file the
+    # connection is plain (the dev server, or a private network).
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
     task_queue: str = "mentorflow"
     state_dir: Path = Path(".mentorflow")
     temporal_ui_port: int = 8233
@@ -43,6 +50,11 @@ class Settings(BaseModel):
     # Run workflows in Temporal's sandbox (worker.workflow_runner): it checks workflow code for
     # non-deterministic calls at about a third of the worker's CPU. The tests turn it on.
     workflow_sandbox: bool = False
+    # Whether a relationship may start with the settings its starter passes instead of its
+    # programme's. Only for tests that need no programme: a start from outside must not
+    # choose its own rules (coordinators, limits). Off, given settings must equal the
+    # programme's or the start fails (not_allowed).
+    trust_start_settings: bool = False
 
     # Email notifications over SMTP; without a host they are written to the log instead.
     smtp_host: str | None = None
@@ -65,6 +77,11 @@ class Settings(BaseModel):
     encryption_keys: SecretStr | None = None
     # Commands (any payload a client sends) larger than this are refused before they reach Temporal.
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=2 * 1024 * 1024)
+    # Whether workers refuse payloads that arrive unencrypted (a plain-JSON client's): the
+    # relationship then refuses such a command or start as invalid_payload instead of acting
+    # on it. Only workers apply it. Unset: on (`mentorflow worker`), except that `mentorflow
+    # dev` turns it off, so that the plain examples of the docs work. See docs/confidentiality.md.
+    refuse_plain_payloads: bool | None = None
     # The codec server the Web UI calls to decrypt payloads: where it listens, the bearer
     # tokens it accepts (space-separated, at least 32 characters each), and the Web UI
     # origins allowed to call it from a browser (space-separated, e.g. https://temporal.example.org).
@@ -158,12 +175,22 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every `MENTORFLOW_<FIELD>`; or `MENTORFLOW_<FIELD>_FILE`, the path of a file that
+        holds the value (Docker secrets: keys, passwords and tokens stay out of the environment)."""
         environ = os.environ if environ is None else environ
-        values = {
-            field: environ[f"MENTORFLOW_{field.upper()}"]
-            for field in cls.model_fields
-            if environ.get(f"MENTORFLOW_{field.upper()}")
-        }
+        values: dict[str, str] = {}
+        for field in cls.model_fields:
+            name = f"MENTORFLOW_{field.upper()}"
+            direct, path = environ.get(name), environ.get(f"{name}_FILE")
+            if direct and path:
+                raise ConfigurationError(f"{name} and {name}_FILE are both set: give one")
+            if path:
+                try:
+                    values[field] = Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+                except OSError as error:
+                    raise ConfigurationError(f"{name}_FILE: cannot read {path}: {error.strerror}") from None
+            elif direct:
+                values[field] = direct
         try:
             return cls.model_validate(values)
         except ValidationError as error:
@@ -171,6 +198,32 @@ class Settings(BaseModel):
                 f"MENTORFLOW_{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors()
             )
             raise ConfigurationError(problems) from None
+
+    def temporal_tls(self) -> TLSConfig | bool:
+        """How to reach Temporal: plain (False), or TLS with these PEM files."""
+        from temporalio.service import TLSConfig
+
+        if self.temporal_tls_ca_file is None:
+            if self.temporal_tls_cert_file or self.temporal_tls_key_file:
+                raise ConfigurationError("MENTORFLOW_TEMPORAL_TLS_CERT_FILE/KEY_FILE need MENTORFLOW_TEMPORAL_TLS_CA_FILE")
+            return False
+        if (self.temporal_tls_cert_file is None) != (self.temporal_tls_key_file is None):
+            raise ConfigurationError("give both MENTORFLOW_TEMPORAL_TLS_CERT_FILE and MENTORFLOW_TEMPORAL_TLS_KEY_FILE, or neither")
+
+        def read(path: Path | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as error:
+                raise ConfigurationError(f"cannot read {path}: {error.strerror}") from None
+
+        return TLSConfig(
+            server_root_ca_cert=read(self.temporal_tls_ca_file),
+            client_cert=read(self.temporal_tls_cert_file),
+            client_private_key=read(self.temporal_tls_key_file),
+            domain=self.temporal_tls_server_name,
+        )
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -265,7 +265,8 @@ NOTES: dict[tuple[str, str], Notes] = {
         purpose="The relationship's whole current state: phase, health, the candidate or mentor, the agreement, the "
         "next meeting, goals, open concerns, the last rejected commands (`rejected_commands`: what a signal that was "
         "refused left behind) and more. `null` only in the moment before the programme's settings are read. "
-        "Confidential text is never in it.",
+        "It holds the agreement and goals, which are confidential (encrypted in Temporal like every payload); "
+        "notes, concerns, comments, reasons and reflections are never in it.",
         who="anyone with access to the namespace",
     ),
     ("MatchingRound", "MatchingRound"): Notes(

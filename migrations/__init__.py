@@ -47,8 +47,9 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(connection: asyncpg.Connection) -> list[Migration]:
-    """Bring the database up to date; returns the migrations this call applied."""
+async def apply_migrations(connection: asyncpg.Connection, *, until: int | None = None) -> list[Migration]:
+    """Bring the database up to date (or only up to migration `until`, to test an upgrade
+    from that point); returns the migrations this call applied."""
     applied_now: list[Migration] = []
     await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
@@ -62,6 +63,8 @@ async def apply_migrations(connection: asyncpg.Connection) -> list[Migration]:
         rows = await connection.fetch("SELECT version, checksum FROM schema_migrations")
         applied = {row["version"]: row["checksum"] for row in rows}
         for migration in available_migrations():
+            if until is not None and migration.version > until:
+                break
             if migration.version in applied:
                 if applied[migration.version] != migration.checksum:
                     raise MigrationError(

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 from pairing.profiles import Identifier
 
-__all__ = ["Candidate", "CandidateRequest", "SlotOutcome", "SlotRelease", "SlotRequest", "SlotReservation"]
+__all__ = [
+    "Candidate", "CandidateRequest", "RoundProposalClaim", "SlotOutcome", "SlotRelease", "SlotRequest", "SlotReservation",
+]  # fmt: skip
 
 
 class SlotRequest(BaseModel):
@@ -26,7 +28,11 @@ class SlotRequest(BaseModel):
     mentee_id: Identifier
 
 
-SlotOutcome = Literal["reserved", "already_reserved", "full", "unknown_mentor"]
+# reserved_without_profile: the mentor has no profile, so no capacity to check; the slot
+# is held all the same (it counts once a profile arrives). unknown_mentor: no longer
+# returned (before migrations/0009_mentor_load, a mentor without an active profile got no slot); kept
+# for the results recorded in workflow histories.
+SlotOutcome = Literal["reserved", "already_reserved", "reserved_without_profile", "full", "unknown_mentor"]
 
 
 class SlotReservation(BaseModel):
@@ -40,7 +46,7 @@ class SlotReservation(BaseModel):
     @property
     def reserved(self) -> bool:
         """True when the relationship now holds a slot of the mentor."""
-        return self.outcome in ("reserved", "already_reserved")
+        return self.outcome in ("reserved", "already_reserved", "reserved_without_profile")
 
 
 class SlotRelease(BaseModel):
@@ -74,3 +80,13 @@ class Candidate(BaseModel):
     score: float
     points: int
     explanation: str
+
+
+class RoundProposalClaim(BaseModel):
+    """A propose_match sent as a matching round: does a round of the programme hold this pair?"""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    programme_id: Identifier
+    relationship_id: Identifier
+    mentor_id: Identifier

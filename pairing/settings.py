@@ -60,6 +60,9 @@ class MatchingSettings(BaseModel):
     seniority_tolerance: int = Field(default=3, ge=1, le=20)
     # A mentor must be at least this many levels above the mentee (None: no rule).
     min_seniority_gap: int | None = Field(default=None, ge=-20, le=20)
+    # Open relationships a mentee may have in the programme at once, however matched: the
+    # pool finds nobody for, and a round leaves out, a mentee who has as many already.
+    max_open_relationships_per_mentee: int = Field(default=1, ge=1, le=20)
 
     @property
     def max_points(self) -> int:

@@ -31,6 +31,9 @@ for _name in [name for name in os.environ if name.startswith("MENTORFLOW_")]:
 # Workers under test run workflows in Temporal's sandbox (off in production for speed, see
 # worker.workflow_runner), so a non-deterministic call in workflow code fails a test.
 os.environ["MENTORFLOW_WORKFLOW_SANDBOX"] = "true"
+# Test relationships bring their settings instead of creating a programme for each; the
+# tests of that check (tests/test_refusals.py) turn it off.
+os.environ["MENTORFLOW_TRUST_START_SETTINGS"] = "true"
 
 # A fresh key per test session: every test client and worker goes through the real
 # encrypting converter (the worker has no size limit, as in production).

@@ -16,7 +16,7 @@ from events.notifications import Notification
 from events.settings import ProgrammeSettings
 from worker import build_worker
 from workflows.relationship import Relationship, RelationshipInput
-from workflows.start_options import relationship_start_options
+from mentorflow.start_options import relationship_start_options
 
 
 class RecordingChannel:

@@ -153,6 +153,8 @@ class WorkerProcess(ChildProcess):
 
     def __init__(self, settings: Mapping[str, str], log_file: Path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("MENTORFLOW_")}
+        # Test relationships bring their settings (tests/conftest.py); a test may say otherwise.
+        env["MENTORFLOW_TRUST_START_SETTINGS"] = "true"
         env.update(settings)
         super().__init__([sys.executable, "-m", "mentorflow.cli", "worker"], log_file, env=env)
 

@@ -99,7 +99,7 @@ class Recorder:
         from events.settings import ProgrammeSettings
         from workflows.relationship import Relationship, RelationshipInput
 
-        from workflows.start_options import relationship_start_options
+        from mentorflow.start_options import relationship_start_options
 
         fields.setdefault("settings", ProgrammeSettings(coordinator_ids=("coord-1",)))
         relationship_input = RelationshipInput(
@@ -269,7 +269,7 @@ async def matching_round(r: Recorder, pool: asyncpg.Pool) -> None:
     await ProfileStore(pool).save_profiles(programme, cohort())
     settings = ProgrammeSettings(coordinator_ids=("coord-1",))
     await Directory(pool).create_or_update_programme(Programme(programme_id=programme, name="Cohort", settings=settings))
-    from workflows.start_options import round_start_options
+    from mentorflow.start_options import round_start_options
 
     round_input = MatchingRoundInput(programme_id=programme, round_id="r-1", coordinator_id="coord-1", batch_size=2)
     handle = await r.client.start_workflow(
@@ -335,7 +335,7 @@ async def record(out: Path) -> None:
                 AddSearchAttributesRequest(namespace=env.client.namespace, search_attributes=search_attribute_types())
             )
             task_queue = f"histories-{uuid.uuid4().hex[:6]}"
-            worker = build_worker(env.client, pool, task_queue, channels=[RecordingChannel()], settings=Settings())
+            worker = build_worker(env.client, pool, task_queue, channels=[RecordingChannel()], settings=Settings(trust_start_settings=True))
             async with worker:
                 recorder = Recorder(env, task_queue, out)
                 scenarios: list[Callable[[], Awaitable[None]]] = [

@@ -34,13 +34,15 @@ from typer.testing import CliRunner
 from events.settings import ProgrammeSettings
 from mentorflow.cli import app
 from mentorflow.client import converter_for, data_converter
+from events.refusals import PLAIN_PAYLOAD_REFUSED
 from mentorflow.codec import ENCODING, KEY_ID_METADATA, EncryptionCodec, PayloadTooLargeError
 from mentorflow.codec_server import CodecServerConfig, RunningCodecServer, start_codec_server
-from mentorflow.config import Settings
+from mentorflow.config import ConfigurationError, Settings
 from mentorflow.keyring import Keyring, UnknownKeyError, format_key, generate_key
 from tests.conftest import TEST_KEYRING
 from tests.helpers import new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, state_of
+from worker import worker_client
 from workflows.relationship import Relationship, RelationshipInput
 
 SENTINEL = "Zebra-sentinel-7f3a"
@@ -85,6 +87,56 @@ async def test_the_size_limit_names_size_and_limit_and_only_clients_have_it() ->
     worker_codec = converter_for(settings, sends_commands=False).payload_codec
     assert isinstance(client_codec, EncryptionCodec) and client_codec.max_payload_bytes == 256 * 1024
     assert isinstance(worker_codec, EncryptionCodec) and worker_codec.max_payload_bytes is None
+
+
+async def test_a_codec_that_refuses_plain_payloads_hands_over_a_marker_instead_and_never_raises() -> None:
+    codec = EncryptionCodec(TEST_KEYRING).refusing_plain()
+    assert codec.refuse_plain and codec.keyring is TEST_KEYRING and codec.max_payload_bytes is None
+    original = plain({"note": SENTINEL})
+    [encrypted] = await codec.encode([original])
+    nothing = pydantic_data_converter.payload_converter.to_payloads([None])[0]  # binary/null
+    raw = Payload(metadata={"encoding": b"binary/plain"}, data=SENTINEL.encode())
+    broken = Payload(metadata={"encoding": b"json/plain"}, data=b"{not json")
+    decoded = await codec.decode([original, encrypted, nothing, raw, broken, Payload()])
+    assert decoded[1] == original
+    # The marker carries the original JSON (the workflow goes on with it where a run accepted
+    # plain payloads before refusing began); anything else travels as null.
+    assert pydantic_data_converter.payload_converter.from_payload(decoded[0]) == {
+        PLAIN_PAYLOAD_REFUSED: True, "payload": {"note": SENTINEL}
+    }
+    for marker in decoded[2:]:
+        assert marker.metadata["encoding"] == b"json/plain" and SENTINEL.encode() not in marker.data
+        assert pydantic_data_converter.payload_converter.from_payload(marker) == {PLAIN_PAYLOAD_REFUSED: True, "payload": None}
+    # Encrypted payloads are checked as before: a missing key still fails loudly.
+    [retired] = await EncryptionCodec(Keyring.generate("retired")).encode([original])
+    with pytest.raises(UnknownKeyError):
+        await codec.decode([retired])
+
+
+async def test_only_the_worker_refuses_plain_payloads_and_only_while_the_setting_is_on(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    keys = {"MENTORFLOW_ENCRYPTION_KEYS": TEST_KEYRING.format()}
+    for value, refused in (("", True), ("true", True), ("false", False)):
+        settings = Settings.from_env({**keys, "MENTORFLOW_REFUSE_PLAIN_PAYLOADS": value})
+        for sends_commands in (True, False):  # the CLI's, a worker's connection
+            codec = converter_for(settings, sends_commands=sends_commands).payload_codec
+            assert isinstance(codec, EncryptionCodec) and not codec.refuse_plain
+        polling = worker_client(dev_env.client, settings)
+        codec = polling.data_converter.payload_codec
+        assert isinstance(codec, EncryptionCodec) and codec.refuse_plain is refused
+        assert (polling is dev_env.client) is not refused
+        assert polling.service_client is dev_env.client.service_client and polling.namespace == dev_env.client.namespace
+        assert polling.data_converter.payload_converter_class is dev_env.client.data_converter.payload_converter_class
+        assert polling.data_converter.failure_converter_class is dev_env.client.data_converter.failure_converter_class
+    # The client the worker was given (its activities use it) is left as it was.
+    assert isinstance(dev_env.client.data_converter.payload_codec, EncryptionCodec)
+    assert not dev_env.client.data_converter.payload_codec.refuse_plain
+    # A test's client without our codec: left alone by default, refused when asked for.
+    unencrypted = Client(dev_env.client.service_client, namespace=NAMESPACE)
+    assert worker_client(unencrypted, Settings()) is unencrypted
+    with pytest.raises(ConfigurationError, match="MENTORFLOW_REFUSE_PLAIN_PAYLOADS"):
+        worker_client(unencrypted, Settings(refuse_plain_payloads=True))
 
 
 # -- on a real Temporal server, read back without the codec ------------------------------
@@ -328,6 +380,9 @@ async def test_the_codec_server_decodes_only_for_authenticated_callers_of_its_na
         decoded = await http.post("/decode", content=body([encrypted]), headers=headers())
         assert decoded.status_code == 200, decoded.text
         assert list(json_format.Parse(decoded.text, Payloads()).payloads) == [original]
+        # A plain client's payload is shown as it was sent (only workers refuse those).
+        shown = await http.post("/decode", content=body([original]), headers=headers())
+        assert list(json_format.Parse(shown.text, Payloads()).payloads) == [original]
         # The Web UI's form: the token is the endpoint's path; the UI appends /decode.
         via_path = await http.post(f"/{TOKEN}/decode", content=body([encrypted]), headers=headers(token=None))
         assert via_path.status_code == 200 and SENTINEL in base64.b64decode(via_path.json()["payloads"][0]["data"]).decode()
@@ -450,19 +505,19 @@ async def test_the_cli_refuses_an_oversized_command_and_names_a_missing_key(
 
 
 def test_compose_wires_the_web_ui_to_the_codec_server() -> None:
-    from tests.test_deployment import effective_command, environment, published_ports, service
+    # docker-compose.yml: the browser reaches the codec server through the gateway, which
+    # adds the token (tests/test_compose_security.py checks the gateway and the secrets).
+    from tests.test_deployment import effective_command, environment, service, variables_read_from_files
 
     codec, ui, worker = service("mentorflow-codec"), service("temporal-ui"), service("mentorflow-worker")
     assert effective_command(codec) == ["mentorflow", "codec-server"]
     codec_env, ui_env = environment(codec), environment(ui)
-    assert codec_env["MENTORFLOW_ENCRYPTION_KEYS"] == environment(worker)["MENTORFLOW_ENCRYPTION_KEYS"]
-    # The UI's endpoint is the codec server's published port, its path one of the codec's tokens.
+    assert codec_env["MENTORFLOW_ENCRYPTION_KEYS_FILE"] == environment(worker)["MENTORFLOW_ENCRYPTION_KEYS_FILE"]
+    assert {"MENTORFLOW_ENCRYPTION_KEYS", "MENTORFLOW_CODEC_TOKENS"} <= set(variables_read_from_files(codec))
+    # The UI's endpoint is /codec on its own origin (the gateway's), the origin the codec server allows.
     endpoint = ui_env["TEMPORAL_CODEC_ENDPOINT"]
-    [(_, codec_port, _)] = published_ports(codec)
-    assert endpoint.startswith(f"http://localhost:{codec_port}/")
-    assert endpoint.split("/", 3)[3] == codec_env["MENTORFLOW_CODEC_TOKENS"]
-    [(_, ui_port, _)] = published_ports(ui)
-    assert f"http://localhost:{ui_port}" in codec_env["MENTORFLOW_CODEC_CORS_ORIGINS"].split()
+    assert endpoint.endswith("/codec") and endpoint.removesuffix("/codec") == codec_env["MENTORFLOW_CODEC_CORS_ORIGINS"]
+    assert not codec.get("ports"), "the codec server is reached through the gateway only"
     assert codec_env["MENTORFLOW_TEMPORAL_NAMESPACE"] == ui_env["TEMPORAL_DEFAULT_NAMESPACE"]
     assert "MENTORFLOW_DATABASE_URL" not in codec_env  # it needs the keys, nothing else
 

@@ -7,9 +7,16 @@ Then the sentinel must appear nowhere in: the raw history (a client without the 
 the raw description (memo, summaries, search attributes), the workflow listing (ids), the
 failures of rejected commands, the dev server's log, our own log records, the notifications,
 the `state` query, and the text of every row of every table of the event-store database.
+What the two parties share with each other — the agreement (objective, goals, measures,
+milestones, not-private list, exit plan), match explanations, introductions and resources —
+carries a second sentinel (security issue #12): the same holds for it, except that the
+parties see it in their notifications (only as a confidential parameter) and in the
+`state` query.
 It must appear through the decrypting paths (codec, event store), or the test proves nothing.
 Finally `mentorflow forget` (the real command) refuses while the relationship runs, and
-afterwards the store reads "[forgotten]" where the sentinel was and the same everything else.
+afterwards the store reads "[forgotten]" where the sentinel was and the same everything else,
+and Temporal has no run of the relationship's workflow left: neither its description nor its
+history, with or without the keys (security issue #12).
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, WorkflowExecution
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
-from activities.data_keys import FORGOTTEN
+from activities.data_keys import FORGOTTEN, locations
 from activities.event_store import PostgresEventStore
+from activities.notifications import CONFIDENTIAL_PARAMETERS
 from events.commands import COMMAND_TYPES
 from events.model import CONFIDENTIAL_PATHS, AnyEvent
 from events.sensitivity import confidential_paths
@@ -46,13 +54,36 @@ from mentorflow.dev import _die_with_parent
 from tests.conftest import DATA_CONVERTER, TEST_KEYRING, project_root
 from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
 from tests.peers import free_port
-from tests.test_workflow import AGREEMENT, cmd, state_of
+from tests.test_workflow import cmd, state_of
 
 SENTINEL = f"SENTINEL{uuid.uuid4().hex}"
 
 
+SHARED = f"SHARED{uuid.uuid4().hex}"
+
+
 def secret(label: str) -> str:
     return f"{SENTINEL} {label}"
+
+
+def shared(label: str) -> str:
+    """Confidential text the two parties see (the agreement, goals, explanations, …)."""
+    return f"{SHARED} {label}"
+
+
+SHARED_AGREEMENT = {
+    "objective": shared("objective"),
+    "goals": [
+        {"goal_id": "g1", "title": shared("goal title"), "measure": shared("goal measure"),
+         "milestones": [{"milestone_id": "m1", "title": shared("milestone title")}]},
+        {"goal_id": "g2", "title": shared("second goal title")},
+    ],
+    "meeting_frequency": "monthly",
+    "meeting_minutes": 60,
+    "term_months": 6,
+    "confidentiality": {"not_private": [shared("not private")]},
+    "early_exit_plan": shared("early exit plan"),
+}  # fmt: skip
 
 
 # Every (command, confidential path) this test plants a sentinel in; checked against the models.
@@ -62,9 +93,21 @@ PLANTED = {
     ("resolve_concern", "resolution"), ("record_introduction", "note"), ("pause_relationship", "reason"),
     ("submit_review", "comment"), ("submit_review", "goal_assessments.*.comment"),
     ("close_relationship", "note"), ("submit_reflection", "text"),
+    # Shared between the parties (SHARED).
+    ("propose_match", "explanation"), ("propose_agreement", "terms.objective"),
+    ("propose_agreement", "terms.goals.*.title"), ("propose_agreement", "terms.goals.*.measure"),
+    ("propose_agreement", "terms.goals.*.milestones.*.title"),
+    ("propose_agreement", "terms.confidentiality.not_private.*"), ("propose_agreement", "terms.early_exit_plan"),
+    ("propose_goal_revision", "goal.title"), ("propose_goal_revision", "goal.measure"),
+    ("propose_goal_revision", "goal.milestones.*.title"), ("record_introduction", "introduced_to"),
+    ("share_resource", "title"), ("share_resource", "url"),
 }  # fmt: skip
-# The planted values the event store keeps (close_relationship's note is not stored).
-STORED_SECRETS = 13
+# The planted values the event store keeps: every one (close_relationship's note too).
+STORED_SECRETS = 14
+# Two explanations; objective, 2 goal titles, a measure, a milestone, not-private, exit plan;
+# the revision proposed and acknowledged (title, measure, milestone, twice); introduced to;
+# resource title and URL.
+STORED_SHARED = 2 + 7 + 6 + 1 + 2
 
 
 class DevServer:
@@ -76,7 +119,9 @@ class DevServer:
         self._log = open(self.log_file, "wb")
         self.process = subprocess.Popen(
             [binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--namespace", "mentorflow", "--log-level", "info", *dev_server_flags()],
+             "--namespace", "mentorflow", "--log-level", "info", *dev_server_flags(),
+             # Deleting a just-closed run waits for this (30 s by default): `forget` below.
+             "--dynamic-config-value", 'history.transferProcessorUpdateAckInterval="1s"'],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(),
         )  # fmt: skip
 
@@ -150,12 +195,12 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 async def drive_through_every_phase(handle: WorkflowHandle[Any, Any]) -> list[str]:
     """Plant the sentinel in every confidential field; returns the rejected updates' messages."""
     send = handle.execute_update
-    await send("propose_match", cmd("coord-1", mentor_id="mentor-0"))
+    await send("propose_match", cmd("coord-1", mentor_id="mentor-0", explanation=shared("explanation")))
     await send("decline_match", cmd("mentee-1", reason=secret("decline reason")))
-    await send("propose_match", cmd("coord-1", mentor_id="mentor-1"))
+    await send("propose_match", cmd("coord-1", mentor_id="mentor-1", explanation=shared("second explanation")))
     await send("accept_match", cmd("mentee-1"))
     await send("accept_match", cmd("mentor-1"))
-    await send("propose_agreement", cmd("mentee-1", terms=AGREEMENT))
+    await send("propose_agreement", cmd("mentee-1", terms=SHARED_AGREEMENT))
     await send("sign_agreement", cmd("mentee-1", agreement_version=1))
     await send("sign_agreement", cmd("mentor-1", agreement_version=1))
     state = await state_of(handle)
@@ -167,12 +212,19 @@ async def drive_through_every_phase(handle: WorkflowHandle[Any, Any]) -> list[st
     assert state.next_meeting is not None
     await send("cancel_meeting", cmd("mentor-1", meeting_number=state.next_meeting.meeting_number,
                                      reason=secret("cancel reason")))  # fmt: skip
-    await send("propose_goal_revision", cmd("mentee-1", goal={"goal_id": "g1", "title": "Lead two designs"},
-                                            rationale=secret("revision rationale")))  # fmt: skip
+    # A milestone and a goal reached: their notifications name the goal (to the two parties).
+    await send("record_goal_progress", cmd("mentee-1", goal_id="g2", progress_percent=100))
+    await send("record_goal_progress", cmd("mentee-1", goal_id="g1", progress_percent=40, milestones_reached=["m1"]))
+    revised = {"goal_id": "g1", "title": shared("revised title"), "measure": shared("revised measure"),
+               "milestones": [{"milestone_id": "m1", "title": shared("revised milestone")}]}
+    await send("propose_goal_revision", cmd("mentee-1", goal=revised, rationale=secret("revision rationale")))
+    [revision_id] = (await state_of(handle)).pending_goal_revisions
+    await send("acknowledge_goal_revision", cmd("mentor-1", revision_id=revision_id))
     concern = cmd("mentee-1", text=secret("concern text"))
     await send("raise_concern", concern)
     await send("resolve_concern", cmd("mentee-1", concern_id=concern["command_id"], resolution=secret("resolution")))
-    await send("record_introduction", cmd("mentor-1", introduced_to="emp-77", note=secret("introduction note")))
+    await send("record_introduction", cmd("mentor-1", introduced_to=shared("introduced to"), note=secret("introduction note")))
+    await send("share_resource", cmd("mentor-1", title=shared("resource title"), url=f"https://example.org/{SHARED}/read"))
     now = await state_of(handle)
     until = (now.activated_at or state.activated_at) + timedelta(days=20)
     await send("pause_relationship", cmd("mentee-1", until=until.isoformat(), reason=secret("pause reason")))
@@ -238,15 +290,24 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
             )
             listed = [w async for w in raw.list_workflows(f"WorkflowId = '{handle.id}'")]
             final_state = (await state_of(handle)).model_dump_json()
+        stored = await PostgresEventStore(pool, TEST_KEYRING).read_stream(relationship_id)
+        rows = await every_row_as_text(pool)
+
+        # Forgetting: the real command, on the closed relationship, while Temporal runs.
+        forgot = await asyncio.to_thread(run_cli, "forget", f"relationship/prog-1/{relationship_id}", "--yes",
+                                         "--by", "ops-7", "--json", env=env)  # fmt: skip
+        left_in_temporal = {run.run_id: await still_in_temporal(client, handle.id, run.run_id) for run in listed}
+        again = await asyncio.to_thread(run_cli, "forget", relationship_id, "--yes", env=env)
     finally:
         server_log = server.stop()
 
     # Positive controls: the sentinel is there for whoever holds the keys.
     assert DATA_CONVERTER.payload_codec is not None
     decoded = await DATA_CONVERTER.payload_codec.decode([p for e in history.events for p in payloads_in(e)])
-    assert sum(SENTINEL.encode() in p.data for p in decoded) >= len(PLANTED) - 1  # the goal comment rides along
-    stored = await PostgresEventStore(pool, TEST_KEYRING).read_stream(relationship_id)
+    assert sum(SENTINEL.encode() in p.data for p in decoded) >= 13 - 1  # the goal comment rides along
+    assert sum(SHARED.encode() in p.data for p in decoded) >= 6  # a command of each kind, and more
     assert sum(json.dumps(e.model_dump(mode="json")).count(SENTINEL) for e in stored) == STORED_SECRETS
+    assert sum(json.dumps(e.model_dump(mode="json")).count(SHARED) for e in stored) == STORED_SHARED
     assert len(history.events) > 50 and "server" in server_log.lower() and listed
 
     # Nowhere else.
@@ -260,38 +321,63 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
         "rejections": " ".join(refusals).encode(),
         "notifications": json.dumps([n.model_dump(mode="json") for n in channel.sent]).encode(),
         "state query": state.model_dump_json().encode() + final_state.encode(),
-        "every row of every table": (await every_row_as_text(pool)).encode(),
+        "every row of every table": rows.encode(),
+        "every row of every table after forget": (await every_row_as_text(pool)).encode(),
     }
     for place, content in places.items():
         assert SENTINEL.encode() not in content, f"the sentinel leaked into the {place}"
+        if place not in ("notifications", "state query"):
+            assert SHARED.encode() not in content, f"the shared sentinel leaked into the {place}"
+    assert b"example.org" not in places["every row of every table"]
+    # What the two parties share reaches them: their agreement and goals in the state, goal
+    # titles and the match explanation in their messages — as parameters logs redact.
+    assert SHARED in final_state
+    told = {key for n in channel.sent for key, value in n.data.items() if SHARED in value}
+    assert told == CONFIDENTIAL_PARAMETERS
+    assert {n.recipient_id for n in channel.sent if any(SHARED in value for value in n.data.values())} == \
+        {"mentee-1", "mentor-0", "mentor-1"}  # fmt: skip
     rejected = [e for e in stored if e.type == "CommandRejected"]
     assert len(rejected) == 3 and all("invalid payload" in e.reason or "phase" in e.reason for e in rejected)
-    assert (await every_row_as_text(pool)).count('"$enc"') == STORED_SECRETS
+    assert rows.count('"$enc"') == STORED_SECRETS + STORED_SHARED
 
-    # Forgetting: the real command, on the closed relationship.
-    forgot = await asyncio.to_thread(run_cli, "forget", f"relationship/prog-1/{relationship_id}", "--yes",
-                                     "--by", "ops-7", "--json", env=env)  # fmt: skip
+    # Forgetting: the data key is gone, and so is every run of the workflow in Temporal.
     assert forgot.returncode == 0, forgot.stderr
     outcome = json.loads(forgot.stdout)
-    assert (outcome["sealed_values"], outcome["forgotten_by"], outcome["now"]) == (STORED_SECRETS, "ops-7", True)
-    assert SENTINEL not in forgot.stdout + forgot.stderr
+    stored_values = STORED_SECRETS + STORED_SHARED
+    assert (outcome["sealed_values"], outcome["forgotten_by"], outcome["now"]) == (stored_values, "ops-7", True)
+    assert (outcome["workflow_id"], outcome["workflow_runs_deleted"]) == (handle.id, len(listed))
+    assert left_in_temporal == {run.run_id: [] for run in listed}
+    assert SENTINEL not in forgot.stdout + forgot.stderr and SHARED not in forgot.stdout + forgot.stderr
     after = await PostgresEventStore(pool, TEST_KEYRING).read_stream(relationship_id)
     assert SENTINEL not in json.dumps([e.model_dump(mode="json") for e in after])
-    assert sum(json.dumps(e.model_dump(mode="json")).count(FORGOTTEN) for e in after) == STORED_SECRETS
+    assert SHARED not in json.dumps([e.model_dump(mode="json") for e in after])
+    assert sum(json.dumps(e.model_dump(mode="json")).count(FORGOTTEN) for e in after) == stored_values
     assert [without_text(e) for e in after] == [without_text(e) for e in stored]
-    again = await asyncio.to_thread(run_cli, "forget", relationship_id, "--yes", env=env)
-    assert again.returncode == 0 and "already forgotten" in again.stdout
+    assert again.returncode == 0 and "already forgotten" in again.stdout, again.stderr
     unknown = await asyncio.to_thread(run_cli, "forget", "rel-nobody", "--yes", env=env)
     assert unknown.returncode == 1 and "no relationship 'rel-nobody'" in unknown.stderr
+
+
+async def still_in_temporal(client: Client, workflow_id: str, run_id: str) -> list[str]:
+    """What Temporal still answers for a run (through the codec: what the keys would read)."""
+    found = []
+    try:
+        await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+        found.append("description")
+    except RPCError as error:
+        assert error.status == RPCStatusCode.NOT_FOUND, error
+    try:
+        await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        found.append("history")
+    except RPCError as error:
+        assert error.status == RPCStatusCode.NOT_FOUND, error
+    return found
 
 
 def without_text(event: AnyEvent) -> dict[str, Any]:
     """The event with its confidential places blanked: what forgetting must leave unchanged."""
     data = event.model_dump(mode="json")
     for path in CONFIDENTIAL_PATHS.get(event.type, ()):
-        containers = [data]
-        for step in path[:-1]:
-            containers = [item for c in containers for item in c] if step == "*" else [c[step] for c in containers]
-        for container in containers:
-            container[path[-1]] = "…"
+        for container, key, _ in locations(data, path):
+            container[key] = "…"
     return data

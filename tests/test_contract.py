@@ -198,7 +198,8 @@ def test_a_payload_that_fails_the_contract_names_every_field(command: str) -> No
     assert "sign_agreement: invalid payload: actor_id: Field required" in result.stderr
     answer = json.loads(result.stdout)
     assert answer["outcome"] == "invalid" and answer["command_id"] == "c-1"
-    assert {error["field"] for error in answer["errors"]} == {"actor_id", "agreement_version", "actor"}
+    assert {error["field"] for error in answer["errors"]} == {"actor_id", "agreement_version", "(unknown field)"}
+    assert answer["code"] == "invalid_payload"
 
 
 def test_a_payload_file_that_cannot_be_read_is_bad_input(tmp_path: Path) -> None:
@@ -214,4 +215,4 @@ def test_the_exit_codes_are_in_the_help() -> None:
         result = CliRunner().invoke(app, ["relationship", command, "--help"], terminal_width=200)
         assert result.exit_code == 0
         text = " ".join(result.stdout.split())
-        assert "3 the relationship rejected the command" in text, command
+        assert "3 the relationship rejected the command" in text and "refusal code" in text, command

@@ -13,26 +13,48 @@ from typing import Any
 import asyncpg
 import pytest
 
-from activities.data_keys import FORGOTTEN, SEALED, DataKeyError
+from activities.data_keys import FORGOTTEN, SEALED, DataKeyError, locations
 from activities.event_store import PostgresEventStore
-from events.commands import GoalAssessment
+from events.commands import AgreementTerms, Goal, GoalAssessment
 from events.decider import start_relationship
 from events.model import (
     CONFIDENTIAL_PATHS,
     EVENT_TYPES,
     UPCASTERS,
+    AgreementProposed,
     AnyEvent,
+    ClosureBegun,
     ConcernRaised,
+    ConcernResolved,
+    FeedbackSubmitted,
+    GoalRevised,
+    GoalRevisionProposed,
+    IntroductionRecorded,
+    MatchDeclined,
+    MatchProposed,
+    MeetingCancelled,
     MeetingHeld,
+    ReflectionSubmitted,
     RelationshipClosed,
+    RelationshipPaused,
+    ResourceShared,
     ReviewSubmitted,
     event_payload,
 )
-from events.sensitivity import CONFIDENTIAL, ConfidentialText, confidential_paths, unmarked_text_fields
+from events.sensitivity import (
+    CONFIDENTIAL,
+    ConfidentialText,
+    confidential_paths,
+    not_confidential_fields,
+    redacted_json,
+    unmarked_text_fields,
+)
 from events.settings import ProgrammeSettings
+from events.state import fold
 from events.store import ConcurrencyConflict
 from mentorflow.forgetting import ForgetRefused, forget_relationship
 from mentorflow.keyring import Keyring
+from tests.owners import owner
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 KEYRING = Keyring.generate("kek-1")
@@ -71,6 +93,13 @@ def test_every_text_field_of_every_event_is_classified() -> None:
     assert len(EVENT_TYPES) == len(typing.get_args(typing.get_args(AnyEvent)[0]))
     assert CONFIDENTIAL_PATHS["ReviewSubmitted"] == (("goal_assessments", "*", "comment"), ("comment",))
     assert CONFIDENTIAL_PATHS["MeetingHeld"] == (("notes",),)
+    # Nested models, tuples of them and tuples of text (security issue #12).
+    assert CONFIDENTIAL_PATHS["AgreementProposed"] == (
+        ("terms", "objective"), ("terms", "goals", "*", "title"), ("terms", "goals", "*", "measure"),
+        ("terms", "goals", "*", "milestones", "*", "title"), ("terms", "confidentiality", "not_private", "*"),
+        ("terms", "early_exit_plan"),
+    )  # fmt: skip
+    assert CONFIDENTIAL_PATHS["ResourceShared"] == (("title",), ("url",))
     # A new, unmarked text field is caught; a marked one is placed.
     unmarked = type("Probe", (MeetingHeld,), {"__annotations__": {"agenda": str}, "agenda": ""})
     assert unmarked_text_fields(unmarked) == ["agenda"]
@@ -78,11 +107,160 @@ def test_every_text_field_of_every_event_is_classified() -> None:
     assert ("agenda",) in confidential_paths(marked) and CONFIDENTIAL.value == "confidential"
 
 
+# Text stored in plain, each with the reason it may be (security issue #12: free text is
+# confidential unless a report or a search needs it). Ids (`*_id`, `*_by`, `*_ids`) are
+# plain everywhere: reports, projections and SQL join on them.
+PLAIN_TEXT = {
+    "caused_by.message": "a message name of the contract",
+    "caused_by.digest": "a SHA-256 digest of the command",
+    "command_name": "CommandRejected: a message name of the contract",
+    "reason": "CommandRejected: written by the decider, names fields and rules, never values sent",
+    "problems.*.field": "CommandRejected: a field name (unknown ones are not echoed)",
+    "problems.*.message": "CommandRejected: written by the validator, never values sent",
+    "payload_digest": "CommandRejected: a digest",
+    "reasons.*": "HealthChanged: codes (quiet, missed_meetings, concern_open, low_feedback)",
+    "terms.availability.*.timezone": "an IANA zone name checked against the tz database; scheduling needs it",
+    "summary.goal_progress.<key>": "goal ids",
+}
+
+
+def _is_id(path: str) -> bool:
+    last = path.removesuffix(".*").rsplit(".", 1)[-1]
+    return last.endswith(("_id", "_by", "_ids"))
+
+
+def test_only_ids_codes_and_listed_fields_are_stored_in_plain() -> None:
+    plain = {(name, path) for name, model in EVENT_TYPES.items() for path in not_confidential_fields(model)}
+    unexplained = {(name, path) for name, path in plain if not _is_id(path) and path not in PLAIN_TEXT}
+    assert unexplained == set(), "free text is confidential; a plain field needs a reason in PLAIN_TEXT"
+    assert {path for _, path in plain if not _is_id(path)} == set(PLAIN_TEXT)
+    assert {name for name, path in plain if path == "reason"} == {"CommandRejected"}
+
+
+def every_confidential_place(stream_id: str, text: str = SECRET) -> list[AnyEvent]:
+    """A relationship with text in every confidential place of every event type, each value
+    holding `text` once (`confidential_places_covered` checks that none is missing)."""
+    events: list[AnyEvent] = start_relationship(stream_id, "prog-1", "mentee-1", ProgrammeSettings(), NOW)
+    milestones = [{"milestone_id": "m1", "title": f"milestone: {text}"}, {"milestone_id": "m2", "title": f"milestone 2: {text}"}]
+    goal = {"goal_id": "g1", "title": f"goal: {text}", "measure": f"measure: {text}", "milestones": milestones}
+    terms = AgreementTerms.model_validate({
+        "objective": f"objective: {text}", "goals": [goal, {"goal_id": "g2", "title": f"goal 2: {text}"}],
+        "meeting_frequency": "monthly", "meeting_minutes": 45, "term_months": 6,
+        "availability": [{"party": "mentee", "timezone": "Europe/Berlin", "windows": [{"weekday": 0, "start": "09:00", "end": "10:00"}]}],
+        "confidentiality": {"not_private": [f"not private: {text}", f"not private 2: {text}"]},
+        "early_exit_plan": f"exit plan: {text}",
+    })  # fmt: skip
+    revised = Goal.model_validate({**goal, "title": f"revised goal: {text}"})
+    summary = {"relationship_id": stream_id, "programme_id": "prog-1", "mentee_id": "mentee-1", "mentor_id": "mentor-1",
+               "closure_reason": "closed_by_mentee", "started_at": NOW, "activated_at": NOW, "closed_at": NOW,
+               "duration_days": 0, "meetings_held": 1, "meetings_missed": 0, "meetings_cancelled": 1,
+               "late_cancellations": 0, "meeting_minutes_total": 45, "goals_total": 2, "goals_achieved": 0,
+               "goal_progress": {"g1": 50}, "feedback_trend": [4.0], "concerns_raised": 1, "reviews_completed": [],
+               "extensions": 0, "reflections_from": ["mentee"]}  # fmt: skip
+    later = NOW + timedelta(days=30)
+    kinds: list[tuple[type[AnyEvent], dict[str, Any]]] = [
+        (MatchProposed, {"mentor_id": "mentor-0", "proposed_by": "coord-1", "expires_at": later,
+                         "explanation": f"explanation: {text}", "score": 0.5}),
+        (MatchDeclined, {"mentor_id": "mentor-0", "party": "mentee", "declined_by": "mentee-1", "reason": f"decline: {text}"}),
+        (AgreementProposed, {"agreement_version": 1, "terms": terms, "proposed_by": "mentee-1"}),
+        (MeetingHeld, {"meeting_number": 1, "held_at": NOW, "duration_minutes": 45, "recorded_by": "mentor-1",
+                       "notes": f"notes: {text}"}),
+        (MeetingCancelled, {"meeting_number": 2, "party": "mentor", "cancelled_by": "mentor-1", "late": False,
+                            "reason": f"cancel: {text}"}),
+        (GoalRevisionProposed, {"revision_id": "rev-1", "goal": revised, "party": "mentee", "proposed_by": "mentee-1",
+                                "rationale": f"rationale: {text}"}),
+        (GoalRevised, {"revision_id": "rev-1", "goal": revised, "acknowledged_by": "mentor-1"}),
+        (FeedbackSubmitted, {"feedback_round": 1, "party": "mentee", "score": 4, "low": False, "comment": f"feedback: {text}"}),
+        (ConcernRaised, {"concern_id": "c-9", "party": "mentee", "raised_by": "mentee-1", "text": f"concern: {text}"}),
+        (ConcernResolved, {"concern_id": "c-9", "resolved_by": "coord-1", "resolution": f"resolution: {text}"}),
+        (IntroductionRecorded, {"introduced_to": f"introduced to: {text}", "recorded_by": "mentor-1",
+                                "note": f"introduction: {text}"}),
+        (ResourceShared, {"title": f"resource: {text}", "url": f"https://example.org/{text}?token=t", "shared_by": "mentor-1"}),
+        (RelationshipPaused, {"until": later, "paused_by": "mentee-1", "reason": f"pause: {text}"}),
+        (ReviewSubmitted, {"kind": "midpoint", "party": "mentee", "outcome": "continue", "comment": f"review: {text}",
+                           "goal_assessments": (GoalAssessment(goal_id="g1", progress_percent=50, comment=f"assessment: {text}"),)}),
+        (ClosureBegun, {"reason": "closed_by_mentee", "closed_by": "mentee-1", "reflections_due_at": later,
+                        "note": f"closing: {text}"}),
+        (ReflectionSubmitted, {"party": "mentee", "text": f"reflection: {text}"}),
+        (RelationshipClosed, {"reason": "closed_by_mentee", "closed_by": "mentee-1", "summary": summary,
+                              "note": f"closed: {text}"}),
+    ]  # fmt: skip
+    for kind, fields in kinds:
+        events.append(kind.model_validate({**envelope(stream_id, len(events) + 1), **fields}))
+    return events
+
+
+def confidential_places_covered(events: list[AnyEvent], text: str) -> set[tuple[str, str]]:
+    """(event type, path) of every confidential place holding `text`."""
+    covered: set[tuple[str, str]] = set()
+    for event in events:
+        payload = event_payload(event)
+        for path in CONFIDENTIAL_PATHS.get(event.type, ()):
+            if any(isinstance(c[k], str) and text in c[k] for c, k, _ in locations(payload, path)):
+                covered.add((event.type, ".".join(path)))
+    return covered
+
+
+def planted(events: list[AnyEvent], text: str) -> int:
+    return sum(json.dumps(event_payload(e)).count(text) for e in events)
+
+
+async def test_every_confidential_place_is_sealed_and_reads_forgotten_after_forget(pool: asyncpg.Pool) -> None:
+    store = PostgresEventStore(pool, KEYRING)
+    events = every_confidential_place("rel-1")
+    every_place = {(name, ".".join(path)) for name, paths in CONFIDENTIAL_PATHS.items() for path in paths}
+    assert confidential_places_covered(events, SECRET) == every_place, "plant the secret in the new place too"
+    values = planted(events, SECRET)
+    await store.append("rel-1", 0, events, owner=owner("rel-1"))
+    raw = await raw_payloads(pool)
+    # Not in any row, in any form: not a word of it, nor the URL.
+    assert SECRET not in raw and "Worried" not in raw and "example.org" not in raw
+    assert raw.count('"$enc"') == values
+    # The rest stays readable for reports and SQL: ids, the time zone, numbers.
+    terms = json.loads(await pool.fetchval("SELECT payload::text FROM events WHERE event_type = 'AgreementProposed'"))["terms"]
+    assert [g["goal_id"] for g in terms["goals"]] == ["g1", "g2"] and terms["meeting_minutes"] == 45
+    assert terms["goals"][0]["milestones"][1]["milestone_id"] == "m2" and terms["availability"][0]["timezone"] == "Europe/Berlin"
+    assert await store.read_stream("rel-1") == events
+    # Without the keys: a marker in every confidential place (and the events still load).
+    sealed = await PostgresEventStore(pool).read_stream("rel-1")
+    assert sum(json.dumps(event_payload(e)).count(SEALED) for e in sealed) == values
+
+    done = await forget_relationship(pool, "rel-1", forgotten_by="ops-1", still_running=never_running)
+    assert (done.sealed_values, done.scrubbed_events) == (values, 0)
+    after = await PostgresEventStore(pool, KEYRING).read_stream("rel-1")
+    dumped = json.dumps([event_payload(e) for e in after])
+    assert SECRET not in dumped and "example.org" not in dumped
+    assert dumped.count(FORGOTTEN) == values
+    assert [blanked(e) for e in after] == [blanked(e) for e in events]
+
+
+def test_a_state_can_be_shown_without_its_confidential_text() -> None:
+    """The `state` query holds the agreement and goals: `redacted_json` is what a reader
+    without the right to read them (a read-only API key) may be shown."""
+    events = every_confidential_place("rel-1")
+    for upto in ("GoalRevisionProposed", "RelationshipPaused"):  # a revision pending; the revised goal in force
+        state = fold(events[: 1 + next(n for n, e in enumerate(events) if e.type == upto)])
+        full, shown = json.dumps(state.model_dump(mode="json")), json.dumps(redacted_json(state, SEALED))
+        assert SECRET in full and SECRET not in shown and shown.count(SEALED) == full.count(SECRET)
+        assert state.agreement is not None and (state.pending_goal_revisions or state.goals)
+        assert json.loads(shown)["agreement"]["terms"]["meeting_minutes"] == 45
+
+
+def blanked(event: AnyEvent) -> dict[str, Any]:
+    """The stored payload with its confidential places blanked: what forgetting keeps."""
+    payload = event_payload(event)
+    for path in CONFIDENTIAL_PATHS.get(event.type, ()):
+        for container, key, _ in locations(payload, path):
+            if isinstance(container[key], str) and container[key]:
+                container[key] = "…"
+    return payload
+
+
 async def test_confidential_text_is_sealed_at_rest_and_read_back_exactly(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool, KEYRING)
     events = history("rel-1")
-    await store.append("rel-1", 0, events[:2])
-    await store.append("rel-1", 2, events[2:])
+    await store.append("rel-1", 0, events[:2], owner=owner("rel-1"))
+    await store.append("rel-1", 2, events[2:], owner=owner("rel-1"))
     raw = await raw_payloads(pool)
     assert SECRET not in raw and "Worried" not in raw
     assert raw.count('"$enc"') == 4  # notes, concern, review comment, one goal comment (the empty one stays)
@@ -98,21 +276,21 @@ async def test_confidential_text_is_sealed_at_rest_and_read_back_exactly(pool: a
     assert sealed[-1].goal_assessments[1].comment == "" and sealed[-1].model_dump(exclude={"comment", "goal_assessments"}) == \
         events[-1].model_dump(exclude={"comment", "goal_assessments"})  # fmt: skip
     with pytest.raises(DataKeyError, match="MENTORFLOW_ENCRYPTION_KEYS"):
-        await PostgresEventStore(pool).append("rel-2", 0, history("rel-2")[:2])
+        await PostgresEventStore(pool).append("rel-2", 0, history("rel-2")[:2], owner=owner("rel-2"))
 
 
 async def test_a_retried_append_is_recognised_and_another_text_is_a_conflict(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool, KEYRING)
     events = history("rel-1")
-    first = await store.append("rel-1", 0, events)
+    first = await store.append("rel-1", 0, events, owner=owner("rel-1"))
     # The same batch again, from a process that did not create the key: same positions.
-    assert await PostgresEventStore(pool, KEYRING).append("rel-1", 0, events) == first
+    assert await PostgresEventStore(pool, KEYRING).append("rel-1", 0, events, owner=owner("rel-1")) == first
     assert await pool.fetchval("SELECT count(*) FROM events") == len(events)
     # The same ids with other text (a task decided again) is a conflict, not a repeat.
     changed = history("rel-1", text="something else")
     changed = [*events[:-1], changed[-1].model_copy(update={"event_id": events[-1].event_id})]
     with pytest.raises(ConcurrencyConflict):
-        await store.append("rel-1", 0, changed)
+        await store.append("rel-1", 0, changed, owner=owner("rel-1"))
     # The workflow adopts what it stored after a conflict: exactly what it wrote.
     assert await store.read_stream("rel-1", after_version=1) == events[1:]
 
@@ -127,14 +305,14 @@ async def test_concurrent_first_appends_agree_on_one_key(pool: asyncpg.Pool) -> 
         tokens = {c.seal("same text", b"aad") for c in ciphers[n * len(stores) : (n + 1) * len(stores)] if c}
         assert len(tokens) == 1, stream
     histories = {stream: history(stream) for stream in streams}
-    await asyncio.gather(*(stores[n % 4].append(s, 0, histories[s]) for n, s in enumerate(streams)))
+    await asyncio.gather(*(stores[n % 4].append(s, 0, histories[s], owner=owner(s)) for n, s in enumerate(streams)))
     for stream in streams:
         assert await stores[(streams.index(stream) + 1) % 4].read_stream(stream) == histories[stream]
 
 
 async def test_a_value_moved_to_another_place_does_not_decrypt(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool, KEYRING)
-    await store.append("rel-1", 0, history("rel-1"))
+    await store.append("rel-1", 0, history("rel-1"), owner=owner("rel-1"))
     # Copy the concern's ciphertext into the meeting's notes: authenticated to another place.
     await pool.execute(
         """UPDATE events SET payload = jsonb_set(payload, '{notes}',
@@ -147,7 +325,7 @@ async def test_a_value_moved_to_another_place_does_not_decrypt(pool: asyncpg.Poo
 
 async def test_upcasters_see_the_decrypted_text(pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     store = PostgresEventStore(pool, KEYRING)
-    await store.append("rel-1", 0, history("rel-1"))
+    await store.append("rel-1", 0, history("rel-1"), owner=owner("rel-1"))
     monkeypatch.setitem(UPCASTERS, ("MeetingHeld", 1), lambda data: data | {"notes": data["notes"].upper()})
     meeting = next(e for e in await store.read_stream("rel-1") if isinstance(e, MeetingHeld))
     assert meeting.notes == f"NOTES: {SECRET.upper()}" and meeting.schema_version == 2
@@ -160,9 +338,9 @@ async def never_running(programme_id: str, relationship_id: str) -> bool:
 async def test_forget_makes_the_text_unreadable_and_keeps_the_rest(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool, KEYRING)
     events = history("rel-1")
-    await store.append("rel-1", 0, events)
+    await store.append("rel-1", 0, events, owner=owner("rel-1"))
     other = history("rel-2")
-    await store.append("rel-2", 0, other)  # another relationship, untouched
+    await store.append("rel-2", 0, other, owner=owner("rel-2"))  # another relationship, untouched
     asked: list[tuple[str, str]] = []
 
     async def running(programme_id: str, relationship_id: str) -> bool:
@@ -202,7 +380,7 @@ async def test_forget_makes_the_text_unreadable_and_keeps_the_rest(pool: asyncpg
     assert (again.now, again.forgotten_by, again.forgotten_at) == (False, "ops-1", done.forgotten_at)
     late = MeetingHeld(**envelope("rel-1", len(events) + 1), meeting_number=2, held_at=NOW, duration_minutes=30,
                        recorded_by="mentor-1", notes="written after forgetting")  # fmt: skip
-    await PostgresEventStore(pool, KEYRING).append("rel-1", len(events), [late])
+    await PostgresEventStore(pool, KEYRING).append("rel-1", len(events), [late], owner=owner("rel-1"))
     assert "written after forgetting" not in await raw_payloads(pool)
     assert (await store.read_stream("rel-1", after_version=len(events)))[0] == late.model_copy(update={"notes": FORGOTTEN})
 
@@ -230,7 +408,7 @@ async def test_forget_overwrites_text_stored_in_plain_before_encryption(pool: as
                      "feedback_trend": [], "concerns_raised": 1, "reviews_completed": [], "extensions": 0,
                      "reflections_from": []}}))  # fmt: skip
     store = PostgresEventStore(pool, KEYRING)
-    await store.append("rel-1", len(events) - 1, events[-1:])
+    await store.append("rel-1", len(events) - 1, events[-1:], owner=owner("rel-1"))
     assert await store.read_stream("rel-1") == events  # plain text reads as it is
     assert SECRET in await raw_payloads(pool)
 
@@ -246,12 +424,12 @@ async def test_forget_overwrites_text_stored_in_plain_before_encryption(pool: as
 
 async def test_a_data_key_wrapped_with_a_key_no_longer_configured_names_it(pool: asyncpg.Pool) -> None:
     events = history("rel-1")
-    await PostgresEventStore(pool, KEYRING).append("rel-1", 0, events)
+    await PostgresEventStore(pool, KEYRING).append("rel-1", 0, events, owner=owner("rel-1"))
     # A rotation that dropped the old key too early: a clear error, not a traceback.
     with pytest.raises(DataKeyError, match=r"relationship rel-1 cannot be unwrapped: encryption key 'kek-1' is not configured"):
         await PostgresEventStore(pool, Keyring.generate("kek-2")).read_stream("rel-1")
     # Rotated properly (new key first, old key kept): old data reads, new data keys use the new key.
     rotated = Keyring.parse(f"{Keyring.generate('kek-2').format()} {KEYRING.format()}")
     assert await PostgresEventStore(pool, rotated).read_stream("rel-1") == events
-    await PostgresEventStore(pool, rotated).append("rel-2", 0, history("rel-2"))
+    await PostgresEventStore(pool, rotated).append("rel-2", 0, history("rel-2"), owner=owner("rel-2"))
     assert await pool.fetchval("SELECT kek_id FROM data_keys WHERE stream_id = 'rel-2'") == "kek-2"

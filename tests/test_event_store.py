@@ -17,6 +17,7 @@ from events.settings import ProgrammeSettings
 from events.state import fold
 from events.store import ConcurrencyConflict
 from migrations import apply_migrations
+from tests.owners import owner
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -42,8 +43,8 @@ async def test_append_then_read_back_folds_to_the_same_state(pool: asyncpg.Pool)
     assert isinstance(more, list)
     history += more
 
-    await store.append("rel-1", 0, history[:1])
-    await store.append("rel-1", 1, history[1:])
+    await store.append("rel-1", 0, history[:1], owner=owner("rel-1"))
+    await store.append("rel-1", 1, history[1:], owner=owner("rel-1"))
 
     read = await store.read_stream("rel-1")
     assert read == history
@@ -53,11 +54,11 @@ async def test_append_then_read_back_folds_to_the_same_state(pool: asyncpg.Pool)
 
 async def test_fifty_concurrent_writers_with_the_same_expected_version_one_wins(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool)
-    await store.append("rel-1", 0, started("rel-1"))
+    await store.append("rel-1", 0, started("rel-1"), owner=owner("rel-1"))
 
     async def write(n: int) -> str:
         try:
-            await store.append("rel-1", 1, proposal("rel-1", command_id=f"writer-{n}"))
+            await store.append("rel-1", 1, proposal("rel-1", command_id=f"writer-{n}"), owner=owner("rel-1"))
             return "won"
         except ConcurrencyConflict as conflict:
             assert conflict.actual_version == 2 and conflict.expected_version == 1
@@ -71,39 +72,39 @@ async def test_fifty_concurrent_writers_with_the_same_expected_version_one_wins(
 
 async def test_retrying_an_append_that_succeeded_writes_nothing_twice(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool)
-    first = await store.append("rel-1", 0, started("rel-1"))
+    first = await store.append("rel-1", 0, started("rel-1"), owner=owner("rel-1"))
     events = proposal("rel-1")
-    positions = await store.append("rel-1", 1, events)
-    assert await store.append("rel-1", 1, events) == positions
-    assert await store.append("rel-1", 0, started("rel-1")) == first
+    positions = await store.append("rel-1", 1, events, owner=owner("rel-1"))
+    assert await store.append("rel-1", 1, events, owner=owner("rel-1")) == positions
+    assert await store.append("rel-1", 0, started("rel-1"), owner=owner("rel-1")) == first
     assert len(await store.read_stream("rel-1")) == 2
     # The same versions with other event ids are a real conflict.
     with pytest.raises(ConcurrencyConflict):
-        await store.append("rel-1", 1, proposal("rel-1", command_id="another"))
+        await store.append("rel-1", 1, proposal("rel-1", command_id="another"), owner=owner("rel-1"))
 
 
 async def test_the_same_ids_with_other_content_are_a_conflict_not_a_repeat(pool: asyncpg.Pool) -> None:
     """A workflow task run again later decides the same event ids with another time: the
     store must say so, so that the workflow adopts what is stored instead of diverging."""
     store = PostgresEventStore(pool)
-    await store.append("rel-1", 0, started("rel-1"))
-    await store.append("rel-1", 1, proposal("rel-1"))
+    await store.append("rel-1", 0, started("rel-1"), owner=owner("rel-1"))
+    await store.append("rel-1", 1, proposal("rel-1"), owner=owner("rel-1"))
     later = [e.model_copy(update={"occurred_at": e.occurred_at + timedelta(milliseconds=30)}) for e in proposal("rel-1")]
     with pytest.raises(ConcurrencyConflict):
-        await store.append("rel-1", 1, later)
+        await store.append("rel-1", 1, later, owner=owner("rel-1"))
 
 
 async def test_an_append_that_would_leave_a_gap_is_a_conflict(pool: asyncpg.Pool) -> None:
     store = PostgresEventStore(pool)
     events = proposal("rel-1")
     with pytest.raises(ConcurrencyConflict) as raised:
-        await store.append("rel-1", 1, events)
+        await store.append("rel-1", 1, events, owner=owner("rel-1"))
     assert raised.value.actual_version == 0
 
 
 async def test_events_must_be_numbered_after_the_expected_version(pool: asyncpg.Pool) -> None:
     with pytest.raises(ValueError, match="expected rel-1@2"):
-        await PostgresEventStore(pool).append("rel-1", 1, started("rel-1"))
+        await PostgresEventStore(pool).append("rel-1", 1, started("rel-1"), owner=owner("rel-1"))
 
 
 async def test_a_follower_never_skips_an_event_whose_transaction_commits_late(
@@ -117,7 +118,7 @@ async def test_a_follower_never_skips_an_event_whose_transaction_commits_late(
     try:
         late = a.transaction()
         await late.start()
-        append = "SELECT append_events($1, 0, $2, $3, $4, $5, $6, $7::jsonb[])"
+        append = "SELECT append_events($1, 0, $2, $3, $4, $5, $6, $7::jsonb[], $8, $9)"
         for connection, stream in ((a, "rel-a"), (b, "rel-b")):
             event = started(stream)[0]
             await connection.fetchval(
@@ -129,6 +130,8 @@ async def test_a_follower_never_skips_an_event_whose_transaction_commits_late(
                 [event.occurred_at],
                 [None],
                 [json.dumps(event_payload(event))],
+                owner(stream).programme_id,
+                owner(stream).workflow_id,
             )
         # A (position 1) is still open, B (position 2) has committed.
         assert await store.read_all(after_position=0) == []
@@ -160,8 +163,8 @@ async def test_follower_reads_every_event_once_under_concurrent_writers(pool: as
                 await asyncio.sleep(0.001)
 
     follower = asyncio.create_task(follow())
-    await asyncio.gather(*(store.append(s, 0, started(s)) for s in streams))
-    await asyncio.gather(*(store.append(s, 1, proposal(s)) for s in streams))
+    await asyncio.gather(*(store.append(s, 0, started(s), owner=owner(s)) for s in streams))
+    await asyncio.gather(*(store.append(s, 1, proposal(s), owner=owner(s)) for s in streams))
     done.set()
     await follower
     assert len(seen) == 80 and len(set(seen)) == 80 and seen == sorted(seen)

@@ -332,7 +332,7 @@ def assert_each_command_decided_once(stored: list[AnyEvent], sent: Mapping[str, 
             command = COMMAND_TYPES[name].model_validate(payload)
             decision = decide(state, command, event.occurred_at)
             if isinstance(decision, Rejection):
-                expected = [reject(state, name, command.command_id, decision.reason, event.occurred_at)]
+                expected = [reject(state, name, command.command_id, decision, event.occurred_at)]
             else:
                 expected = decision
             applied.append(event.command_id)

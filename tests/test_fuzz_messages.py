@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from temporalio.exceptions import ApplicationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -39,6 +40,9 @@ from tests.conftest import with_database
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 from tests.test_dev_server import dev_server
 from tests.test_workflow import AGREEMENT, activate, cmd, state_of
+from events.refusals import RefusalCode
+
+REFUSAL_CODE_NAMES = {code.value for code in RefusalCode}
 
 PHASES = ("matching", "agreement", "active", "review", "closing")
 MENTEE, MENTOR, COORDINATOR = "mentee-1", "mentor-1", "coord-1"
@@ -202,9 +206,8 @@ def extra_field(draw: st.DrawFn, now: datetime) -> Case:
     payload = valid_payload(name, now)
     key = draw(st.text(min_size=1, max_size=20).filter(lambda k: k not in COMMAND_TYPES[name].model_fields))
     payload[key] = draw(any_json)
-    # A key that is not printable is shown escaped (it goes into the stored rejection).
-    shown = key if key.isprintable() else repr(key)
-    return Case(name, payload, "extra field", ("Extra inputs are not permitted",), (shown,))
+    # An unknown key is sender text: it is named only as "(unknown field)", never echoed.
+    return Case(name, payload, "extra field", ("(unknown field): is not a field of this message",))
 
 
 @st.composite
@@ -349,6 +352,9 @@ async def refused_and_nothing_changed(handle: WorkflowHandle[Any, Any], case: Ca
         await handle.execute_update(case.name, case.payload)
     message = str(refused.value.cause)
     assert case.explains(message), f"{case.kind}: {message!r} does not name the problem"
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.non_retryable and cause.type in REFUSAL_CODE_NAMES, cause
+    assert "REJSENT" not in message, "a field name the sender made up is echoed"
     assert await state_of(handle) == before
 
 
@@ -369,6 +375,7 @@ async def recorded_as_rejection_only(live: Live, phase: str, case: Case) -> None
     rejection = after.rejected_commands[-1]
     assert rejection.command_name == case.name
     assert case.explains(rejection.reason), f"{case.kind}: {rejection.reason!r} does not name the problem"
+    assert rejection.code.value in REFUSAL_CODE_NAMES and "REJSENT" not in rejection.reason
     assert unchanged_apart_from_the_rejection(after) == unchanged_apart_from_the_rejection(before)
     assert after.processed_command_ids - before.processed_command_ids <= {rejection.command_id}
     await wait_until_stored(live.pool, after.relationship_id, after.version)
@@ -398,7 +405,8 @@ def known_nasties(meeting_number: int) -> list[Case]:
     terms = {**AGREEMENT, "availability": [{"party": "mentee", "timezone": "Europe/" + "x" * 300, "windows": [
         {"weekday": 0, "start": "09:00", "end": "10:00"}]}]}  # fmt: skip
     return [
-        Case("share_resource", {**cmd(MENTOR, title="t"), "\x00key": 1}, "NUL key", ("Extra inputs",), ("'\\x00key'",)),
+        Case("share_resource", {**cmd(MENTOR, title="t"), "\x00key": 1}, "NUL key", ("(unknown field)",)),
+        Case("share_resource", {**cmd(MENTOR, title="t"), "REJSENT my mentor drinks": 1}, "sender's key", ("(unknown field)",)),
         Case("record_introduction", cmd(MENTOR, introduced_to="a\x00b"), "NUL text", ("introduced_to contains a NUL",)),
         Case("request_review", {"command_id": "\x00", "actor_id": MENTEE}, "NUL id", ("command_id",)),
         Case("propose_agreement", cmd(MENTEE, terms=terms), "long time zone", ("unknown time zone",)),

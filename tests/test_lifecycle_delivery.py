@@ -508,14 +508,14 @@ async def test_a_relationship_delivers_each_notification_once_to_the_smtp_and_ht
         verify_signature(SECRET, request)
 
     # -- nothing confidential left the event store: not in any email, invite or webhook.
-    # (It was planted: the store holds it, in the meeting notes, the concern, its resolution
-    # and both reflections.)
+    # (It was planted: the store holds it, in the meeting notes, the concern, its resolution,
+    # the closing note and both reflections.)
     planted = {
         event.type
         for event in stored
         if any(SENTINEL in str(value) for value in event.model_dump().values())
     }
-    assert planted == {"MeetingHeld", "ConcernRaised", "ConcernResolved", "ReflectionSubmitted"}
+    assert planted == {"MeetingHeld", "ConcernRaised", "ConcernResolved", "ClosureBegun", "ReflectionSubmitted"}
     for received in smtp_server.inbox.messages + [
         Received("", [], message, False, None, message.as_bytes()) for message in smtp_server.inbox.deferred
     ]:

@@ -103,26 +103,31 @@ async def test_update_signal_and_send_answer_with_meaningful_exit_codes(
         propose = json.dumps({"command_id": "c-propose", "actor_id": "coord-7", "mentor_id": "emp-311"})
         proposed = await mentorflow("update", workflow_id, "propose_match", "--payload", propose, "--json")
         assert proposed.code == 0, proposed.stderr
-        assert proposed.json() == {"outcome": "applied", "command_id": "c-propose", "applied": True,
+        assert proposed.json() == {"outcome": "applied", "command_id": "c-propose", "applied": True, "replay": False,
                                    "events": ["MatchProposed"], "version": 2, "phase": "matching"}  # fmt: skip
 
-        # The command id is the update id: sent again, the first answer comes back.
+        # Sent again, the same command is answered as a replay of what it did the first time.
         again = await mentorflow("update", workflow_id, "propose_match", "--payload", propose, "--json")
         assert again.code == 0, again.stderr
-        assert again.json() == proposed.json()
+        assert again.json() == {**proposed.json(), "outcome": "already_applied", "applied": False, "replay": True}
+
+        # The same command id with other content is refused, not answered as applied.
+        reused = await mentorflow("update", workflow_id, "accept_match", "--payload",
+                                  '{"command_id": "c-propose", "actor_id": "emp-1042"}', "--json")  # fmt: skip
+        assert reused.code == 3 and reused.json()["code"] == "command_id_reused", reused.stderr
 
         stranger = await mentorflow("update", workflow_id, "accept_match", "--payload",
                                     '{"command_id": "c-stranger", "actor_id": "stranger"}', "--json")  # fmt: skip
         assert stranger.code == 3
         assert stranger.stderr.strip().splitlines() == [
-            "error: accept_match rejected: actor stranger is not a party to this relationship"
+            "error: accept_match rejected (not_allowed): actor stranger is not a party to this relationship"
         ]
-        assert stranger.json()["outcome"] == "rejected"
+        assert (stranger.json()["outcome"], stranger.json()["code"]) == ("rejected", "not_allowed")
         assert stranger.json()["reason"] == "actor stranger is not a party to this relationship"
 
         invalid = await mentorflow("update", workflow_id, "accept_match", "--payload", '{"actor": "emp-1042"}')
         assert invalid.code == 2
-        assert "accept_match: invalid payload: actor_id: Field required; actor: Extra inputs are not permitted" \
+        assert "accept_match: invalid payload: actor_id: Field required; (unknown field): is not a field of this message" \
             in invalid.stderr  # fmt: skip
 
         # A signal with --wait reads the state until the relationship has decided.
@@ -139,7 +144,7 @@ async def test_update_signal_and_send_answer_with_meaningful_exit_codes(
         too_early = await mentorflow("signal", workflow_id, "sign_agreement", "--payload",
                                      '{"command_id": "c-sign", "actor_id": "emp-1042", "agreement_version": 1}', "--wait")  # fmt: skip
         assert too_early.code == 3
-        assert "sign_agreement rejected: sign_agreement is only allowed in the agreement phase" in too_early.stderr
+        assert "sign_agreement rejected (wrong_phase): sign_agreement is only allowed in the agreement phase" in too_early.stderr
 
         # Without --wait a signal is only delivered; the payload from a file, and from stdin.
         payload_file = tmp_path / "accept.json"
@@ -207,7 +212,8 @@ async def test_the_temporal_cli_examples_of_the_docs_work(
             refused = await temporal("update", "execute", "--workflow-id", workflow_id, "--name", "accept_match",
                                      "--input", '{"command_id": "hr-x", "actor_id": "emp-311", "extra": 1}')  # fmt: skip
             assert refused.code == 1
-            assert "invalid payload: extra: Extra inputs are not permitted" in refused.stderr
+            assert "invalid payload: (unknown field): is not a field of this message" in refused.stderr
+            assert "type: invalid_payload, retryable: false" in refused.stderr
 
             # No --input at all: recorded as rejected, the relationship carries on.
             bare = await temporal("signal", "--workflow-id", workflow_id, "--name", "decline_match")
@@ -258,7 +264,7 @@ async def test_a_signal_with_no_argument_or_several_is_recorded_not_stuck(
         assert [r["reason"] for r in state["rejected_commands"]] == [
             "invalid payload: expected one argument, a JSON object; got 0",
             "invalid payload: expected one argument, a JSON object; got 2",
-            "invalid payload: payload: Input should be a JSON object",
+            "invalid payload: payload: should be a JSON object",
         ]
         assert await failed_workflow_tasks(handle) == 0
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import icalendar
@@ -24,8 +25,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.notifications import (
     Claim,
     DeliveryKey,
+    CONFIDENTIAL_PARAMETERS,
+    REDACTED,
     DirectoryContacts,
     EmailChannel,
+    LogChannel,
     LogDeliveryChannel,
     NotificationActivities,
     PostgresDeliveryLog,
@@ -35,9 +39,12 @@ from activities.notifications import (
     channels_from_settings,
 )
 from activities.templates import TEMPLATES, render
+from events.commands import CloseRelationship
+from events.model import ClosureBegun
 from events.notifications import Notification
 from events.people import ChannelAddress, Participant
 from mentorflow.config import ConfigurationError, Settings
+from tests import relationship_phases as phases
 from tests.peers import Request, SmtpServer, WebhookReceiver, free_port, verify_signature
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -504,8 +511,42 @@ async def test_an_unconfigured_channel_writes_to_the_log(
     with caplog.at_level(logging.INFO, logger="mentorflow.notifications"):
         assert await send(acts, [closed(ADA)]) == 2
     assert caplog.text.count("Mentoring relationship closed") == 2
+    # Each line names the channel it stands in for: two deliveries, not one sent twice.
+    assert "to emp-1042 via email (not configured: logged) (relationship_closed)" in caplog.text
+    assert "to emp-1042 via webhook (not configured: logged) (relationship_closed)" in caplog.text
     assert "hooks.example.org" not in caplog.text
     assert await delivery_rows(pool) == [("emp-1042", "log", "delivered", 1), ("emp-1042", "log", "delivered", 1)]
+
+
+async def test_logs_never_show_confidential_parameters(
+    pool: asyncpg.Pool, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Goal titles and match explanations are confidential (security issue #12): the two parties
+    read them in their messages, the log channels show "[confidential]" in their place."""
+    secret = "SECRET-goal-5b1e"
+
+    def about(recipient: Participant, template: str, **data: str) -> Notification:
+        return Notification(notification_id=f"{uuid.uuid4()}:{recipient.participant_id}", relationship_id="rel-42",
+                            recipient_id=recipient.participant_id, template=template, data=data)  # fmt: skip
+
+    batch = [
+        about(ADA, "goal_achieved", goal_id="g1", goal_title=f"{secret} title"),
+        about(ADA, "match_proposed", mentor_id=GRACE.participant_id, respond_by="2027-03-09T12:00:00+00:00",
+              explanation=f"{secret} explanation"),  # fmt: skip
+    ]
+    assert {key for n in batch for key, value in n.data.items() if secret in value} == CONFIDENTIAL_PARAMETERS
+    with caplog.at_level(logging.INFO, logger="mentorflow.notifications"):
+        await LogChannel().send(batch[0])
+        logged = activities(pool, [ADA.model_copy(update={"channels": (ChannelAddress(kind="log"),)}), GRACE], [LogDeliveryChannel()])
+        assert await send(logged, batch) == 2
+        emailed = activities(pool, [ADA], [email_channel(smtp_server.port)])
+        assert await send(emailed, batch) == 2
+    assert secret not in caplog.text
+    assert caplog.text.count(REDACTED) == 4 and "Goal achieved: [confidential]" in caplog.text
+    assert "Grace Hopper has been proposed" in caplog.text  # the rest of the message is there
+    # The recipient gets them.
+    bodies = "".join(str(m) for m in smtp_server.inbox.messages)
+    assert f"{secret} title" in bodies and f"{secret} explanation" in bodies
 
 
 async def test_taps_see_every_notification_once(pool: asyncpg.Pool) -> None:
@@ -543,7 +584,9 @@ async def test_the_directory_is_a_contact_book(pool: asyncpg.Pool, smtp_server: 
 
 def test_every_template_renders_with_the_data_the_core_sends() -> None:
     data = {
+        "mentee_id": ADA.participant_id,
         "mentor_id": GRACE.participant_id,
+        "closed_by_id": GRACE.participant_id,
         "respond_by": "2027-03-09T12:00:00+00:00",
         "explanation": "both work on distributed systems",
         "declined_by": "mentor",
@@ -618,6 +661,46 @@ def test_every_template_renders_with_the_data_the_core_sends() -> None:
     summary = rendered("relationship_summary", **{key: data[key] for key in keys})
     assert "closed (closed by mentee)" in summary and "round by round: 4, 3, 5." in summary
     assert "Meetings missed" not in summary
+
+
+async def test_an_early_closure_emails_the_coordinator_at_once_without_the_note(
+    pool: asyncpg.Pool, smtp_server: SmtpServer
+) -> None:
+    """The rules, the templates and the email channel together: the decision that closes a
+    relationship early makes an email to the coordinator arrive (issue #11)."""
+    note = "NOTE-left-for-another-team-5c7d"
+    relationship = phases.active()
+    relationship.meet()
+    events = relationship.do(CloseRelationship, phases.MENTOR, note=f"{note}: I am moving teams")
+    [begun] = [event for event in events if isinstance(event, ClosureBegun)]
+    assert note in begun.note
+    mentee = ADA.model_copy(update={"participant_id": phases.MENTEE})
+    mentor = GRACE.model_copy(update={"participant_id": phases.MENTOR})
+    coordinator = Participant(
+        participant_id=phases.COORDINATOR, display_name="Lena Ortiz", email="lena@example.org", timezone="Europe/Berlin"
+    )
+    acts = activities(pool, [mentee, mentor, coordinator], [email_channel(smtp_server.port)])
+
+    await send(acts, relationship.notifications_of(events))
+
+    [received] = [m for m in smtp_server.inbox.messages if m.rcpt_tos == ["lena@example.org"]]
+    message = received.message
+    assert message["Subject"] == "Mentoring relationship closed early"
+    assert message["X-Mentorflow-Template"] == "relationship_closed_early"
+    assert list(message.iter_attachments()) == []
+    body = message.get_content().replace("\r\n", "\n")
+    assert body.startswith("Hello Lena Ortiz,\n")
+    assert f"The mentoring relationship {phases.STREAM} of Ada Lovelace has been closed early (closed by mentor)." in body
+    assert "Mentor: Grace Hopper." in body and "Closed by: Grace Hopper." in body
+    # The reflection deadline, in Berlin time.
+    due = begun.reflections_due_at.astimezone(ZoneInfo("Europe/Berlin"))
+    assert f"closing reflection by {due:%A} {due.day} {due:%B %Y}, {due:%H:%M} {due.tzname()};" in body
+    # The parties got their reflection requests; nobody got the note.
+    subjects = sorted((m.rcpt_tos[0], m.message["Subject"]) for m in smtp_server.inbox.messages)
+    assert ("ada@example.org", "Reflect on your mentoring") in subjects
+    assert ("grace@example.org", "Reflect on your mentoring") in subjects
+    for received in smtp_server.inbox.messages:
+        assert note.encode() not in received.message.as_bytes()
 
 
 def test_an_unknown_template_gets_the_generic_text() -> None:

@@ -15,7 +15,7 @@ from events.deadlines import next_due
 from events.state import Phase, RelationshipState
 from tests.test_domain import COORDINATOR, MENTEE, MENTOR, SECRET, Story, active, closing, matched, programme
 from workflows.relationship import RelationshipInput
-from workflows.start_options import relationship_start_options
+from mentorflow.start_options import relationship_start_options
 
 
 def test_current_details_show_the_live_picture_and_no_confidential_text() -> None:

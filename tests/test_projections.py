@@ -14,7 +14,7 @@ import pytest
 
 from activities.event_store import PostgresEventStore
 from activities.projections import ProjectionFollower, projections_named
-from events.model import AnyEvent, MeetingHeld, MeetingMissed, MatchConfirmed, event_payload
+from events.model import AnyEvent, MatchConfirmed, MeetingHeld, MeetingMissed, RelationshipStarted, event_payload
 from events.projections import (
     FEEDBACK,
     MEETINGS,
@@ -30,6 +30,7 @@ from events.projections import (
 from events.state import RelationshipState
 from mentorflow.reports import load_programme_report
 from tests.conftest import TEST_KEYRING
+from tests.owners import owner
 from tests.projection_stories import SECRET, Driver, interleaved, redacted, stories
 
 
@@ -152,9 +153,22 @@ def test_the_programme_report_from_the_stories(drivers: list[Driver]) -> None:
 # -- the follower on PostgreSQL ------------------------------------------------------------------
 
 
+# Each story's programme, from its RelationshipStarted (a stream's owner; tests/owners.py).
+_PROGRAMMES: dict[str, str] = {}
+
+
 async def append_all(store: PostgresEventStore, chunks: list[list[AnyEvent]]) -> None:
+    programmes = _PROGRAMMES
     for chunk in chunks:
-        await store.append(chunk[0].stream_id, chunk[0].version - 1, chunk)
+        programmes.update((e.stream_id, e.programme_id) for e in chunk if isinstance(e, RelationshipStarted))
+        stream_id = chunk[0].stream_id
+        await store.append(stream_id, chunk[0].version - 1, chunk, owner=owner(stream_id, programmes[stream_id]))
+
+
+def owned_by(started: AnyEvent) -> tuple[str, str]:
+    """(stream id, programme id) of the relationship a RelationshipStarted starts."""
+    assert isinstance(started, RelationshipStarted)
+    return started.stream_id, started.programme_id
 
 
 async def table_rows(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
@@ -244,12 +258,13 @@ async def test_the_follower_never_skips_an_event_whose_transaction_commits_late(
         transaction = late.transaction()
         await transaction.start()
         event = first[0]
+        late_owner = owner(*owned_by(event))
         await late.fetchval(
-            "SELECT append_events($1, 0, $2, $3, $4, $5, $6, $7::jsonb[])",
+            "SELECT append_events($1, 0, $2, $3, $4, $5, $6, $7::jsonb[], $8, $9)",
             event.stream_id, [event.event_id], [event.type], [event.schema_version], [event.occurred_at],
-            [None], [json.dumps(event_payload(event))],
+            [None], [json.dumps(event_payload(event))], late_owner.programme_id, late_owner.workflow_id,
         )  # fmt: skip
-        await PostgresEventStore(pool, TEST_KEYRING).append(second[0].stream_id, 0, second)
+        await PostgresEventStore(pool, TEST_KEYRING).append(second[0].stream_id, 0, second, owner=owner(*owned_by(second[0])))
         follower = ProjectionFollower(pool)
         assert await follower.catch_up() == 0
         assert {s.position for s in await follower.status()} == {0}

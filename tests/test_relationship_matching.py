@@ -15,6 +15,7 @@ from activities.matching import MatchingActivities
 from events.model import MatchDeclined, MatchProposed
 from events.state import Phase, RelationshipState
 from pairing.profiles import MenteeProfile, MentorProfile
+from tests.conftest import TEST_KEYRING
 from tests.helpers import new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
 
@@ -68,7 +69,7 @@ async def test_the_pool_proposes_the_best_free_mentor_and_capacity_follows_the_r
         assert await proposed(first, attempts=0) == "m-best"
         rel_1 = (await state_of(first)).relationship_id
         assert await slots(pool) == {rel_1: "m-best"}
-        stored = await PostgresEventStore(pool).read_stream(rel_1)
+        stored = await PostgresEventStore(pool, TEST_KEYRING).read_stream(rel_1)
         proposal = next(e for e in stored if isinstance(e, MatchProposed))
         assert proposal.proposed_by == "matching-engine" and proposal.explanation.startswith("score ")
 

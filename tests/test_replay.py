@@ -134,7 +134,12 @@ async def test_the_same_change_behind_patched_replays_cleanly(variant: type) -> 
 def variant_worker(client: Client, pool: asyncpg.Pool, task_queue: str, workflow_class: type) -> Worker:
     """The production worker with another implementation of "Relationship"."""
     return build_worker(
-        client, pool, task_queue, channels=[RecordingChannel()], settings=Settings(), workflows=[workflow_class, MatchingRound]
+        client,
+        pool,
+        task_queue,
+        channels=[RecordingChannel()],
+        settings=Settings(trust_start_settings=True),  # its relationships bring their settings
+        workflows=[workflow_class, MatchingRound],
     )
 
 

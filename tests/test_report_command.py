@@ -21,11 +21,13 @@ from typer.testing import CliRunner
 
 import mentorflow.cli as cli_module
 from activities.event_store import PostgresEventStore
+from events.model import RelationshipStarted
 from events.projections import FEEDBACK, MEETINGS, RELATIONSHIPS, ProgrammeReport, programme_report, project
 from mentorflow.cli import app
 from mentorflow.config import Settings
 from mentorflow.reports import report_html
 from tests.conftest import TEST_KEYRING
+from tests.owners import owner
 from tests.projection_stories import Driver, interleaved, stories
 from worker import run_worker
 
@@ -44,8 +46,10 @@ def expected_report(drivers: list[Driver], programme_id: str) -> ProgrammeReport
 async def append(pool: asyncpg.Pool, drivers: list[Driver]) -> int:
     store = PostgresEventStore(pool, TEST_KEYRING)
     chunks = interleaved(drivers)
+    programmes = {e.stream_id: e.programme_id for d in drivers for e in d.events if isinstance(e, RelationshipStarted)}
     for chunk in chunks:
-        await store.append(chunk[0].stream_id, chunk[0].version - 1, chunk)
+        stream_id = chunk[0].stream_id
+        await store.append(stream_id, chunk[0].version - 1, chunk, owner=owner(stream_id, programmes[stream_id]))
     return sum(len(chunk) for chunk in chunks)
 
 

@@ -22,6 +22,7 @@ from events.people import Participant
 from events.settings import ProgrammeSettings
 from events.state import RelationshipState, evolve, fold
 from events.store import AppendAndNotifyRequest, AppendAndNotifyResult, AppendRequest
+from tests.owners import owner
 from tests.peers import SmtpServer, free_port
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -45,8 +46,8 @@ def proposal(stream_id: str) -> tuple[AppendRequest, AppendRequest, list[Notific
         notifications += notifications_for(event, after, before)
         before = after
     assert {n.recipient_id for n in notifications} == {"mentee-1", "mentor-1"}
-    first = AppendRequest(stream_id=stream_id, expected_version=0, events=started)
-    second = AppendRequest(stream_id=stream_id, expected_version=len(started), events=proposed)
+    first = AppendRequest(stream_id=stream_id, expected_version=0, events=started, owner=owner(stream_id))
+    second = AppendRequest(stream_id=stream_id, expected_version=len(started), events=proposed, owner=owner(stream_id))
     return first, second, notifications
 
 

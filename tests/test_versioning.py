@@ -47,6 +47,8 @@ def cli_environment(env: WorkflowEnvironment, tmp_path: Path, **extra: str) -> d
         MENTORFLOW_TEMPORAL_NAMESPACE=env.client.namespace,
         MENTORFLOW_ENCRYPTION_KEYS=TEST_KEYRING.format(),
         MENTORFLOW_STATE_DIR=str(tmp_path / "no-dev-here"),
+        # Its relationships bring their settings (no programme is created): see tests/conftest.py.
+        MENTORFLOW_TRUST_START_SETTINGS="true",
         **extra,
     )
     return environment

@@ -4,8 +4,9 @@ Chromium, and the CLI's `relationship list / history / events`.
 One `mentorflow dev` (Temporal dev server with its Web UI and codec server, embedded
 PostgreSQL, a worker) serves the whole module; a relationship is driven to active (with a
 meeting, goal progress and a concern) through the CLI, and then each test reads it back the
-way an operator would. The browser test needs Debian's `chromium` (installed with apt-get
-when missing) and npm `playwright-core` (installed into tests/ui/node_modules/).
+way an operator would. The browser test needs Debian's `chromium` and Node.js (installed
+with apt-get when missing, as root) and npm `playwright-core` (installed into
+tests/ui/node_modules/); where it cannot install them it fails with one line.
 Screenshots are kept under the test's tmp folder and copied to tests/artifacts/web-ui/.
 """
 
@@ -15,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from mentorflow.cli import app
 from mentorflow.operations import ensure_search_attributes
 from tests.conftest import project_root
+from tests.system_packages import ensure_debian_packages, ensure_node, npm_install
 from tests.test_dev_command import DevProcess, dev_environment
 from workflows.search_attributes import ALL_KEYS
 
@@ -114,21 +115,8 @@ async def active_relationship(tmp_path_factory: pytest.TempPathFactory) -> Async
 
 
 def chromium() -> Path:
-    """Debian's chromium, installed with apt-get when it is missing."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    apt_get = shutil.which("apt-get")
-    if apt_get is None:
-        pytest.fail(f"the Web UI test needs Chromium at {CHROMIUM}; install Debian's `chromium` package")
-    command = [apt_get, "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", "chromium"]
-    environment = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    attempt = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
-    if attempt.returncode != 0:  # perhaps the package lists are missing or old
-        subprocess.run([apt_get, "update"], env=environment, capture_output=True, timeout=600)
-        attempt = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
-    if attempt.returncode != 0 or not CHROMIUM.exists():
-        tail = "\n".join((attempt.stderr or attempt.stdout).strip().splitlines()[-5:])
-        pytest.fail(f"could not install Chromium with `apt-get install chromium` (exit {attempt.returncode}):\n{tail}")
+    """Debian's chromium, installed with apt-get when it is missing (tests/system_packages.py)."""
+    ensure_debian_packages([str(CHROMIUM)], ["chromium"], "the Web UI test (a real browser)")
     return CHROMIUM
 
 
@@ -137,14 +125,9 @@ def playwright_core() -> None:
     wanted = json.loads((UI_SCRIPTS / "package.json").read_text())["dependencies"]["playwright-core"]
     installed = UI_SCRIPTS / "node_modules" / "playwright-core" / "package.json"
     if installed.exists() and json.loads(installed.read_text())["version"] == wanted:
+        ensure_node()
         return
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.fail("the Web UI test needs Node.js and npm (Debian: apt-get install nodejs npm)")
-    attempt = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-package-lock"], cwd=UI_SCRIPTS,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
-    if attempt.returncode != 0:
-        pytest.fail(f"npm could not install playwright-core {wanted}:\n{attempt.stderr[-2000:]}")
+    npm_install(UI_SCRIPTS, ["--no-audit", "--no-fund", "--no-package-lock"], f"the Web UI test (playwright-core {wanted})")
 
 
 async def read_web_ui(setup: Setup, list_query: str, expect: dict[str, str], screenshots: Path) -> dict[str, Any]:

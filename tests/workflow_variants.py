@@ -16,8 +16,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from events.model import RelationshipSummary
-    from events.store import ReadStreamRequest
-    from workflows.relationship import Relationship, RelationshipInput
+    from events.store import ReadStreamRequest, StreamOwner
+    from workflows.relationship import Relationship, StartInput
 
 PATCH_ID = "pause-before-append"
 
@@ -29,7 +29,11 @@ async def _extra_timer() -> None:
 async def _extra_activity(relationship: Relationship) -> None:
     await workflow.execute_activity(
         "read_stream",
-        ReadStreamRequest(stream_id=relationship.current.relationship_id, after_version=0),
+        ReadStreamRequest(
+            stream_id=relationship.current.relationship_id,
+            after_version=0,
+            owner=StreamOwner(programme_id=relationship.current.programme_id, workflow_id=workflow.info().workflow_id),
+        ),
         start_to_close_timeout=timedelta(seconds=30),
         summary="A new read before storing events",
     )
@@ -40,7 +44,7 @@ class UnpatchedTimer(Relationship):
     """Incompatible: a timer before every flush, for old and new workflows alike."""
 
     @workflow.run
-    async def run(self, input: RelationshipInput) -> RelationshipSummary:
+    async def run(self, input: StartInput) -> RelationshipSummary:
         return await super().run(input)
 
     async def _flush(self) -> None:
@@ -54,7 +58,7 @@ class UnpatchedActivity(Relationship):
     """Incompatible: an activity before every flush."""
 
     @workflow.run
-    async def run(self, input: RelationshipInput) -> RelationshipSummary:
+    async def run(self, input: StartInput) -> RelationshipSummary:
         return await super().run(input)
 
     async def _flush(self) -> None:
@@ -69,7 +73,7 @@ class PatchedTimer(Relationship):
     point on the new code take the new step."""
 
     @workflow.run
-    async def run(self, input: RelationshipInput) -> RelationshipSummary:
+    async def run(self, input: StartInput) -> RelationshipSummary:
         return await super().run(input)
 
     async def _flush(self) -> None:
@@ -81,7 +85,7 @@ class PatchedTimer(Relationship):
 @workflow.defn(name="Relationship")
 class PatchedActivity(Relationship):
     @workflow.run
-    async def run(self, input: RelationshipInput) -> RelationshipSummary:
+    async def run(self, input: StartInput) -> RelationshipSummary:
         return await super().run(input)
 
     async def _flush(self) -> None:

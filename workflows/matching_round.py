@@ -24,7 +24,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.matching import ProposeBatch, ProposeRequest, RoundMembers, RoundRequest, RoundSolution
+    from pairing.rounds import ProposeBatch, ProposeRequest, RoundMembers, RoundRequest, RoundSolution
     from events.settings import ProgrammeSettings
     from pairing.profiles import Identifier
     from pairing.settings import Objective
@@ -39,7 +39,8 @@ class MatchingRoundInput(BaseModel):
     round_id: Identifier
     # Who the proposals come from (must be a coordinator if the programme names any).
     coordinator_id: Identifier = "matching-round"
-    # Only these mentees (default: every active mentee of the programme who holds no slot).
+    # Only these mentees (default: every active mentee of the programme with fewer open
+    # relationships than its matching settings allow, who has not left the directory).
     mentee_ids: tuple[Identifier, ...] | None = None
     # Overrides the programme's objective for this round.
     objective: Objective | None = None

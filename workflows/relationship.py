@@ -12,19 +12,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pairing.requests import Candidate, CandidateRequest, SlotRelease, SlotRequest, SlotReservation
+    from pairing.requests import (
+        Candidate,
+        CandidateRequest,
+        RoundProposalClaim,
+        SlotRelease,
+        SlotRequest,
+        SlotReservation,
+    )
     from events.commands import (
         DIRECTORY_ACTOR,
+        INTERNAL_ACTORS,
         MATCHING_ACTOR,
         MATCHING_ACTORS,
+        ROUND_ACTOR,
         AcceptMatch,
         AcknowledgeGoalRevision,
         CancelMeeting,
@@ -50,10 +59,26 @@ with workflow.unsafe.imports_passed_through():
         SubmitFeedback,
         SubmitReflection,
         SubmitReview,
+        command_digest,
+        payload_digest,
+        read_command,
     )
     from events.deadlines import Deadline, next_deadline, next_due_at
+    from events.meetings import CADENCE_RULES, LEGACY_CADENCE_RULES, under_cadence_rules
     from events.operator_view import current_details, describe_notifications
-    from events.decider import Rejection, catch_up, decide, reject, start_relationship
+    from events.decider import already_refused, catch_up, decide, refuse_from_outside, reject, start_relationship
+    from events.refusals import (
+        FieldProblem,
+        RefusalCode,
+        Rejection,
+        describe_validation_error,
+        field_problems,
+        invalid_payload,
+        is_refused_plain,
+        plain_refusal,
+        refuse,
+        refused_as_plain,
+    )
     from events.model import (
         AnyEvent,
         ClosureBegun,
@@ -65,10 +90,17 @@ with workflow.unsafe.imports_passed_through():
     )
     from events.notifications import Notification, notifications_for
     from events.people import ParticipantStatus
-    from events.settings import ProgrammeSettings
+    from events.settings import ProgrammeRequest, ProgrammeSettings
     from events.state import Phase, RelationshipState, evolve, fold
-    from events.store import AppendAndNotifyRequest, AppendAndNotifyResult, AppendRequest, ReadStreamRequest
+    from events.store import (
+        AppendAndNotifyRequest,
+        AppendAndNotifyResult,
+        AppendRequest,
+        ReadStreamRequest,
+        StreamOwner,
+    )
     from workflows import search_attributes as sa
+    from events.relationship_io import CommandResult, RelationshipInput, relationship_workflow_id
 
 STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=10))
@@ -82,44 +114,38 @@ RETRY_AFTER_FAILED_FIRST_TRY = "notifications-retry-after-a-failed-first-try"
 # workflow.patched() id: a batch and the first try of its notifications in one local activity
 # (`append_events_and_notify`) instead of two. Runs that began before it keep two.
 STORE_AND_NOTIFY_TOGETHER = "store-and-notify-in-one-local-activity"
+# workflow.patched() id: a relationship refuses to run under a workflow id that is not
+# relationship/<its programme>/<its id> (its stream and its search attributes follow from it).
+CHECK_WORKFLOW_ID = "refuse-a-workflow-id-that-does-not-match-the-input"
+# workflow.patched() id: the meeting rules of events/meetings.py (cadence_rules 2). A run
+# begun before them re-decides its history by the legacy rules, and keeps them to its end.
+ANCHORED_CADENCE = "meetings-anchored-to-the-agreement"
+# workflow.patched() id: messages from outside that name an internal actor are refused (a
+# round's proposal is first checked against the round's records).
+VERIFY_INTERNAL_ACTORS = "refuse-internal-actors-from-outside"
+# workflow.patched() id: every proposal but the pool's own reserves the mentor's slot.
+RESERVE_EVERY_PROPOSAL = "reserve-a-slot-for-every-proposal"
+# workflow.patched() id: settings given at start are verified against the programme's
+# (before, they were taken as given).
+SETTINGS_FROM_THE_PROGRAMME = "settings-come-from-the-programme"
+# workflow.patched() id: payloads that arrived unencrypted (MENTORFLOW_REFUSE_PLAIN_PAYLOADS)
+# are refused. Recorded when the first such payload reaches a run: a run that accepted plain
+# payloads before keeps them on replay.
+REFUSE_PLAIN_PAYLOADS = "refuse-plain-payloads"
 # How often, at most, a relationship asks the directory whether its people are still here.
 PARTICIPANT_CHECK_INTERVAL = timedelta(days=1)
 
 
-class RelationshipInput(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    relationship_id: Identifier
-    programme_id: Identifier
-    mentee_id: Identifier
-    # Normally read from the programme when the relationship starts; given here, it wins.
-    settings: ProgrammeSettings | None = None
-    # Carried across continue-as-new; absent when a relationship starts.
-    state: RelationshipState | None = None
-    last_participant_check: datetime | None = None
-    # Notifications still undelivered when the previous run continued as new.
-    pending_notifications: list[Notification] = []
-    # The match attempt for which the mentor pool was last asked for a candidate.
-    pool_asked_for_attempt: int | None = None
-    # False when the starter brings the first proposal itself (a matching round): the pool
-    # is then asked only if that proposal is declined or expires.
-    ask_pool_first: bool = True
-    # Continue as new once history passes this many events (Temporal's own suggestion,
-    # at about 10k events, applies too). Lower it to exercise continue-as-new.
-    history_event_limit: int = Field(default=8000, ge=100)
-
-
-class CommandResult(BaseModel):
-    """What an update returns once the command's events are stored."""
-
-    model_config = ConfigDict(frozen=True)
-
-    command_id: str
-    # False when the command id had already been applied: nothing happened this time.
-    applied: bool
-    events: list[str]
-    version: int
-    phase: Phase
+# A start input as sent: a RelationshipInput, or whatever else arrived (refused in `run`).
+StartInput = Annotated[RelationshipInput | dict[str, Any], Field(union_mode="left_to_right")]
+# Stands in for an input that could not be read, until `run` fails the workflow.
+_UNREADABLE_INPUT = RelationshipInput(relationship_id="unreadable", programme_id="unreadable", mentee_id="unreadable")
+# The load_programme failures that end a start, and the refusal code each is reported as.
+_START_FAILURES = {
+    "UnknownProgramme": RefusalCode.NOT_FOUND.value,
+    "SettingsNotFromProgramme": RefusalCode.NOT_ALLOWED.value,
+    "InvalidProgrammeSettings": RefusalCode.INTERNAL_ERROR.value,
+}
 
 
 class ArgumentCount:
@@ -135,27 +161,49 @@ def _one_payload(payloads: tuple[Any, ...]) -> Any:
     return payloads[0] if len(payloads) == 1 else ArgumentCount(len(payloads))
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """Name every bad field, without echoing the submitted values (they may be confidential)."""
-    problems = []
-    for detail in error.errors():
-        if isinstance(detail.get("input"), ArgumentCount):
-            count = detail["input"].count
-            return f"invalid payload: expected one argument, a JSON object; got {count}"
-        location = ".".join(_printable(str(part)) for part in detail["loc"]) or "payload"
-        # "a valid dictionary or instance of AgreementTerms" names a Python class: callers
-        # in other languages send JSON.
-        message = "Input should be a JSON object" if detail["type"] == "model_type" else detail["msg"]
-        problems.append(f"{location}: {message}")
-    return "invalid payload: " + "; ".join(problems)
+__all__ = ["CommandResult", "RelationshipInput", "describe_validation_error"]  # names callers import from here
 
 
-def _slot_work_for(event: AnyEvent, before: RelationshipState | None) -> list[tuple[str, str | None]]:
+def _read(model: type[Command], payload: Any) -> Command | Rejection:
+    if isinstance(payload, ArgumentCount):
+        problem = FieldProblem(field="payload", message=f"expected one argument, a JSON object; got {payload.count}")
+        return Rejection(code=RefusalCode.INVALID_PAYLOAD, reason=f"invalid payload: {problem.message}", problems=(problem,))
+    return refused_as_plain(payload) or read_command(model, payload)
+
+
+def _digest_of(model: type[Command], payload: Any, command: Command | None) -> str:
+    if command is not None:
+        return command_digest(command)
+    return payload_digest(model.message_name, payload.count if isinstance(payload, ArgumentCount) else payload)
+
+
+def _refusal_error(rejection: Rejection) -> ApplicationError:
+    """How a refusal reaches update callers: its code as the error's type, never retryable."""
+    return ApplicationError(rejection.reason, rejection.details(), type=rejection.code.value, non_retryable=True)
+
+
+def _read_start(input: Any) -> RelationshipInput | Rejection:
+    if isinstance(input, RelationshipInput):
+        return input
+    try:
+        return RelationshipInput.model_validate(input)
+    except ValidationError as error:
+        return invalid_payload(field_problems(error, known=frozenset(RelationshipInput.model_fields)))
+
+
+def _slot_work_for(
+    event: AnyEvent, before: RelationshipState | None, *, reserve_every_proposal: bool = False
+) -> list[tuple[str, str | None]]:
     """What an event asks of the mentor pool's capacity (see `_manage_mentor_slots`)."""
-    # A proposal scored by the pool (the relationship's own request, or a matching round on
-    # behalf of its coordinator) comes with its slot reserved; one made by hand does not.
-    if isinstance(event, MatchProposed) and event.proposed_by not in MATCHING_ACTORS and event.score is None:
-        return [("reserve", event.mentor_id)]
+    # The pool's own proposal comes with its slot reserved. Every other proposal reserves
+    # one (a round's is already reserved: the reservation is idempotent per relationship),
+    # so a mentor's load counts it however it was made. Runs that began before that
+    # reserved only for hand proposals without a score.
+    if isinstance(event, MatchProposed):
+        if reserve_every_proposal:
+            return [("reserve", event.mentor_id)] if event.proposed_by != MATCHING_ACTOR else []
+        if event.proposed_by not in MATCHING_ACTORS and event.score is None:
+            return [("reserve", event.mentor_id)]
     if isinstance(event, (MatchDeclined, MatchProposalExpired)):
         return [("release", event.mentor_id)]
     if isinstance(event, ClosureBegun) or (
@@ -173,12 +221,6 @@ def _is_conflict(error: Exception) -> bool:
     comes only for a timeout): so both are looked at."""
     cause = error.cause if isinstance(error, ActivityError) else error
     return isinstance(cause, ApplicationError) and cause.type == "ConcurrencyConflict"
-
-
-def _printable(name: str) -> str:
-    # A field name can come from the sender (an unknown key) and goes into the stored
-    # rejection: a NUL or other control character, or a huge key, is escaped and cut.
-    return name if name.isprintable() and len(name) <= 100 else repr(name[:100])
 
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -230,12 +272,20 @@ def _handlers(model: type[Command]) -> tuple[SignalHandler, UpdateHandler]:
 @workflow.defn(name="Relationship")
 class Relationship:
     @workflow.init
-    def __init__(self, input: RelationshipInput) -> None:
-        self._input = input
-        self._state: RelationshipState | None = input.state
-        self._stored_version = input.state.version if input.state else 0
+    def __init__(self, input: StartInput) -> None:
+        # A start input that does not match the contract ends the workflow at once (see
+        # `run`); decoding it as RelationshipInput would fail every workflow task instead.
+        # Arrived unencrypted where the workers refuse that: refused in `run` (see _unwrap_plain).
+        self._plain_start = is_refused_plain(input)
+        read = _read_start(input["payload"] if self._plain_start and isinstance(input, dict) else input)
+        self._refusal = read if isinstance(read, Rejection) else None
+        self._input = read if isinstance(read, RelationshipInput) else _UNREADABLE_INPUT
+        self._state: RelationshipState | None = self._input.state
+        # The meeting rules this run decides by, fixed by its first decision (ANCHORED_CADENCE).
+        self._cadence_rules: int | None = None
+        self._stored_version = self._input.state.version if self._input.state else 0
         # The state as the event store has it: what a conflict is resolved from.
-        self._stored_state: RelationshipState | None = input.state
+        self._stored_state: RelationshipState | None = self._input.state
         # The commands behind the events not yet stored, to decide again after a conflict.
         self._redo: list[tuple[type[Command], Any]] = []
         self._outbox: list[AnyEvent] = []
@@ -245,8 +295,8 @@ class Relationship:
         self._retrying: set[asyncio.Task[Any]] = set()
         self._search_attributes: dict[str, Any] = {}
         self._current_details = ""
-        self._last_participant_check = input.last_participant_check
-        self._pool_asked_for = input.pool_asked_for_attempt
+        self._last_participant_check = self._input.last_participant_check
+        self._pool_asked_for = self._input.pool_asked_for_attempt
         # Mentor slots to reserve (a mentor proposed by hand) or give back, once the events
         # that call for it are stored.
         self._slot_work: list[tuple[str, str | None]] = []
@@ -255,18 +305,16 @@ class Relationship:
         self._timer: tuple[Deadline, asyncio.Task[None]] | None = None
 
     @workflow.run
-    async def run(self, input: RelationshipInput) -> RelationshipSummary:
+    async def run(self, start: StartInput) -> RelationshipSummary:
+        input = self._input
+        self._check_start()
         if input.pending_notifications:
             self._send(input.pending_notifications)
         if self._state is None:
-            settings = input.settings or await workflow.execute_activity(
-                "load_programme",
-                input.programme_id,
-                result_type=ProgrammeSettings,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=STORE_RETRY,
-                summary="Read programme settings",
-            )
+            if input.settings is not None and not workflow.patched(SETTINGS_FROM_THE_PROGRAMME):
+                settings = input.settings  # runs that began before the check
+            else:
+                settings = await self._load_programme(ProgrammeRequest(programme_id=input.programme_id, given=input.settings))
             self._apply(
                 start_relationship(input.relationship_id, input.programme_id, input.mentee_id, settings, workflow.now())
             )
@@ -298,17 +346,78 @@ class Relationship:
         assert self.current.summary is not None
         return self.current.summary
 
+    def _check_start(self) -> None:
+        """End the workflow at once, failed with a refusal code, on a start that cannot work."""
+        if self._plain_start and workflow.patched(REFUSE_PLAIN_PAYLOADS):
+            raise _refusal_error(plain_refusal())
+        if self._refusal is not None:
+            raise _refusal_error(self._refusal)
+        input, workflow_id = self._input, workflow.info().workflow_id
+        carried = ("state", "pending_notifications", "last_participant_check", "pool_asked_for_attempt")
+        given = [name for name in carried if getattr(input, name) not in (None, [])]
+        if given and workflow.info().continued_run_id is None:
+            # What a run hands to the next one: never from a starter (it would choose the state).
+            problems = tuple(FieldProblem(field=f, message="is carried only across continue-as-new") for f in given)
+            raise _refusal_error(invalid_payload(problems, prefix="invalid start"))
+        expected = relationship_workflow_id(input.programme_id, input.relationship_id)
+        # Runs that began before the check keep going as they began.
+        if workflow_id != expected and workflow.patched(CHECK_WORKFLOW_ID):
+            problem = FieldProblem(
+                field="workflow_id",
+                message=f"should be {expected}: relationship/ then the input's programme_id and relationship_id",
+            )
+            raise _refusal_error(invalid_payload((problem,), prefix="invalid start"))
+
+    async def _load_programme(self, request: ProgrammeRequest) -> ProgrammeSettings:
+        try:
+            settings: ProgrammeSettings = await workflow.execute_activity(
+                "load_programme",
+                request,
+                result_type=ProgrammeSettings,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=STORE_RETRY,
+                summary="Read programme settings",
+            )
+        except ActivityError as error:
+            # Say why in the workflow's own failure, not two causes down.
+            cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.type in _START_FAILURES:
+                raise ApplicationError(cause.message, type=_START_FAILURES[cause.type], non_retryable=True) from None
+            raise
+        return settings
+
     @property
     def current(self) -> RelationshipState:
         assert self._state is not None, "the relationship has not started yet"
         return self._state
 
+    def _deciding(self) -> RelationshipState:
+        """The state to decide on: the relationship's, under this run's meeting rules. The
+        first call fixes them (handlers may decide before `run` starts); not from a query or
+        validator, where `workflow.patched` may not be called."""
+        if self._cadence_rules is None:
+            self._cadence_rules = CADENCE_RULES if workflow.patched(ANCHORED_CADENCE) else LEGACY_CADENCE_RULES
+        return under_cadence_rules(self.current, self._cadence_rules)
+
     # -- queries -------------------------------------------------------------------------
 
     @workflow.query(name="state")
-    def state(self) -> RelationshipState | None:
-        """The whole state; None only in the moment before the programme has been read."""
-        return self._state
+    def state(self) -> RelationshipState:
+        """The whole state. Before the programme has been read (the first moment after the
+        start): version 0, phase matching, and the settings given or the defaults."""
+        if self._state is not None:
+            return under_cadence_rules(self._state, self._cadence_rules)
+        input, started = self._input, workflow.info().start_time
+        return RelationshipState(
+            relationship_id=input.relationship_id,
+            programme_id=input.programme_id,
+            mentee_id=input.mentee_id,
+            settings=input.settings or ProgrammeSettings(),
+            version=0,
+            phase=Phase.MATCHING,
+            started_at=started,
+            phase_entered_at=started,
+        )
 
     # -- signals and updates: one pair per command, named after it -------------------------
 
@@ -347,71 +456,111 @@ class Relationship:
         self._decide_signal(model, payload)
         self._redo.append((model, payload))
 
+    def _unwrap_plain(self, payload: Any) -> tuple[Any, Rejection | None]:
+        """A payload the codec marked as arrived unencrypted: refused in runs that began
+        refusing (the patch marker), its original where a run accepted it before — so a
+        history replays as it was decided whatever the workers' setting is now."""
+        if not is_refused_plain(payload):
+            return payload, None
+        if workflow.patched(REFUSE_PLAIN_PAYLOADS):
+            return payload, refused_as_plain(payload)
+        return payload.get("payload"), None
+
     def _decide_signal(self, model: type[Command], payload: Any) -> None:
         # A signal handler that raises fails the workflow task over and over; so nothing
         # here may raise: every problem becomes a recorded rejection.
         now = workflow.now()
+        command: Command | None = None
+        payload, plain = self._unwrap_plain(payload)
         try:
             self._catch_up(now)
-            command = model.model_validate(payload)
-        except ValidationError as error:
-            command_id = _command_id_of(payload)
-            if command_id is not None and command_id in self.current.processed_command_ids:
-                return
-            self._apply([reject(self.current, model.message_name, command_id, describe_validation_error(error), now)])
-            return
+            read = plain or _read(model, payload)
         except Exception:
             # A payload validator that fails in another way is a bug; it must not fail the task.
             workflow.logger.exception("validating %s failed", model.message_name)
+            read = refuse(RefusalCode.INTERNAL_ERROR, f"{model.message_name} could not be validated (internal error)")
+        if isinstance(read, Rejection):
+            decision: list[AnyEvent] | Rejection = read
             command_id = _command_id_of(payload)
-            if command_id is None or command_id not in self.current.processed_command_ids:
-                reason = f"{model.message_name} could not be validated (internal error)"
-                self._apply([reject(self.current, model.message_name, command_id, reason, now)])
-            return
-        try:
-            decision = decide(self.current, command, now)
-        except Exception:
-            workflow.logger.exception("decide failed for %s %s", model.message_name, command.command_id)
-            decision = Rejection(reason=f"{model.message_name} could not be processed (internal error)")
-        if isinstance(decision, Rejection):
-            self._apply([reject(self.current, model.message_name, command.command_id, decision.reason, now)])
+        elif read.actor_id in INTERNAL_ACTORS and workflow.patched(VERIFY_INTERNAL_ACTORS):
+            # No signal can be the system: a round proposes by update, and is checked there.
+            command, command_id = read, read.command_id
+            decision = refuse_from_outside(read) or refuse(
+                RefusalCode.NOT_ALLOWED, f"actor {read.actor_id} proposes by update only, where its claim is checked"
+            )
         else:
+            command, command_id = read, read.command_id
+            try:
+                decision = decide(self._deciding(), command, now)
+            except Exception:
+                workflow.logger.exception("decide failed for %s %s", model.message_name, command.command_id)
+                decision = refuse(RefusalCode.INTERNAL_ERROR, f"{model.message_name} could not be processed (internal error)")
+        if not isinstance(decision, Rejection):
             self._apply(decision)
+            return
+        digest = _digest_of(model, payload, command)
+        if command is None and command_id is not None and command_id in self.current.processed_command_ids:
+            return  # a malformed copy of a command already applied: nothing to record
+        if already_refused(self.current, command_id, digest):
+            return  # the same refused payload again: recorded once
+        self._apply([reject(self.current, model.message_name, command_id, decision, now, digest)])
 
     def _validate_update(self, model: type[Command], payload: Any) -> None:
         try:
-            command = model.model_validate(payload)
-        except ValidationError as error:
-            raise ValueError(describe_validation_error(error)) from None
+            read = _read(model, payload)
         except Exception:
             workflow.logger.exception("validating %s failed", model.message_name)
-            raise ValueError(f"{model.message_name} could not be validated (internal error)") from None
+            read = refuse(RefusalCode.INTERNAL_ERROR, f"{model.message_name} could not be validated (internal error)")
+        if isinstance(read, Rejection):
+            raise _refusal_error(read)
+        if outside := refuse_from_outside(read):
+            raise _refusal_error(outside)
         if self._state is None:
             return  # judged by the handler once the relationship has started
         # Validators may not change state: judge the command on a caught-up copy.
-        present, _ = catch_up(self._state, workflow.now())
+        present, _ = catch_up(under_cadence_rules(self._state, self._cadence_rules), workflow.now())
         try:
-            decision = decide(present, command, workflow.now())
+            decision = decide(present, read, workflow.now())
         except Exception:
-            workflow.logger.exception("decide failed for %s %s", model.message_name, command.command_id)
-            raise ValueError(f"{model.message_name} could not be processed (internal error)") from None
+            workflow.logger.exception("decide failed for %s %s", model.message_name, read.command_id)
+            decision = refuse(RefusalCode.INTERNAL_ERROR, f"{model.message_name} could not be processed (internal error)")
         if isinstance(decision, Rejection):
-            raise ValueError(decision.reason)
+            raise _refusal_error(decision)
 
     async def _receive_update(self, model: type[Command], payload: Any) -> CommandResult:
         await self._started()
-        command = model.model_validate(payload)
+        payload, plain = self._unwrap_plain(payload)
+        if plain is not None:  # the validator refuses these; only a replay could get here
+            raise _refusal_error(plain)
+        command = read_command(model, payload)
+        assert not isinstance(command, Rejection), "the validator refuses invalid payloads"
+        if command.actor_id == ROUND_ACTOR and workflow.patched(VERIFY_INTERNAL_ACTORS):
+            if not await self._round_holds(command):
+                raise _refusal_error(
+                    refuse(RefusalCode.NOT_ALLOWED, "no matching round of this programme proposed this mentor")
+                )
         self._catch_up(workflow.now())
-        decision = decide(self.current, command, workflow.now())
+        decision = decide(self._deciding(), command, workflow.now())
         if isinstance(decision, Rejection):  # only if the state moved since validation
-            raise ApplicationError(decision.reason, type="CommandRejected", non_retryable=True)
+            raise _refusal_error(decision)
         self._apply(decision)
         self._redo.append((model, payload))
-        version = self.current.version
+        first = None if decision else self.current.applied_commands.get(command.command_id)
+        version = self.current.version if first is None else first.version
         await workflow.wait_condition(lambda: self._stored_version >= version)
+        if first is not None:
+            return CommandResult(
+                command_id=command.command_id,
+                applied=False,
+                replay=True,
+                events=list(first.events),
+                version=first.version,
+                phase=first.phase,
+            )
         return CommandResult(
             command_id=command.command_id,
             applied=bool(decision),
+            replay=not decision,
             events=[event.type for event in decision],
             version=version,
             phase=self.current.phase,
@@ -425,10 +574,11 @@ class Relationship:
             self._state = evolve(before, event)
             self._outbox.append(event)
             self._notifications.extend(notifications_for(event, self._state, before))
-            self._slot_work.extend(_slot_work_for(event, before))
+            every = isinstance(event, MatchProposed) and workflow.patched(RESERVE_EVERY_PROPOSAL)
+            self._slot_work.extend(_slot_work_for(event, before, reserve_every_proposal=every))
 
     def _catch_up(self, now: datetime) -> None:
-        self._apply(catch_up(self.current, now)[1])
+        self._apply(catch_up(self._deciding(), now)[1])
 
     async def _wait_for_command_or_deadline(self) -> bool:
         """Wait for a command or the next deadline; True when it is time to continue as new.
@@ -466,6 +616,24 @@ class Relationship:
         self._timer = (deadline, timer)
         return timer
 
+    async def _round_holds(self, command: Command) -> bool:
+        """Whether a matching round really settled on this pair (a proposal sent as the round)."""
+        assert isinstance(command, ProposeMatch)
+        claim = RoundProposalClaim(
+            programme_id=self.current.programme_id,
+            relationship_id=self.current.relationship_id,
+            mentor_id=command.mentor_id,
+        )
+        confirmed: bool = await workflow.execute_local_activity(
+            "confirm_round_proposal",
+            claim,
+            result_type=bool,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=STORE_RETRY,
+            summary="Check the matching round's proposal",
+        )
+        return confirmed
+
     async def _ask_pool_for_a_mentor(self) -> bool:
         """Unmatched and nobody proposed: ask the mentor pool for its best available
         candidate (its slot comes reserved) once per match attempt. True if proposed."""
@@ -497,7 +665,7 @@ class Relationship:
             explanation=candidate.explanation,
             score=candidate.score,
         )
-        decision = decide(self.current, command, workflow.now())
+        decision = decide(self._deciding(), command, workflow.now())
         if isinstance(decision, Rejection):  # a proposal arrived meanwhile
             proposed = self.current.candidate
             if proposed is None:
@@ -548,7 +716,7 @@ class Relationship:
                     actor_id=MATCHING_ACTOR,
                     reason="the mentor has no free slot",
                 )
-                decision = decide(self.current, withdraw, workflow.now())
+                decision = decide(self._deciding(), withdraw, workflow.now())
                 if not isinstance(decision, Rejection):
                     self._apply(decision)
         if self._outbox:
@@ -576,7 +744,7 @@ class Relationship:
                     actor_id=DIRECTORY_ACTOR,
                     participant_id=status.participant_id,
                 )
-                decision = decide(self.current, command, workflow.now())
+                decision = decide(self._deciding(), command, workflow.now())
                 if not isinstance(decision, Rejection):
                     self._apply(decision)
 
@@ -585,7 +753,9 @@ class Relationship:
         while self._outbox:
             batch, notifications = list(self._outbox), list(self._notifications)
             first, last = batch[0].version, batch[-1].version
-            request = AppendRequest(stream_id=self.current.relationship_id, expected_version=first - 1, events=batch)
+            request = AppendRequest(
+                stream_id=self.current.relationship_id, expected_version=first - 1, events=batch, owner=self._owner()
+            )
             summary = f"Store events {first}–{last}" if last > first else f"Store event {first}"
             together = bool(notifications) and workflow.patched(STORE_AND_NOTIFY_TOGETHER)
             argument: AppendRequest | AppendAndNotifyRequest
@@ -624,6 +794,10 @@ class Relationship:
         self._sync_search_attributes()
         self._show_current_details()
 
+    def _owner(self) -> StreamOwner:
+        """This workflow as the one owner of its relationship's stream (the store checks it)."""
+        return StreamOwner(programme_id=self.current.programme_id, workflow_id=workflow.info().workflow_id)
+
     async def _adopt_stored_events(self) -> None:
         """The store holds events this run does not know: a local activity of a workflow
         task that was never completed (a crash, a refused completion) stored them before the
@@ -632,7 +806,9 @@ class Relationship:
         already applied there is recognised by its id and skipped)."""
         stored: list[AnyEvent] = await workflow.execute_local_activity(
             "read_stream",
-            ReadStreamRequest(stream_id=self.current.relationship_id, after_version=self._stored_version),
+            ReadStreamRequest(
+                stream_id=self.current.relationship_id, after_version=self._stored_version, owner=self._owner()
+            ),
             result_type=list[AnyEvent],
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=STORE_RETRY,

@@ -4,6 +4,10 @@
 # server starts. Safe to run on every `docker compose up`: `create` ignores an existing
 # database, `setup-schema -v 0.0` leaves a versioned schema alone, and `update-schema` applies
 # only the versions the database lacks, so a newer admin-tools image upgrades the schema.
+#
+# temporal-sql-tool reads the rest from the environment: SQL_PASSWORD (docker-compose.yml
+# fills it from the secret in SQL_PASSWORD_FILE through deploy/secret-env.sh), and SQL_TLS /
+# SQL_TLS_CA_FILE, with which it connects over TLS and checks the server's certificate and name.
 set -eu
 
 : "${POSTGRES_SEEDS:?POSTGRES_SEEDS is not set}"

@@ -1,0 +1,29 @@
+"""`mentorflow keys`: the encryption keys for Temporal payloads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mentorflow.cli.shared import Problem, app, reports_problems
+
+keys_app = typer.Typer(help="Encryption keys for Temporal payloads (MENTORFLOW_ENCRYPTION_KEYS).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+@reports_problems
+def generate_key(
+    key_id: Annotated[str, typer.Option("--id", help="The new key's id, e.g. k2 (letters, digits, . _ -).")] = "k1",
+) -> None:
+    """Print a new random key as `ID:BASE64`, to put FIRST in MENTORFLOW_ENCRYPTION_KEYS.
+
+    Keep the older keys after it for as long as data written with them exists.
+    """
+    from mentorflow.keyring import KeyringError, format_key, generate_key as new_key
+
+    try:
+        print(format_key(key_id, new_key()))
+    except KeyringError as error:
+        raise Problem(str(error), exit_code=2) from None

@@ -1,0 +1,256 @@
+"""`mentorflow profiles`: mentor and mentee profiles for matching, and a programme's matching settings."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import ValidationError
+from rich.markup import escape
+from rich.table import Table
+
+from mentorflow.cli.shared import (
+    DIRECTORY_DATABASE_HELP,
+    JsonOption,
+    Problem,
+    ProgrammeOption,
+    R,
+    _with_database,
+    app,
+    err,
+    out,
+    reports_problems,
+)
+from workflows.relationship import describe_validation_error
+
+profiles_app = typer.Typer(
+    help="Mentor and mentee profiles for matching: strengths, goals, availability, languages, "
+    "formats, seniority, capacity and exclusions; and a programme's matching settings.\n\n"
+    + DIRECTORY_DATABASE_HELP,
+    no_args_is_help=True,
+)
+app.add_typer(profiles_app, name="profiles")
+
+RoleOption = Annotated[str | None, typer.Option("--role", help="mentor or mentee (for rows that do not say).")]
+
+
+def _with_matching(action: Callable[[Any], Coroutine[Any, Any, R]]) -> R:
+    """Run `action` with the matching activities on the configured database, migrated first."""
+    from activities.matching import MatchingActivities
+
+    return _with_database(lambda pool: action(MatchingActivities(pool)))
+
+
+def _role(role: str | None) -> Any:
+    if role not in (None, "mentor", "mentee"):
+        raise Problem(f"--role {role!r}: mentor or mentee", exit_code=2)
+    return role
+
+
+def _read_text(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if path.exists():
+        return path.read_text(encoding="utf-8-sig")
+    return source  # inline JSON
+
+
+@profiles_app.command("import")
+@reports_problems
+def import_profiles(
+    file: Annotated[Path, typer.Argument(help="A CSV file with a header row, a JSON array or JSON Lines.")],
+    programme: ProgrammeOption,
+    role: RoleOption = None,
+    file_format: Annotated[str | None, typer.Option("--format", help="csv or json (default: from the file name).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add or update every profile in a file; bad rows are reported by line and left out.
+
+    Columns: participant_id, role, timezone, seniority, capacity, strengths ("python:5; sql"),
+    goals ("public speaking:3; python"), availability ("mon-fri 09:00-10:00"), languages,
+    formats, reports_to, previous_partners, opt_out, preferred, active. Other columns (a
+    name, an email address) are ignored and listed. Importing the same file twice changes
+    nothing. Exits with 2 when a row was rejected (the good rows are imported all the same).
+    """
+    from pairing.importing import parse_profiles
+
+    suffix = file.suffix.lower()
+    given = file_format or ("csv" if suffix == ".csv" else "json" if suffix in (".json", ".jsonl") else None)
+    kind: Literal["csv", "json"]
+    if given == "csv":
+        kind = "csv"
+    elif given == "json":
+        kind = "json"
+    else:
+        raise Problem(f"{file}: say --format csv or --format json", exit_code=2)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise Problem(f"{file}: {error.strerror}", exit_code=2) from None
+    parsed = parse_profiles(text, kind, role=_role(role))
+    profiles = [profile for _, profile in parsed.profiles]
+
+    async def save(matching: Any) -> Any:
+        return await matching.profiles.save_profiles(programme, profiles)
+
+    counts = _with_matching(save) if profiles else None
+    inserted, updated, unchanged = (counts.inserted, counts.updated, counts.unchanged) if counts else (0, 0, 0)
+    for problem in parsed.problems:
+        err.print(f"[bold red]error:[/bold red] {escape(str(file))} {escape(str(problem))}")
+    if as_json:
+        print(json.dumps({"inserted": inserted, "updated": updated, "unchanged": unchanged,
+                          "ignored_columns": parsed.ignored_columns,
+                          "rejected": [p.model_dump() for p in parsed.problems]}))  # fmt: skip
+    else:
+        summary = (f"Imported {len(profiles)} profile{'s' if len(profiles) != 1 else ''} into {programme}: "
+                   f"{inserted} new, {updated} updated, {unchanged} unchanged")  # fmt: skip
+        if parsed.problems:
+            summary += f"; {len(parsed.problems)} rejected (see above)"
+        out.print(escape(summary) + ".")
+        if parsed.ignored_columns:
+            out.print(f"[dim]ignored columns: {escape(', '.join(parsed.ignored_columns))}[/dim]")
+    if parsed.problems:
+        raise typer.Exit(2)
+
+
+@profiles_app.command("set")
+@reports_problems
+def set_profile(
+    profile: Annotated[str, typer.Argument(help="One profile as a JSON object, a file holding one, or '-' for stdin.")],
+    programme: ProgrammeOption,
+    role: RoleOption = None,
+) -> None:
+    """Add or update one profile (the same keys as a JSON import)."""
+    from pairing.importing import parse_profiles
+
+    parsed = parse_profiles(_read_text(profile), "json", role=_role(role))
+    if parsed.problems or len(parsed.profiles) != 1:
+        reason = parsed.problems[0].reason if parsed.problems else "expected exactly one JSON object"
+        raise Problem(f"profile: {reason}", exit_code=2)
+    one = parsed.profiles[0][1]
+
+    async def save(matching: Any) -> Any:
+        return await matching.profiles.save_profiles(programme, [one])
+
+    counts = _with_matching(save)
+    what = "added" if counts.inserted else "updated" if counts.updated else "unchanged"
+    out.print(f"{one.role} {escape(one.participant_id)} in {escape(programme)}: {what}")
+
+
+@profiles_app.command("show")
+@reports_problems
+def show_profile(
+    participant_id: Annotated[str, typer.Argument(help="The participant's id.")],
+    programme: ProgrammeOption,
+    role: Annotated[str, typer.Option("--role", help="mentor or mentee.")] = "mentee",
+) -> None:
+    """Print a stored profile as JSON."""
+
+    async def load(matching: Any) -> Any:
+        return await matching.profiles.get_profile(programme, _role(role), participant_id)
+
+    found = _with_matching(load)
+    if found is None:
+        raise Problem(f"no {role} profile {participant_id} in {programme}")
+    print(found.model_dump_json(indent=2))
+
+
+@profiles_app.command("list")
+@reports_problems
+def list_profiles(programme: ProgrammeOption, as_json: JsonOption = False) -> None:
+    """List a programme's mentors (with free slots) and mentees.
+
+    A mentor's load counts every open relationship however it was matched, so mentors who
+    hold slots without a profile (matched by hand) are listed too, after those with one.
+    """
+
+    async def load(matching: Any) -> Any:
+        mentors = await matching.profiles.list_profiles(programme, "mentor")
+        mentees = await matching.profiles.list_profiles(programme, "mentee")
+        return mentors, mentees, await matching.profiles.slots_taken(programme)
+
+    mentors, mentees, taken = _with_matching(load)
+    without_profile = sorted(set(taken) - {m.participant_id for m in mentors})
+    if as_json:
+        print(json.dumps({
+            "mentors": [{"participant_id": m.participant_id, "capacity": m.capacity, "taken": taken.get(m.participant_id, 0),
+                         "active": m.active} for m in mentors]
+                       + [{"participant_id": mentor_id, "capacity": None, "taken": taken[mentor_id], "active": None}
+                          for mentor_id in without_profile],
+            "mentees": [{"participant_id": m.participant_id, "active": m.active} for m in mentees],
+        }))  # fmt: skip
+        return
+    table = Table(title=f"Profiles in {escape(programme)}")
+    for column in ("role", "participant", "slots taken", "topics", "active"):
+        table.add_column(column)
+    for m in mentors:
+        table.add_row("mentor", escape(m.participant_id), f"{taken.get(m.participant_id, 0)}/{m.capacity}",
+                      escape(", ".join(s.topic for s in m.strengths)), "yes" if m.active else "no")  # fmt: skip
+    for mentor_id in without_profile:
+        table.add_row("mentor", escape(mentor_id), f"{taken[mentor_id]}/–", "no profile", "")
+    for e in mentees:
+        table.add_row("mentee", escape(e.participant_id), "", escape(", ".join(g.topic for g in e.goals)),
+                      "yes" if e.active else "no")  # fmt: skip
+    out.print(table)
+
+
+@profiles_app.command("explain")
+@reports_problems
+def explain_pair(
+    mentee_id: Annotated[str, typer.Argument(help="The mentee's id.")],
+    mentor_id: Annotated[str, typer.Argument(help="The mentor's id.")],
+    programme: ProgrammeOption,
+    as_json: JsonOption = False,
+) -> None:
+    """Score one pair with the programme's settings and say why (and whether it is excluded)."""
+    from pairing.scoring import score_pair
+
+    async def load(matching: Any) -> Any:
+        mentee = await matching.profiles.get_profile(programme, "mentee", mentee_id)
+        mentor = await matching.profiles.get_profile(programme, "mentor", mentor_id)
+        return mentee, mentor, await matching.profiles.get_settings(programme)
+
+    mentee, mentor, matching_settings = _with_matching(load)
+    if mentee is None or mentor is None:
+        missing = f"mentee {mentee_id}" if mentee is None else f"mentor {mentor_id}"
+        raise Problem(f"no profile for {missing} in {programme}")
+    pair = score_pair(mentee, mentor, matching_settings, datetime.now(UTC).date())
+    if as_json:
+        print(pair.model_dump_json())
+        return
+    out.print(escape(pair.explanation))
+    if pair.excluded:
+        out.print(f"[bold red]never proposed:[/bold red] {escape(pair.excluded)}")
+
+
+@profiles_app.command("settings")
+@reports_problems
+def matching_settings(
+    programme: ProgrammeOption,
+    new: Annotated[str | None, typer.Option("--set", help="New settings: JSON object, a file holding one, or '-'.")] = None,
+) -> None:
+    """Show (or with --set, replace) the programme's matching settings: criterion weights,
+    objective (max_total or max_matched), minimum score, hard constraints."""
+    from pairing.settings import MatchingSettings
+
+    replacement = None
+    if new is not None:
+        try:
+            replacement = MatchingSettings.model_validate_json(_read_text(new))
+        except ValidationError as error:
+            raise Problem(describe_validation_error(error), exit_code=2) from None
+
+    async def apply(matching: Any) -> Any:
+        changed = None if replacement is None else await matching.profiles.save_settings(programme, replacement)
+        return changed, await matching.profiles.get_settings(programme)
+
+    changed, current = _with_matching(apply)
+    print(current.model_dump_json(indent=2))
+    if changed is not None:
+        err.print("saved" if changed else "unchanged")

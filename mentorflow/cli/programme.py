@@ -1,0 +1,200 @@
+"""`mentorflow programme create`, `show` and `list`: the programmes in the directory and the
+settings every relationship copies when it starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from activities.directory import (
+    Directory,
+    DirectoryError,
+    ProgrammeListing,
+    SaveOutcome,
+    StoredProgrammeInvalid,
+    programme_from_data,
+)
+from events.people import Programme
+from events.settings import ProgrammeSettings
+from mentorflow.cli.shared import (
+    DIRECTORY_DATABASE_HELP,
+    JsonOption,
+    Problem,
+    _input_problem,
+    _with_directory,
+    app,
+    launcher_name,
+    out,
+    reports_problems,
+)
+from mentorflow.directory_input import apply_setting_overrides, read_programme_document
+
+programme_app = typer.Typer(
+    help="Create and inspect programmes: the settings every relationship copies when it starts.\n\n"
+    + DIRECTORY_DATABASE_HELP,
+    no_args_is_help=True,
+)
+app.add_typer(programme_app, name="programme")
+
+
+def _format_setting(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ", ".join(str(item) for item in value) or "(none)"
+    return str(value)
+
+
+@programme_app.command("create")
+@reports_problems
+def create_programme(
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="The programme as YAML or JSON: programme_id, name, settings "
+                     "(see examples/programme.yaml; `programme show ID --json` writes one)."),
+    ] = None,
+    programme_id: Annotated[str | None, typer.Option("--id", help="The programme id (overrides the file's).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The programme's name (overrides the file's).")] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="NAME=VALUE",
+                     help="Change one setting, e.g. --set proposal_ttl_days=10; repeatable; "
+                     "lists are comma-separated: --set coordinator_ids=coord-1,coord-2."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a programme, or update the one with that id; saving the same thing again changes nothing.
+
+    With --file, the file describes the whole programme: a setting it leaves out takes its
+    default. Without --file, --id names the programme: an existing one keeps its settings
+    and --set changes only the ones named; a new one starts from the defaults.
+    Relationships already running keep the settings they started with.
+    """
+    document: dict[str, Any] = {}
+    source = str(file) if file else "programme"
+    if file is not None:
+        try:
+            document = read_programme_document(file)
+        except DirectoryError as error:
+            raise _input_problem(file, error) from None
+    if programme_id is not None:
+        document["programme_id"] = programme_id
+    if name is not None:
+        document["name"] = name
+    if not document.get("programme_id"):
+        raise Problem("name the programme: --file FILE or --id ID", exit_code=2)
+    settings = document.get("settings")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise Problem(f"{source}: settings: must be an object of NAME: VALUE", exit_code=2)
+    try:
+        document["settings"] = apply_setting_overrides(settings, assignments or [])
+        if file is not None:
+            programme_from_data(document)  # report a bad file before connecting to anything
+    except DirectoryError as error:
+        raise _input_problem(source, error) from None
+
+    async def save(directory: Directory) -> tuple[Programme, SaveOutcome, list[str]]:
+        try:
+            before = await directory.get_programme(str(document["programme_id"]))
+        except StoredProgrammeInvalid:
+            before = None
+        if file is None and before is not None:
+            # Without a file, flags edit what is stored rather than replace it.
+            stored = before.model_dump(mode="json")
+            document.setdefault("name", stored["name"])
+            document["settings"] = {**stored["settings"], **document["settings"]}
+        document.setdefault("name", document["programme_id"])
+        try:
+            programme = programme_from_data(document)
+        except DirectoryError as error:
+            raise _input_problem(source, error) from None
+        outcome = await directory.create_or_update_programme(programme)
+        changed = []
+        if before is not None:
+            if before.name != programme.name:
+                changed.append("name")
+            changed += [
+                setting for setting in ProgrammeSettings.model_fields
+                if getattr(before.settings, setting) != getattr(programme.settings, setting)
+            ]  # fmt: skip
+        return programme, outcome, changed
+
+    programme, outcome, changed = _with_directory(save)
+    if as_json:
+        print(json.dumps({"outcome": outcome, "programme_id": programme.programme_id, "changed": changed}))
+        return
+    label = f"{programme.programme_id} ({programme.name})"
+    if outcome == "created":
+        out.print(f"[green]Created programme[/green] {escape(label)}.")
+    elif outcome == "updated":
+        what = f"; changed {', '.join(changed)}" if changed else ""
+        out.print(f"[green]Updated programme[/green] {escape(label)}{escape(what)}. "
+                  "Running relationships keep the settings they started with.")  # fmt: skip
+    else:
+        out.print(f"Programme {escape(label)} is unchanged.")
+
+
+@programme_app.command("show")
+@reports_problems
+def show_programme(
+    programme_id: Annotated[str, typer.Argument(help="The programme id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show a programme and every setting (--json prints a file that `programme create --file` takes)."""
+
+    async def load(directory: Directory) -> Programme | None:
+        try:
+            return await directory.get_programme(programme_id)
+        except StoredProgrammeInvalid as error:
+            raise Problem(str(error)) from None
+
+    programme = _with_directory(load)
+    if programme is None:
+        raise Problem(f"programme {programme_id!r} does not exist (see `{launcher_name()} programme list`)")
+    if as_json:
+        print(programme.model_dump_json(indent=2))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_column(style="dim")
+    table.add_row("Programme", escape(programme.programme_id), "")
+    table.add_row("Name", escape(programme.name), "")
+    defaults = ProgrammeSettings()
+    for setting in ProgrammeSettings.model_fields:
+        value, default = getattr(programme.settings, setting), getattr(defaults, setting)
+        note = "" if value == default else f"default {_format_setting(default)}"
+        table.add_row(setting, escape(_format_setting(value)), escape(note))
+    out.print(table)
+
+
+@programme_app.command("list")
+@reports_problems
+def list_programmes(as_json: JsonOption = False) -> None:
+    """List the programmes."""
+
+    async def load(directory: Directory) -> list[ProgrammeListing]:
+        return await directory.list_programmes()
+
+    listings = _with_directory(load)
+    if as_json:
+        print(json.dumps([
+            {"programme_id": p.programme_id, "name": p.name,
+             "created_at": p.created_at.isoformat(), "updated_at": p.updated_at.isoformat()}
+            for p in listings
+        ]))  # fmt: skip
+        return
+    if not listings:
+        out.print(f"No programmes yet. Create one: {escape(launcher_name())} programme create --file examples/programme.yaml")
+        return
+    table = Table("Programme", "Name", "Updated (UTC)", box=None, header_style="bold")
+    for listing in listings:
+        table.add_row(escape(listing.programme_id), escape(listing.name), f"{listing.updated_at:%Y-%m-%d %H:%M}")
+    out.print(table)

@@ -1,0 +1,156 @@
+"""`mentorflow round start`, `run` and `show`: a programme's matching round (the MatchingRound workflow)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.markup import escape
+from rich.table import Table
+from temporalio.client import WorkflowHandle
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from mentorflow.cli.profiles import _with_matching
+from mentorflow.cli.shared import (
+    JsonOption,
+    Problem,
+    ProgrammeOption,
+    _connect,
+    app,
+    err,
+    launcher_name,
+    out,
+    reports_problems,
+    run,
+)
+from mentorflow.config import Settings
+from mentorflow.start_options import round_start_options
+from workflows.relationship import describe_validation_error
+
+if TYPE_CHECKING:
+    from workflows.matching_round import MatchingRoundResult
+
+round_app = typer.Typer(
+    help="Programme matching rounds: match a whole cohort at once and propose every pair.",
+    no_args_is_help=True,
+)
+app.add_typer(round_app, name="round")
+
+
+@round_app.command("start")
+@reports_problems
+def start_round(
+    programme: ProgrammeOption,
+    round_id: Annotated[str, typer.Option("--round", help="Round id; running the same round again proposes nothing twice.")],
+    coordinator: Annotated[str, typer.Option("--coordinator", help="Who the proposals come from.")] = "matching-round",
+    objective: Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")] = None,
+    mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the round to finish and print its result.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a programme's matching round (the MatchingRound workflow); prints its workflow id."""
+    from activities.matching import round_workflow_id
+    from workflows.matching_round import MatchingRound, MatchingRoundInput, MatchingRoundResult
+
+    try:
+        round_input = MatchingRoundInput(programme_id=programme, round_id=round_id, coordinator_id=coordinator,
+                                         objective=objective, mentee_ids=tuple(mentees) if mentees else None)  # fmt: skip
+    except ValidationError as error:
+        raise Problem(describe_validation_error(error), exit_code=2) from None
+    workflow_id = round_workflow_id(programme, round_id)
+    settings = Settings.from_env()
+
+    async def start() -> MatchingRoundResult | None:
+        client = await _connect(settings)
+        try:
+            handle = await client.start_workflow(
+                MatchingRound.run, round_input, id=workflow_id, task_queue=settings.task_queue,
+                **round_start_options(round_input, started_by="the mentorflow CLI"),
+            )  # fmt: skip
+        except WorkflowAlreadyStartedError:
+            raise Problem(f"{workflow_id} is already running") from None
+        except RPCError as error:
+            raise Problem(f"Temporal refused to start {workflow_id}: {error.message}") from None
+        if not wait:
+            return None
+        if not err.is_terminal:
+            return await handle.result()
+        return await _with_round_progress(handle)
+
+    result = run(start())
+    if as_json:
+        print(json.dumps({"workflow_id": workflow_id, "result": result.model_dump() if result else None}))
+    elif result is None:
+        print(workflow_id)
+        err.print(f"Started. See it with: {escape(launcher_name())} round show --programme {escape(programme)} --round {escape(round_id)}")
+    else:
+        out.print(f"{escape(workflow_id)}: {result.matched} of {result.mentees} mentees matched "
+                  f"(mean score {result.mean_score}); {result.proposed} proposed, "
+                  f"{result.already_proposed} already proposed, {result.not_proposed} not proposed")  # fmt: skip
+
+
+async def _with_round_progress(handle: WorkflowHandle[Any, Any]) -> MatchingRoundResult:
+    """The round's result, with a progress bar on stderr fed by its `progress` query."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from workflows.matching_round import MatchingRound, MatchingRoundResult, RoundProgress
+
+    result = asyncio.ensure_future(handle.result())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("starting the round", total=None)
+        while not result.done():
+            with contextlib.suppress(RPCError):
+                progress: RoundProgress = await handle.query(MatchingRound.progress)
+                done = progress.proposed + progress.already_proposed + progress.not_proposed
+                total = progress.solution.matched if progress.solution else None
+                bar.update(task, description=progress.stage, completed=done, total=total)
+            await asyncio.wait({result}, timeout=0.5)
+    return MatchingRoundResult.model_validate(await result)
+
+
+@round_app.command("run")
+def run_round(
+    programme: ProgrammeOption,
+    round_id: Annotated[str, typer.Option("--round", help="Round id; running the same round again proposes nothing twice.")],
+    coordinator: Annotated[str, typer.Option("--coordinator", help="Who the proposals come from.")] = "matching-round",
+    objective: Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")] = None,
+    mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a programme's matching round to the end, with a progress bar: `round start --wait`."""
+    start_round(programme, round_id, coordinator, objective, mentees, wait=True, as_json=as_json)
+
+
+@round_app.command("show")
+@reports_problems
+def show_round(
+    programme: ProgrammeOption,
+    round_id: Annotated[str, typer.Option("--round", help="Round id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show a round's result and every pair it settled on, with why."""
+
+    async def load(matching: Any) -> Any:
+        return await matching.round_report(programme, round_id)
+
+    summary, pairs = _with_matching(load)
+    if summary is None:
+        raise Problem(f"round {round_id} of {programme} has not been solved (is it running? is a worker?)")
+    if as_json:
+        print(json.dumps({"summary": summary, "pairs": pairs}))
+        return
+    solution = summary
+    out.print(f"Round {escape(round_id)}: {solution['matched']} of {solution['mentees']} mentees matched with "
+              f"{solution['mentors']} mentors ({solution['objective']}), mean score {solution['mean_score']}")  # fmt: skip
+    table = Table()
+    for column in ("mentee", "mentor", "score", "why", "proposal"):
+        table.add_column(column)
+    for pair in pairs:
+        table.add_row(escape(pair["mentee_id"]), escape(pair["mentor_id"]), f"{pair['score']:g}",
+                      escape(pair["explanation"]), escape(pair["outcome"] or "pending"))  # fmt: skip
+    out.print(table)

@@ -1,0 +1,92 @@
+"""The HTTP API under test: a real uvicorn server on a loopback port, in front of a real
+Temporal dev server, a real worker and a real PostgreSQL (a helper module, not a test module).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+from pydantic import SecretStr
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.api_keys import ApiKeyStore
+from activities.directory import Directory
+from events.people import Programme
+from events.settings import ProgrammeSettings
+from mentorflow.api.app import ApiContext, create_app
+from mentorflow.api.serving import serving
+from mentorflow.api.settings import ApiSettings
+from mentorflow.config import Settings
+from tests.conftest import TEST_KEYRING
+from tests.helpers import new_worker
+
+KEY_SECRET = "test-api-key-secret-" + "0123456789abcdef" * 2
+COORDINATOR = "coord-7"
+
+
+@dataclass
+class ApiStack:
+    url: str
+    client: Client
+    pool: asyncpg.Pool
+    context: ApiContext
+    programme: str
+    worker: Worker | None
+    keys: dict[str, str] = field(default_factory=dict)
+    _http: list[httpx.AsyncClient] = field(default_factory=list)
+
+    @property
+    def store(self) -> ApiKeyStore:
+        return ApiKeyStore(self.pool, KEY_SECRET.encode())
+
+    async def key(self, name: str, programmes: list[str] | None = None, may_act_as: tuple[str, ...] = (), **options: Any) -> str:
+        _, secret = await self.store.create(name, programmes or [self.programme], list(may_act_as), **options)
+        self.keys[name] = secret
+        return secret
+
+    def http(self, credential: str | None = None, **headers: str) -> httpx.AsyncClient:
+        if credential is not None:
+            headers["Authorization"] = f"Bearer {credential}"
+        client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
+        self._http.append(client)
+        return client
+
+    async def programme_with(self, programme_id: str | None = None, **settings: Any) -> str:
+        programme_id = programme_id or f"prog-{uuid.uuid4().hex[:6]}"
+        await Directory(self.pool).create_or_update_programme(
+            Programme(programme_id=programme_id, name="API", settings=ProgrammeSettings(coordinator_ids=(COORDINATOR,), **settings))
+        )
+        return programme_id
+
+
+@asynccontextmanager
+async def api_stack(
+    client: Client, pool: asyncpg.Pool, *, worker: bool = True, **api_options: Any
+) -> AsyncIterator[ApiStack]:
+    """A programme (coordinator coord-7), a worker on its own task queue and the API in front."""
+    task_queue = f"tq-{uuid.uuid4()}"
+    # Made only when it runs: a worker object registers its task queue as it is made.
+    running = new_worker(client, pool, task_queue=task_queue) if worker else None
+    settings = Settings(task_queue=task_queue, trust_start_settings=False)
+    options: dict[str, Any] = {"key_secret": SecretStr(KEY_SECRET), "rate_limit": 0, "command_timeout": 15}
+    api = ApiSettings(**(options | api_options))
+    context = ApiContext.build(settings, api, client, pool, TEST_KEYRING)
+    async with serving(create_app(context)) as url:
+        stack = ApiStack(url, client, pool, context, "", running)
+        stack.programme = await stack.programme_with()
+        try:
+            if running is not None:
+                async with running:
+                    yield stack
+            else:
+                yield stack
+        finally:
+            for http in stack._http:
+                await http.aclose()

@@ -1,0 +1,93 @@
+"""API keys: stored only as keyed hashes, verified in constant time, revoked, expiring,
+rotated with two valid keys meanwhile; and `mentorflow api-keys …` from a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from activities.api_keys import ApiKeyError, ApiKeyStore
+
+SECRET = b"k" * 32
+
+
+async def test_keys_are_stored_as_keyed_hashes_and_verified(pool: asyncpg.Pool) -> None:
+    store = ApiKeyStore(pool, SECRET)
+    key, presented = await store.create("hr-portal", ["spring-2027"], ["participants"])
+    assert presented.startswith(f"mfk_{key.key_id}_")
+    assert (await store.verify(presented)) == key
+    # Nothing in the table is the key, and another server secret verifies nothing.
+    dump = json.dumps([dict(row) for row in await pool.fetch("SELECT * FROM api_keys")], default=str)
+    assert presented not in dump and presented.split("_")[-1] not in dump
+    assert await ApiKeyStore(pool, b"z" * 32).verify(presented) is None
+    for forged in (presented[:-1] + ("A" if presented[-1] != "A" else "B"), presented + "x", "mfk_" + key.key_id, ""):
+        assert await store.verify(forged) is None, forged
+    # Last use is recorded (at most once a minute).
+    assert (await store.get(key.key_id)).last_used_at is not None  # type: ignore[union-attr]
+    with pytest.raises(ApiKeyError):
+        await store.create("bad", ["spring-2027"], ["internal"])
+    with pytest.raises(ApiKeyError):
+        await store.create("bad", [], [])
+    with pytest.raises(ApiKeyError):
+        ApiKeyStore(pool, b"short")
+
+
+async def test_revocation_expiry_and_rotation(pool: asyncpg.Pool) -> None:
+    store = ApiKeyStore(pool, SECRET)
+    key, presented = await store.create("portal", ["*"], ["participants", "coordinators"])
+    new, new_presented, old = await store.rotate(key.key_id, grace=timedelta(minutes=5))
+    assert (new.name, new.programmes, new.may_act_as, new.rotated_from) == ("portal", ("*",), key.may_act_as, key.key_id)
+    assert old.expires_at is not None and old.expires_at - datetime.now(UTC) <= timedelta(minutes=5)
+    assert await store.verify(presented) is not None and await store.verify(new_presented) is not None
+    _, changed = await store.revoke(key.key_id)
+    assert changed and await store.verify(presented) is None and await store.verify(new_presented) is not None
+    assert (await store.revoke(key.key_id))[1] is False
+    with pytest.raises(ApiKeyError):
+        await store.rotate(key.key_id, grace=timedelta(hours=1))  # revoked: make a new one instead
+    _, soon = await store.create("temporary", ["p"], [], expires_at=datetime.now(UTC) + timedelta(seconds=1))
+    assert await store.verify(soon) is not None
+    await asyncio.sleep(1.1)
+    assert await store.verify(soon) is None
+    statuses = {k.name: k.status(datetime.now(UTC)) for k in await store.list()}
+    assert statuses["temporary"] == "expired"
+
+
+async def run_cli(*arguments: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mentorflow.api.commands", *arguments, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_api_keys_commands(database_url: str) -> None:
+    env = {**os.environ, "MENTORFLOW_DATABASE_URL": database_url, "MENTORFLOW_API_KEY_SECRET": "s" * 40}
+    code, out, err = await run_cli("api-keys", "create", "--name", "hr-portal", "--programme", "spring-2027",
+                                   "--may-act-as", "participants", env=env)  # fmt: skip
+    assert code == 0, err
+    presented = out.strip()
+    assert presented.startswith("mfk_") and "\n" not in presented and "shown only now" in err
+    code, out, err = await run_cli("api-keys", "list", "--json", env=env)
+    assert code == 0, err
+    [listed] = json.loads(out)
+    assert listed["name"] == "hr-portal" and listed["may_act_as"] == ["participants"] and presented not in out
+    code, out, err = await run_cli("api-keys", "rotate", listed["key_id"], "--grace", "1h", "--json", env=env)
+    assert code == 0, err
+    rotated = json.loads(out)
+    assert rotated["api_key"].startswith("mfk_") and rotated["old"]["status"] == "valid"
+    code, out, err = await run_cli("api-keys", "revoke", listed["key_id"], env=env)
+    assert code == 0 and "revoked" in out, err
+    code, out, err = await run_cli("api-keys", "list", env=env)
+    assert "revoked" in out and "valid" in out
+    # Without the server secret nothing can be made, and the message names the variable.
+    del env["MENTORFLOW_API_KEY_SECRET"]
+    code, out, err = await run_cli("api-keys", "create", "--name", "x", "--programme", "p", env=env)
+    assert code == 2 and "MENTORFLOW_API_KEY_SECRET" in err
