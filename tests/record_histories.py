@@ -103,12 +103,13 @@ class Recorder:
 
         fields.setdefault("settings", ProgrammeSettings(coordinator_ids=("coord-1",)))
         relationship_input = RelationshipInput(
-            relationship_id=f"rel-{name}", programme_id=PROGRAMME, mentee_id=mentee, **fields
+            relationship_id=f"rel-{name}-{uuid.uuid4().hex[:6]}", programme_id=PROGRAMME, mentee_id=mentee, **fields
         )
         return await self.client.start_workflow(
             Relationship.run,
             relationship_input,
-            id=f"relationship/{PROGRAMME}/rel-{name}-{uuid.uuid4().hex[:6]}",
+            # The workflow id must be the input's: relationship/<programme>/<relationship id>.
+            id=f"relationship/{PROGRAMME}/{relationship_input.relationship_id}",
             task_queue=self.task_queue,
             **relationship_start_options(relationship_input, started_by="tests.record_histories"),
         )
@@ -245,8 +246,8 @@ async def continued_as_new(r: Recorder) -> None:
     handle = await r.start("continued", history_event_limit=100)
     first_run = (await handle.describe()).run_id
     await r.activate(handle)
-    for _ in range(12):
-        await r.meeting(handle, "mentee-1")
+    for number in range(12):  # grow the history past the limit (one meeting is reported once)
+        await handle.execute_update("share_resource", cmd("mentee-1", title=f"Reading {number}"))
     await r.env.sleep(timedelta(days=24))  # the next timer continues it as new
     latest = r.client.get_workflow_handle(handle.id)
     second_run = (await latest.describe()).run_id

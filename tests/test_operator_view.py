@@ -20,7 +20,7 @@ from mentorflow.start_options import relationship_start_options
 
 def test_current_details_show_the_live_picture_and_no_confidential_text() -> None:
     story = active()
-    story.meet()
+    story.advance(to=story.meeting.starts_at)  # reports are matched to meetings by time: hold meeting 1
     story.do(RecordMeeting, MENTOR, held_at=story.now, duration_minutes=30, notes=f"{SECRET} notes")
     story.do(RaiseConcern, MENTEE, text=f"{SECRET} a worry")
     story.do(RecordGoalProgress, MENTEE, goal_id="g1", progress_percent=40, milestones_reached=("m1",))

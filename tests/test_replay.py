@@ -35,7 +35,13 @@ from tests.record_histories import (
 from tests.workflow_variants import PATCH_ID, PatchedActivity, PatchedTimer, UnpatchedActivity, UnpatchedTimer
 from worker import build_worker
 from workflows.matching_round import MatchingRound
-from workflows.relationship import STORE_AND_NOTIFY_TOGETHER, Relationship
+from workflows.relationship import (
+    ANCHORED_CADENCE,
+    RESERVE_EVERY_PROPOSAL,
+    SETTINGS_FROM_THE_PROGRAMME,
+    STORE_AND_NOTIFY_TOGETHER,
+    Relationship,
+)
 
 def cmd(actor: str, **fields: Any) -> dict[str, Any]:
     return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
@@ -62,9 +68,16 @@ def by_file(outcomes: list[ReplayOutcome], paths: list[Path]) -> dict[str, Repla
 # Each folder holds one recording of every phase, made by the code of its time: the oldest
 # in tests/histories/ itself, later ones (recorded to cover a new path behind patched())
 # in subfolders. Relationships recorded by each may be running somewhere.
-RECORDINGS = [HISTORIES, HISTORIES / "store-and-notify"]
+RECORDINGS = [HISTORIES, HISTORIES / "store-and-notify", HISTORIES / "contract-v2"]
 # The patches each recording must show in use (so that it covers the path it was made for).
-PATCHES_IN_USE = {HISTORIES / "store-and-notify": {STORE_AND_NOTIFY_TOGETHER}}
+PATCHES_IN_USE = {
+    HISTORIES / "store-and-notify": {STORE_AND_NOTIFY_TOGETHER},
+    # Contract version 2: settings checked against the programme, a slot for every proposal,
+    # meetings anchored to the agreement.
+    HISTORIES / "contract-v2": {
+        STORE_AND_NOTIFY_TOGETHER, SETTINGS_FROM_THE_PROGRAMME, RESERVE_EVERY_PROPOSAL, ANCHORED_CADENCE
+    },
+}
 
 
 def patches_in(path: Path) -> set[str]:

@@ -10,7 +10,8 @@
 //              sign_agreement with a wrong agreement_version, to show a refused update;
 //              sign_agreement by both → active
 //   active     record_meeting until the relationship asks for feedback (held_at: an
-//              RFC 3339 date-time with the mentee's offset); record_goal_progress;
+//              RFC 3339 date-time with the mentee's offset; meeting_number: the scheduled
+//              meeting, as all are reported "now"); record_goal_progress;
 //              submit_feedback by both for the round the `state` query names
 //   review     request_review (coordinator); submit_review by both → active again
 //   closing    close_relationship (mentee); submit_reflection by both → closed
@@ -235,7 +236,10 @@ try {
   const recorders = [args.mentor, args.mentee];
   for (let meeting = 0; current.feedback_round === 0; meeting += 1) {
     if (meeting >= current.settings.feedback_every_sessions) throw new Error('no feedback round was requested');
+    // A report is matched to the meeting planned nearest held_at; these are all held "now",
+    // so each names the scheduled meeting it reports.
     await update('record_meeting', command(recorders[meeting % 2], {
+      meeting_number: current.next_meeting.meeting_number,
       held_at: heldAt(),
       duration_minutes: 60,
       notes: `Session ${meeting + 1}: design review checklist.`,
