@@ -246,6 +246,8 @@ def delivering_worker(
             "MENTORFLOW_SMTP_TIMEOUT": "5",
             "MENTORFLOW_WEBHOOK_SECRET": SECRET,
             "MENTORFLOW_WEBHOOK_TIMEOUT": "5",
+            # Its relationships bring their settings (no programme in the directory).
+            "MENTORFLOW_TRUST_START_SETTINGS": "true",
         }
     )
     return build_worker(env.client, pool, f"tq-{uuid.uuid4()}", channels=[tap], settings=settings)

@@ -3,7 +3,6 @@ the real Relationship workflow receiving the proposals."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -18,9 +17,12 @@ from activities.matching import (
     round_workflow_id,
 )
 from activities.directory import Directory
+from activities.event_store import PostgresEventStore
+from events.model import MatchProposed
 from events.people import Programme
 from events.settings import ProgrammeSettings
 from pairing.profiles import MenteeProfile, MentorProfile
+from tests.conftest import TEST_KEYRING
 from tests.helpers import new_worker
 from workflows.matching_round import MatchingRound, MatchingRoundInput, MatchingRoundResult
 
@@ -53,13 +55,14 @@ def cohort() -> list[MentorProfile | MenteeProfile]:
 async def proposals(pool: asyncpg.Pool, relationship_id: str) -> list[dict[str, Any]]:
     """The round's proposals to the relationship. (While the test waits for a round, the
     test server skips time: a proposal may expire, and the relationship then asks the pool
-    itself; those later proposals are not the round's.)"""
-    rows = await pool.fetch(
-        """SELECT payload FROM events WHERE stream_id = $1 AND event_type = 'MatchProposed'
-            AND command_id LIKE 'round-%' ORDER BY version""",
-        relationship_id,
-    )
-    return [json.loads(row["payload"]) for row in rows]
+    itself; those later proposals are not the round's.) Read with the keys: the explanation
+    is confidential, encrypted in the store."""
+    events = await PostgresEventStore(pool, keyring=TEST_KEYRING).read_stream(relationship_id)
+    return [
+        event.model_dump(mode="json")
+        for event in events
+        if isinstance(event, MatchProposed) and (event.command_id or "").startswith("round-")
+    ]
 
 
 async def run_round(client: Client, task_queue: str, round_id: str) -> MatchingRoundResult:

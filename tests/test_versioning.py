@@ -98,7 +98,7 @@ async def test_a_versioned_worker_gets_tasks_once_current_and_a_new_version_take
         client, task_queue = env.client, f"tq-{uuid.uuid4()}"
 
         def versioned(build_id: str) -> Any:
-            settings = Settings(build_id=build_id)
+            settings = Settings(build_id=build_id, trust_start_settings=True)  # its relationships bring their settings
             return build_worker(client, pool, task_queue, channels=[RecordingChannel()], settings=settings)
 
         async with versioned("build-1") as worker:
@@ -199,7 +199,7 @@ async def test_replay_check_replays_recent_histories_and_fails_on_non_determinis
         # A worker running an incompatible change leaves a history today's code cannot replay.
         task_queue = f"tq-{uuid.uuid4()}"
         changed = build_worker(
-            client, pool, task_queue, channels=[RecordingChannel()], settings=Settings(), workflows=[UnpatchedTimer, MatchingRound]
+            client, pool, task_queue, channels=[RecordingChannel()], settings=Settings(trust_start_settings=True), workflows=[UnpatchedTimer, MatchingRound]
         )
         async with changed:
             broken = await start_relationship(client, changed, mentee_id="mentee-3")
