@@ -213,7 +213,7 @@ async def test_the_migration_counts_relationships_matched_before_it(database_url
             PROGRAMME,
         )
         async with pool.acquire() as connection:
-            applied = await apply_migrations(connection)
+            applied = await apply_migrations(connection, until=mine.version)  # later ones are not about load
         assert [m.version for m in applied] == [mine.version]
         assert await slots(pool) == {"hand": "emp-311", "hand-2": "emp-311", "pool": "m-2"}
         assert await ProfileStore(pool).slots_taken(PROGRAMME) == {"emp-311": 2, "m-2": 1}

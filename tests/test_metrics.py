@@ -96,7 +96,10 @@ async def test_the_worker_serves_temporal_and_mentorflow_metrics(
 ) -> None:
     env = await dev_server(temporal_binary, tmp_path / "temporal.db")
     port = free_port()
-    settings = Settings(metrics_port=port, metrics_host="127.0.0.1", metrics_phase_interval=0.2)
+    # trust_start_settings: its relationships bring their settings (no programme "prog-1").
+    settings = Settings(
+        metrics_port=port, metrics_host="127.0.0.1", metrics_phase_interval=0.2, trust_start_settings=True
+    )
     target = env.client.service_client.config.target_host
     client = await connect(target, env.client.namespace, data_converter=DATA_CONVERTER, runtime=metrics_runtime(settings))
     await Directory(pool).upsert_participants(
