@@ -163,7 +163,7 @@ class Scene:
         for worker in self.workers:
             worker.kill()
 
-    async def start_relationship(self) -> WorkflowHandle[Relationship, Any]:
+    async def start_relationship(self, **settings: Any) -> WorkflowHandle[Relationship, Any]:
         relationship_id = f"rel-{uuid.uuid4().hex[:10]}"
         return await self.client.start_workflow(
             Relationship.run,
@@ -171,7 +171,7 @@ class Scene:
                 relationship_id=relationship_id,
                 programme_id=PROGRAMME,
                 mentee_id=MENTEE,
-                settings=ProgrammeSettings(coordinator_ids=(COORDINATOR,)),
+                settings=ProgrammeSettings(coordinator_ids=(COORDINATOR,), **settings),
             ),
             id=f"relationship/{PROGRAMME}/{relationship_id}",
             task_queue=self.task_queue,
@@ -373,7 +373,7 @@ def arrived(scene: Scene) -> Counter[tuple[str, str, str]]:
 async def assert_everything_once(scene: Scene, handle: WorkflowHandle[Any, Any]) -> list[AnyEvent]:
     """The guarantees, for one relationship; returns its stored events."""
     relationship_id = handle.id.rpartition("/")[2]
-    stored = await PostgresEventStore(scene.pool).read_stream(relationship_id)
+    stored = await PostgresEventStore(scene.pool, TEST_KEYRING).read_stream(relationship_id)
     assert_each_command_decided_once(stored, scene.sent[handle.id])
     state = await handle.query(Relationship.state)
     assert state == fold(stored), "the workflow and the event store disagree"
@@ -409,7 +409,7 @@ async def delivered_so_far(scene: Scene, *handles: WorkflowHandle[Any, Any]) -> 
     async def settled() -> bool:
         expected: Counter[tuple[str, str, str]] = Counter()
         for handle in handles:
-            stored = await PostgresEventStore(scene.pool).read_stream(handle.id.rpartition("/")[2])
+            stored = await PostgresEventStore(scene.pool, TEST_KEYRING).read_stream(handle.id.rpartition("/")[2])
             expected.update(expected_deliveries(stored, people(scene.receiver)))
         got = arrived(scene)
         if any(got[key] < count for key, count in expected.items()):
@@ -452,7 +452,7 @@ async def test_a_worker_killed_before_its_append_commits(scene: Scene, postgres_
         steps = lifecycle()
         await run_steps(scene, handle, steps, count=2)
         relationship_id = handle.id.rpartition("/")[2]
-        store = PostgresEventStore(scene.pool)
+        store = PostgresEventStore(scene.pool, TEST_KEYRING)
         version = len(await store.read_stream(relationship_id))
         await delivered_so_far(scene, handle)
 
@@ -496,7 +496,7 @@ async def test_a_worker_killed_right_after_its_append_committed(scene: Scene) ->
         steps = lifecycle()
         await run_steps(scene, handle, steps, count=5)
         relationship_id = handle.id.rpartition("/")[2]
-        store = PostgresEventStore(scene.pool)
+        store = PostgresEventStore(scene.pool, TEST_KEYRING)
         version = len(await store.read_stream(relationship_id))
         await delivered_so_far(scene, handle)
 
@@ -628,7 +628,7 @@ async def test_temporal_killed_mid_cadence_keeps_timers_signals_and_accepted_upd
             paused = client.get_workflow_handle_for(Relationship.run, paused.id)
             result = await asyncio.wait_for(busy.get_update_handle(shared["command_id"]).result(), UPDATE_TIMEOUT)
             assert result["applied"] and result["events"] == ["ResourceShared"], result
-            store = PostgresEventStore(pool)
+            store = PostgresEventStore(pool, TEST_KEYRING)
 
             async def stored(handle: WorkflowHandle[Any, Any]) -> list[AnyEvent]:
                 return await store.read_stream(handle.id.rpartition("/")[2])
@@ -689,7 +689,7 @@ async def test_postgres_stopped_during_appends_and_started_again(
             await asyncio.gather(*(run_steps(scene, h, steps[h.id], count=6) for h in handles))
             # Only appends in flight when PostgreSQL goes (a shared resource notifies nobody).
             await delivered_so_far(scene, *handles)
-            store = PostgresEventStore(pool)
+            store = PostgresEventStore(pool, TEST_KEYRING)
 
             async def share(handle: WorkflowHandle[Any, Any], count: int) -> None:
                 for number in range(count):
@@ -747,7 +747,9 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
     address = env.client.service_client.config.target_host
     async with scene_on(env.client, address, pool, database_url, smtp_server, receiver, tmp_path) as scene:
         await scene.worker()
-        handle = await scene.start_relationship()
+        # Reminders 6 hours ahead: the first meeting is a day after signing at the earliest,
+        # so its reminders come due well after the mail server went down.
+        handle = await scene.start_relationship(meeting_reminder_lead_hours=6, agenda_request_lead_hours=6)
         steps = lifecycle()
         await run_steps(scene, handle, steps, count=6)
         state = await handle.query(Relationship.state)
@@ -756,9 +758,9 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
         await eventually(lambda: len(_emails(scene, "meeting_scheduled")) == 2, "the meeting invites")
         await smtp_server.stop()
 
-        # The reminders come due (24 hours before the meeting) while the mail server is down.
-        await sleep_until(env, meeting.starts_at - timedelta(hours=23))
-        store = PostgresEventStore(pool)
+        # The reminders come due (6 hours before the meeting) while the mail server is down.
+        await sleep_until(env, meeting.starts_at - timedelta(hours=5))
+        store = PostgresEventStore(pool, TEST_KEYRING)
         relationship_id = handle.id.rpartition("/")[2]
 
         async def reminded() -> bool:
@@ -783,7 +785,7 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
         result = await scene.update(handle, "share_resource", cmd(MENTEE, title="Notes for our first meeting"))
         assert result["applied"]
 
-        await sleep_until(env, meeting.starts_at - timedelta(hours=21))  # two hours later
+        await sleep_until(env, meeting.starts_at - timedelta(hours=3))  # two hours later
         up_again = datetime.now(UTC)
         await smtp_server.start()  # the same port, the same inbox
         await env.sleep(timedelta(minutes=11))  # the longest retry interval is 10 minutes

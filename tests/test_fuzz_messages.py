@@ -36,7 +36,7 @@ from activities.database import create_pool, migrate
 from activities.event_store import PostgresEventStore
 from events.commands import COMMAND_TYPES, DIRECTORY_ACTOR, MATCHING_ACTORS
 from events.state import RelationshipState, fold
-from tests.conftest import with_database
+from tests.conftest import TEST_KEYRING, with_database
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 from tests.test_dev_server import dev_server
 from tests.test_workflow import AGREEMENT, activate, cmd, state_of
@@ -448,6 +448,6 @@ async def test_after_the_barrage_nothing_failed_nothing_was_lost_and_valid_comma
     assert await failed_workflow_tasks(handle) == 0
 
     state = await state_of(handle)
-    stored = await PostgresEventStore(live.pool).read_stream(state.relationship_id)
+    stored = await PostgresEventStore(live.pool, TEST_KEYRING).read_stream(state.relationship_id)
     assert fold(stored) == state
     assert sum(1 for event in stored if event.type == "CommandRejected") == live.signals_sent[phase]
