@@ -40,6 +40,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.database import create_pool, migrate
+from activities.directory import Directory
+from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.client import data_converter
 from mentorflow.keyring import Keyring
@@ -79,6 +81,7 @@ async def history_cost(client: Client, workflow_id: str) -> dict[str, int]:
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         for event in history.events:
             counts["history_events"] += 1
+            counts["history_bytes"] += event.ByteSize()
             counts[f"type:{EventType.Name(event.event_type).removeprefix('EVENT_TYPE_')}"] += 1
             counts["workflow_tasks"] += event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
             counts["billable_actions"] += event.event_type in BILLABLE
@@ -194,7 +197,10 @@ async def database(tmp: Path) -> tuple[str, Any]:
 
 async def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", help="a PostgreSQL to use instead of an embedded one")
+    parser.add_argument("--database-url", help="a PostgreSQL to use instead of an embedded one (its own database: the bench measures table sizes)")
+    parser.add_argument(
+        "--relationships", type=int, default=20, help="relationship-years whose event-store footprint is averaged (default 20)"
+    )
     args = parser.parse_args(argv)
     binary = Path(sys.executable).with_name("temporal-test-server")
     env = await WorkflowEnvironment.start_time_skipping(
@@ -214,7 +220,7 @@ async def main(argv: list[str]) -> dict[str, Any]:
             AddSearchAttributesRequest(namespace=env.client.namespace, search_attributes=search_attribute_types())
         )
         try:
-            ours = await run_ours(env, pool)
+            ours = await run_ours(env, pool, args.relationships)
             naive = await run_naive(env, commands=ours["commands"])
         finally:
             await pool.close()
@@ -230,43 +236,113 @@ async def main(argv: list[str]) -> dict[str, Any]:
     return result
 
 
-async def run_ours(env: WorkflowEnvironment, pool: asyncpg.Pool) -> dict[str, Any]:
-    async with build_worker(env.client, pool, "bench-history") as worker:
-        relationship_id = f"rel-{uuid.uuid4().hex[:8]}"
-        workflow_id = f"relationship/bench/{relationship_id}"
-        started = time.perf_counter()
-        handle = await env.client.start_workflow(
-            Relationship.run,
-            RelationshipInput(
-                relationship_id=relationship_id,
-                programme_id="bench",
-                mentee_id="mentee-1",
-                settings=ProgrammeSettings(coordinator_ids=("coord-1",)),
-            ),
-            id=workflow_id,
-            task_queue=worker.task_queue,
+class CountingChannel:
+    """Sees every notification (so each is delivered and logged, as with real contacts)."""
+
+    name = "bench"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, notification: Any) -> None:
+        self.sent += 1
+
+
+async def run_ours(env: WorkflowEnvironment, pool: asyncpg.Pool, relationships: int = 1) -> dict[str, Any]:
+    """History cost of the first relationship; the event store's footprint over all of them
+    (divided by their number, so fixed costs such as empty index pages fade out)."""
+    settings = ProgrammeSettings(coordinator_ids=("coord-1",))
+    # The worker reads a relationship's settings from the directory, as in production.
+    await Directory(pool).create_or_update_programme(Programme(programme_id="bench", name="Bench", settings=settings))
+    before = await store_footprint(pool)
+    channel = CountingChannel()
+    async with build_worker(env.client, pool, "bench-history", channels=[channel]) as worker:
+        figures: dict[str, Any] = {}
+        for _ in range(relationships):
+            relationship_id = f"rel-{uuid.uuid4().hex[:8]}"
+            workflow_id = f"relationship/bench/{relationship_id}"
+            started = time.perf_counter()
+            handle = await env.client.start_workflow(
+                Relationship.run,
+                RelationshipInput(
+                    relationship_id=relationship_id, programme_id="bench", mentee_id="mentee-1", settings=settings
+                ),
+                id=workflow_id,
+                task_queue=worker.task_queue,
+            )
+            await drive_standard_relationship(env, handle)
+            if not figures:
+                figures = await one_relationship(env, pool, handle, workflow_id, relationship_id, started)
+    footprint = store_growth(before, await store_footprint(pool), relationships)
+    per_year = 365 / figures["simulated_days"]
+    return {
+        **figures,
+        "relationships": relationships,
+        "notifications_per_year": round(channel.sent / relationships * per_year),
+        "store_rows_per_year": round(sum(t["rows"] for t in footprint.values()) * per_year),
+        "store_row_bytes_per_year": round(sum(t["row_bytes"] for t in footprint.values()) * per_year),
+        "store_disk_bytes_per_year": round(sum(t["disk_bytes"] for t in footprint.values()) * per_year),
+        "store_tables_per_relationship": footprint,
+    }
+
+
+async def one_relationship(
+    env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    handle: WorkflowHandle[Any, Any],
+    workflow_id: str,
+    relationship_id: str,
+    started: float,
+) -> dict[str, Any]:
+    wall = time.perf_counter() - started
+    summary = await handle.result()
+    cost = await history_cost(env.client, workflow_id)
+    stored = await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", relationship_id)
+    commands = await pool.fetchval(
+        "SELECT count(DISTINCT command_id) FROM events WHERE stream_id = $1 AND command_id IS NOT NULL", relationship_id
+    )
+    days = (summary.closed_at - summary.started_at).days
+    per_year = 365 / days
+    return {
+        **cost,
+        "history_events_per_year": round(cost["history_events"] * per_year),
+        "workflow_tasks_per_year": round(cost["workflow_tasks"] * per_year),
+        "billable_actions_per_year": round(cost["billable_actions"] * per_year),
+        "history_bytes_per_year": round(cost["history_bytes"] * per_year),
+        "simulated_days": days,
+        "meetings_held": summary.meetings_held,
+        "commands": commands,
+        "stored_events": stored,
+        "wall_seconds": round(wall, 2),
+    }
+
+
+def store_growth(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], relationships: int
+) -> dict[str, dict[str, int]]:
+    """What the relationships added to each table, per relationship."""
+    empty = {"rows": 0, "row_bytes": 0, "disk_bytes": 0}
+    growth = {}
+    for table, figures in after.items():
+        was = before.get(table, empty)
+        added = {key: round((figures[key] - was[key]) / relationships) for key in figures}
+        if added["rows"]:
+            growth[table] = added
+    return growth
+
+
+async def store_footprint(pool: asyncpg.Pool) -> dict[str, dict[str, int]]:
+    """Rows and bytes in every table of the event store's database: `row_bytes` sums
+    `pg_column_size` of the rows, `disk_bytes` is `pg_total_relation_size` (table, TOAST and
+    indexes, in 8 KiB pages)."""
+    tables = await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+    footprint: dict[str, dict[str, int]] = {}
+    for (table,) in tables:
+        rows, row_bytes, disk = await pool.fetchrow(
+            f'SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0), pg_total_relation_size(\'"{table}"\') FROM "{table}" t'
         )
-        await drive_standard_relationship(env, handle)
-        wall = time.perf_counter() - started
-        summary = await handle.result()
-        cost = await history_cost(env.client, workflow_id)
-        stored = await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", relationship_id)
-        commands = await pool.fetchval(
-            "SELECT count(DISTINCT command_id) FROM events WHERE stream_id = $1 AND command_id IS NOT NULL", relationship_id
-        )
-        days = (summary.closed_at - summary.started_at).days
-        per_year = 365 / days
-        return {
-            **cost,
-            "history_events_per_year": round(cost["history_events"] * per_year),
-            "workflow_tasks_per_year": round(cost["workflow_tasks"] * per_year),
-            "billable_actions_per_year": round(cost["billable_actions"] * per_year),
-            "simulated_days": days,
-            "meetings_held": summary.meetings_held,
-            "commands": commands,
-            "stored_events": stored,
-            "wall_seconds": round(wall, 2),
-        }
+        footprint[table] = {"rows": rows, "row_bytes": row_bytes, "disk_bytes": disk}
+    return footprint
 
 
 async def run_naive(env: WorkflowEnvironment, commands: int, days: int = 365) -> dict[str, Any]:
@@ -305,4 +381,10 @@ if __name__ == "__main__":
             f"{figures['billable_actions_per_year']} billable actions per relationship-year "
             f"({figures['wall_seconds']} s wall)"
         )
+    ours = outcome["ours"]
+    print(
+        f"{'event store':>20}: {ours['store_rows_per_year']} rows, {ours['store_row_bytes_per_year']} row bytes, "
+        f"{ours['store_disk_bytes_per_year']} bytes on disk with indexes; Temporal history "
+        f"{ours['history_bytes_per_year']} bytes; {ours['notifications_per_year']} notifications per relationship-year"
+    )
     print(json.dumps(outcome))
