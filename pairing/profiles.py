@@ -1,7 +1,9 @@
 """Mentor and mentee profiles: what each side offers, wants and rules out.
 
 Profiles hold ids, topics and codes only, never names: scores and explanations built
-from them end up in workflow history.
+from them end up in workflow history. A programme's own `attributes` (organisation, grade,
+characteristics, …) are declared in its matching settings with a confidentiality class;
+explanations never show their values, and the store encrypts the confidential ones.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ def _topic(value: str) -> str:
 
 Topic = Annotated[str, StringConstraints(max_length=80), AfterValidator(_topic)]
 Language = Annotated[str, StringConstraints(min_length=2, max_length=16, pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")]
+
+
+def _attribute_text(value: str) -> str:
+    text = normalise_topic(value)
+    if not text:
+        raise ValueError("an attribute value must not be empty")
+    return text
+
+
+# Attribute values are compared like topics: case- and space-insensitively.
+AttributeText = Annotated[str, StringConstraints(max_length=200), AfterValidator(_attribute_text)]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+# A number (grade), a text (organisation) or several texts (characteristics). Which one an
+# attribute must be is the programme's setting (pairing.settings.AttributeSpec).
+AttributeValue = float | AttributeText | tuple[AttributeText, ...]
 
 
 def minutes_of(clock: str) -> int:
@@ -145,6 +162,8 @@ class Profile(BaseModel):
     opt_out: tuple[Identifier, ...] = ()
     # People this participant would like to be paired with.
     preferred: tuple[Identifier, ...] = ()
+    # The programme's own attributes (declared in its matching settings).
+    attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict, max_length=100)
     active: bool = True
 
     @field_validator("timezone")
@@ -159,10 +178,23 @@ class Profile(BaseModel):
     def _canonical(cls, value: tuple[object, ...]) -> tuple[object, ...]:
         return _sorted_unique(value)
 
+    @field_validator("attributes", mode="after")
+    @classmethod
+    def _canonical_sets(cls, value: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
+        return {name: _sorted_unique(item) if isinstance(item, tuple) else item for name, item in sorted(value.items())}  # type: ignore[misc]
+
     @field_validator("availability", mode="after")
     @classmethod
     def _windows_in_order(cls, value: tuple[AvailabilityWindow, ...]) -> tuple[AvailabilityWindow, ...]:
         return tuple(sorted(set(value), key=lambda w: (WEEKDAYS.index(w.day), w.start, w.end)))
+
+
+def _best_per_topic(items: tuple[Strength, ...] | tuple[GoalTopic, ...], amount: str) -> dict[str, int]:
+    """One entry per topic, keeping the highest level / priority given for it."""
+    best: dict[str, int] = {}
+    for item in items:
+        best[item.topic] = max(best.get(item.topic, 0), getattr(item, amount))
+    return best
 
 
 class MentorProfile(Profile):
@@ -174,10 +206,7 @@ class MentorProfile(Profile):
     @field_validator("strengths", mode="after")
     @classmethod
     def _one_level_per_topic(cls, value: tuple[Strength, ...]) -> tuple[Strength, ...]:
-        best: dict[str, int] = {}
-        for strength in value:
-            best[strength.topic] = max(best.get(strength.topic, 0), strength.level)
-        return tuple(Strength(topic=topic, level=level) for topic, level in sorted(best.items()))
+        return tuple(Strength(topic=topic, level=level) for topic, level in sorted(_best_per_topic(value, "level").items()))
 
     def level_in(self, topic: str) -> int:
         return next((s.level for s in self.strengths if s.topic == topic), 0)
@@ -186,15 +215,15 @@ class MentorProfile(Profile):
 class MenteeProfile(Profile):
     role: Literal["mentee"] = "mentee"
     goals: tuple[GoalTopic, ...] = ()
+    # How many mentors (open relationships) at once; None: the programme's
+    # max_open_relationships_per_mentee.
+    mentor_quota: int | None = Field(default=None, ge=0, le=20)
 
     @field_validator("goals", mode="after")
     @classmethod
     def _one_priority_per_topic(cls, value: tuple[GoalTopic, ...]) -> tuple[GoalTopic, ...]:
-        best: dict[str, int] = {}
-        for goal in value:
-            best[goal.topic] = max(best.get(goal.topic, 0), goal.priority)
         # Most important first: explanations list goals in this order.
-        ordered = sorted(best.items(), key=lambda item: (-item[1], item[0]))
+        ordered = sorted(_best_per_topic(value, "priority").items(), key=lambda item: (-item[1], item[0]))
         return tuple(GoalTopic(topic=topic, priority=priority) for topic, priority in ordered)
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pairing.constraints import excluded_pairs, exclusion_reason
 from pairing.profiles import WEEKDAYS, AvailabilityWindow, MenteeProfile, MentorProfile, Profile
+from pairing.rules import BROKEN, RuleColumns, judge_pair
 from pairing.settings import CRITERIA, MatchingSettings
 
 SLOT_MINUTES = 15
@@ -48,14 +49,18 @@ class PairScore(BaseModel):
 
     mentee_id: str
     mentor_id: str
-    # Integer points (0 … settings.max_points), what the solver optimises.
+    # Integer points (0 … settings.max_points, more with score terms), what the solver optimises.
     points: int
-    # The same on a 0–100 scale, for people.
+    # The same on a 0–100 scale, for people (above 100 with score terms).
     score: float
     criteria: dict[str, int]
     explanation: str
     # Why the pair may never be proposed (then points are still reported).
     excluded: str | None = None
+    # The programme's rules, by name: "met", "broken" or "not applied: …" (no values).
+    rules: dict[str, str] = {}
+    # The score terms that added (or took away) points, by name, on the 0–100 scale.
+    terms: dict[str, int] = {}
 
 
 def monday_of(day: date) -> date:
@@ -108,8 +113,10 @@ def score_pair(
     *,
     mentee_slots: int | None = None,
     mentor_slots: int | None = None,
+    has_mentor: bool = False,
 ) -> PairScore:
-    """Score and explain one pair (slot masks may be passed in when scoring many pairs)."""
+    """Score and explain one pair (slot masks may be passed in when scoring many pairs).
+    `has_mentor`: the mentee has a mentor already (for `unmatched` score terms)."""
     criteria: dict[str, int] = {}
     reasons: list[str] = []
     excluded = exclusion_reason(mentee, mentor)
@@ -187,7 +194,16 @@ def score_pair(
     elif mentor_asked:
         reasons.append("mentor asked for this mentee")
 
-    points = sum(getattr(settings.weights, name) * criteria[name] for name in CRITERIA)
+    # the programme's own rules: requirements, then score terms
+    outcomes = judge_pair(mentee, mentor, settings, has_mentor=has_mentor)
+    for outcome in outcomes:
+        if excluded is None and outcome.rule.require is not None and outcome.outcome == BROKEN:
+            excluded = f"rule {outcome.rule.name!r}"
+    terms = {o.rule.name: o.rule.points or 0 for o in outcomes if o.rule.score is not None and o.points}
+    reasons.extend(f"{name} {points:+d}" for name, points in terms.items())
+
+    base = sum(getattr(settings.weights, name) * criteria[name] for name in CRITERIA)
+    points = max(0, base + sum(o.points for o in outcomes))
     if excluded is None and points < settings.min_points:
         excluded = "score below the programme's minimum"
     score = settings.points_to_score(points)
@@ -200,6 +216,8 @@ def score_pair(
         criteria=criteria,
         explanation=explanation[:2000],
         excluded=excluded,
+        rules={o.rule.name: o.outcome for o in outcomes},
+        terms=terms,
     )
 
 
@@ -235,125 +253,180 @@ def _membership(values: Sequence[Sequence[str]], vocabulary: dict[str, int]) -> 
     return matrix
 
 
+# Reasons a pair is never proposed, as score_pair names them (rules: "rule 'NAME'").
+TOO_LITTLE_TIME = "too little common time"
+NO_COMMON_FORMAT = "no common meeting format"
+NO_COMMON_LANGUAGE = "no common language"
+GAP_TOO_SMALL = "seniority gap too small"
+BELOW_MINIMUM = "score below the programme's minimum"
+
+
+class _Cohort:
+    """Everything about a cohort that the blocks of the score matrix share, encoded once."""
+
+    def __init__(
+        self,
+        mentees: Sequence[MenteeProfile],
+        mentors: Sequence[MentorProfile],
+        settings: MatchingSettings,
+        week_of: date,
+        has_mentor: Sequence[bool] | None,
+    ) -> None:
+        self.settings = settings
+        n, m = len(mentees), len(mentors)
+        self.shape = (n, m)
+        topics = {t: k for k, t in enumerate(sorted({g.topic for p in mentees for g in p.goals}))}
+        self.priority = np.zeros((n, max(1, len(topics))), dtype=np.float64)
+        for i, mentee in enumerate(mentees):
+            for goal in mentee.goals:
+                self.priority[i, topics[goal.topic]] = goal.priority
+        self.level = np.zeros((m, self.priority.shape[1]), dtype=np.float64)
+        for j, mentor in enumerate(mentors):
+            for strength in mentor.strengths:
+                if (k := topics.get(strength.topic)) is not None:
+                    self.level[j, k] = strength.level
+        self.goal_weight = (5 * self.priority.sum(axis=1)).astype(np.int64)
+
+        self.mentee_slots, self.mentor_slots = _slot_matrix(mentees, week_of), _slot_matrix(mentors, week_of)
+        self.mentee_has_slots = np.array([bool(p.availability) for p in mentees], dtype=bool)
+        self.mentor_has_slots = np.array([bool(p.availability) for p in mentors], dtype=bool)
+
+        formats = {f: k for k, f in enumerate(sorted({f for p in (*mentees, *mentors) for f in p.formats}))}
+        self.mentee_formats = _membership([p.formats for p in mentees], formats)
+        self.mentor_formats = _membership([p.formats for p in mentors], formats)
+        languages = {x: k for k, x in enumerate(sorted({x for p in (*mentees, *mentors) for x in p.languages}))}
+        self.mentee_languages = _membership([p.languages for p in mentees], languages)
+        self.mentor_languages = _membership([p.languages for p in mentors], languages)
+
+        self.mentee_level = np.array([p.seniority if p.seniority is not None else -1 for p in mentees], dtype=np.int64)
+        self.mentor_level = np.array([p.seniority if p.seniority is not None else -1 for p in mentors], dtype=np.int64)
+        self.rules = RuleColumns(mentees, mentors, settings, has_mentor) if settings.rules else None
+
+        # Preferences are a few named ids per profile: (mentee, mentor, points) triples,
+        # sorted by mentee so that a block finds its own with a binary search.
+        mentor_index = {p.participant_id: j for j, p in enumerate(mentors)}
+        mentee_index = {p.participant_id: i for i, p in enumerate(mentees)}
+        asked = [(i, mentor_index[x]) for i, p in enumerate(mentees) for x in p.preferred if x in mentor_index]
+        asked += [(mentee_index[x], j) for j, p in enumerate(mentors) for x in p.preferred if x in mentee_index]
+        asked.sort()
+        self.asked_i = np.array([i for i, _ in asked], dtype=np.int64)
+        self.asked_j = np.array([j for _, j in asked], dtype=np.int64)
+
+    def block(self, rows: slice) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+        """Points of the block's pairs before any hard rule (int64), and each hard rule's
+        reason with where the block passes it (bool, broadcastable to the block)."""
+        settings, weights = self.settings, self.settings.weights
+        passes: list[tuple[str, np.ndarray]] = []
+
+        covered = np.rint(self.priority[rows] @ self.level.T).astype(np.int64)
+        gw = self.goal_weight[rows][:, None]
+        total = weights.goals * np.where(gw > 0, FULL * covered // np.maximum(gw, 1), 0)
+
+        overlap = np.rint(self.mentee_slots[rows] @ self.mentor_slots.T).astype(np.int64)
+        both = self.mentee_has_slots[rows][:, None] & self.mentor_has_slots[None, :]
+        target = _target_slots(settings)
+        total += weights.availability * np.where(both, FULL * np.minimum(overlap, target) // target, UNKNOWN)
+        if (min_overlap := _min_overlap_slots(settings)) > 0:
+            passes.append((TOO_LITTLE_TIME, ~both | (overlap >= min_overlap)))
+
+        for reason, ours, theirs, weight, required in (
+            (NO_COMMON_FORMAT, self.mentee_formats, self.mentor_formats, weights.format, settings.require_common_format),
+            (NO_COMMON_LANGUAGE, self.mentee_languages, self.mentor_languages, weights.language,
+             settings.require_common_language),
+        ):  # fmt: skip
+            common = (ours[rows] @ theirs.T) > 0
+            both = ours[rows].any(axis=1)[:, None] & theirs.any(axis=1)[None, :]
+            total += weight * np.where(both, np.where(common, FULL, 0), UNKNOWN)
+            if required:
+                passes.append((reason, ~both | common))
+
+        gap = self.mentor_level[None, :] - self.mentee_level[rows][:, None]
+        both = (self.mentee_level[rows] >= 0)[:, None] & (self.mentor_level >= 0)[None, :]
+        tolerance = settings.seniority_tolerance
+        seniority = FULL * np.maximum(0, tolerance - np.abs(gap - _wanted_gap(settings))) // tolerance
+        total += weights.seniority * np.where(both, seniority, UNKNOWN)
+        if settings.min_seniority_gap is not None:
+            passes.append((GAP_TOO_SMALL, ~both | (gap >= settings.min_seniority_gap)))
+
+        if self.rules is not None:
+            for rule in settings.rules:
+                held, known = self.rules.judge(rule, rows)
+                if rule.require is not None:
+                    ok = held & known
+                    passes.append((f"rule {rule.name!r}", ok | ~known if rule.missing == "allow" else ok))
+                elif rule.points:
+                    total += settings.term_points(rule.points) * (held & known)
+
+        first, last = np.searchsorted(self.asked_i, [rows.start, rows.stop])
+        if last > first:
+            np.add.at(total, (self.asked_i[first:last] - rows.start, self.asked_j[first:last]), UNKNOWN * weights.preferences)
+        return np.maximum(total, 0), passes
+
+
 def score_matrix(
     mentees: Sequence[MenteeProfile],
     mentors: Sequence[MentorProfile],
     settings: MatchingSettings,
     week_of: date,
     *,
+    has_mentor: Sequence[bool] | None = None,
     block_rows: int = 1024,
 ) -> np.ndarray:
     """Points of every pair as an int32 matrix (mentees × mentors), NOT_ALLOWED (-1) for
     pairs that may never be proposed. Equal to `score_pair(...).points` for every allowed
-    pair; computed a block of mentees at a time to bound memory."""
+    pair; computed a block of mentees at a time to bound memory. `has_mentor[i]`: mentee i
+    has a mentor already (for `unmatched` score terms; default: nobody has)."""
     n, m = len(mentees), len(mentors)
     result = np.empty((n, m), dtype=np.int32)
     if n == 0 or m == 0:
         return result
-    weights = settings.weights
-
-    topics = {t: k for k, t in enumerate(sorted({g.topic for p in mentees for g in p.goals}))}
-    priority = np.zeros((n, max(1, len(topics))), dtype=np.float64)
-    for i, mentee in enumerate(mentees):
-        for goal in mentee.goals:
-            priority[i, topics[goal.topic]] = goal.priority
-    level = np.zeros((m, priority.shape[1]), dtype=np.float64)
-    for j, mentor in enumerate(mentors):
-        for strength in mentor.strengths:
-            if (k := topics.get(strength.topic)) is not None:
-                level[j, k] = strength.level
-    goal_weight = (5 * priority.sum(axis=1)).astype(np.int64)
-
-    mentee_slots, mentor_slots = _slot_matrix(mentees, week_of), _slot_matrix(mentors, week_of)
-    mentee_has_slots = np.array([bool(p.availability) for p in mentees], dtype=bool)
-    mentor_has_slots = np.array([bool(p.availability) for p in mentors], dtype=bool)
-    target, min_overlap = _target_slots(settings), _min_overlap_slots(settings)
-
-    formats: dict[str, int] = {f: k for k, f in enumerate(sorted({f for p in (*mentees, *mentors) for f in p.formats}))}
-    mentee_formats, mentor_formats = (_membership([p.formats for p in mentees], formats),
-                                      _membership([p.formats for p in mentors], formats))  # fmt: skip
-    languages = {x: k for k, x in enumerate(sorted({x for p in (*mentees, *mentors) for x in p.languages}))}
-    mentee_languages, mentor_languages = (_membership([p.languages for p in mentees], languages),
-                                          _membership([p.languages for p in mentors], languages))  # fmt: skip
-    mentee_has_formats = np.asarray(mentee_formats.any(axis=1), dtype=bool)
-    mentor_has_formats = np.asarray(mentor_formats.any(axis=1), dtype=bool)
-    mentee_has_languages = np.asarray(mentee_languages.any(axis=1), dtype=bool)
-    mentor_has_languages = np.asarray(mentor_languages.any(axis=1), dtype=bool)
-
-    mentee_level = np.array([p.seniority if p.seniority is not None else -1 for p in mentees], dtype=np.int64)
-    mentor_level = np.array([p.seniority if p.seniority is not None else -1 for p in mentors], dtype=np.int64)
-    wanted_gap, tolerance = _wanted_gap(settings), settings.seniority_tolerance
-
+    cohort = _Cohort(mentees, mentors, settings, week_of, has_mentor)
     for start in range(0, n, block_rows):
         rows = slice(start, min(n, start + block_rows))
-        total = np.zeros((rows.stop - rows.start, m), dtype=np.int64)
-        allowed = np.ones_like(total, dtype=bool)
-
-        covered = np.rint(priority[rows] @ level.T).astype(np.int64)
-        gw = goal_weight[rows][:, None]
-        goals = np.where(gw > 0, FULL * covered // np.maximum(gw, 1), 0)
-        total += weights.goals * goals
-
-        overlap = np.rint(mentee_slots[rows] @ mentor_slots.T).astype(np.int64)
-        both = mentee_has_slots[rows][:, None] & mentor_has_slots[None, :]
-        total += weights.availability * np.where(both, FULL * np.minimum(overlap, target) // target, UNKNOWN)
-        allowed &= ~both | (overlap >= min_overlap)
-
-        common = (mentee_formats[rows] @ mentor_formats.T) > 0
-        both = mentee_has_formats[rows][:, None] & mentor_has_formats[None, :]
-        total += weights.format * np.where(both, np.where(common, FULL, 0), UNKNOWN)
-        if settings.require_common_format:
-            allowed &= ~both | common
-
-        common = (mentee_languages[rows] @ mentor_languages.T) > 0
-        both = mentee_has_languages[rows][:, None] & mentor_has_languages[None, :]
-        total += weights.language * np.where(both, np.where(common, FULL, 0), UNKNOWN)
-        if settings.require_common_language:
-            allowed &= ~both | common
-
-        gap = mentor_level[None, :] - mentee_level[rows][:, None]
-        both = (mentee_level[rows] >= 0)[:, None] & (mentor_level >= 0)[None, :]
-        seniority = FULL * np.maximum(0, tolerance - np.abs(gap - wanted_gap)) // tolerance
-        total += weights.seniority * np.where(both, seniority, UNKNOWN)
-        if settings.min_seniority_gap is not None:
-            allowed &= ~both | (gap >= settings.min_seniority_gap)
-
-        allowed &= total >= settings.min_points
+        total, passes = cohort.block(rows)
+        allowed = total >= settings.min_points
+        for _, ok in passes:
+            allowed &= ok
         result[rows] = np.where(allowed, total, NOT_ALLOWED)
-
-    # Preferences are a few named ids per profile: added pair by pair.
-    mentor_index = {p.participant_id: j for j, p in enumerate(mentors)}
-    mentee_index = {p.participant_id: i for i, p in enumerate(mentees)}
-    asked: dict[tuple[int, int], int] = {}
-    for i, mentee in enumerate(mentees):
-        for participant_id in mentee.preferred:
-            if (mentor_at := mentor_index.get(participant_id)) is not None:
-                asked[i, mentor_at] = asked.get((i, mentor_at), 0) + UNKNOWN
-    for j, mentor in enumerate(mentors):
-        for participant_id in mentor.preferred:
-            if (mentee_at := mentee_index.get(participant_id)) is not None:
-                asked[mentee_at, j] = asked.get((mentee_at, j), 0) + UNKNOWN
-    for (i, j), points in asked.items():
-        # The pair was judged without its preference points: judge the minimum again.
-        before = _points_without_preferences(result, i, j, mentees[i], mentors[j], settings, week_of)
-        if before is not None:
-            after = before + weights.preferences * points
-            result[i, j] = after if after >= settings.min_points else NOT_ALLOWED
-
     for i, j in excluded_pairs(mentees, mentors):
         result[i, j] = NOT_ALLOWED
     return result
 
 
-def _points_without_preferences(
-    result: np.ndarray, i: int, j: int, mentee: MenteeProfile, mentor: MentorProfile,
-    settings: MatchingSettings, week_of: date,
-) -> int | None:  # fmt: skip
-    if result[i, j] != NOT_ALLOWED:
-        return int(result[i, j])
-    # Not allowed either by a hard rule or by the minimum score that the preference
-    # points may lift it over: only the single-pair path knows which.
-    pair = score_pair(mentee, mentor, settings, week_of)
-    if pair.excluded is None or pair.excluded == "score below the programme's minimum":
-        return pair.points - settings.weights.preferences * pair.criteria["preferences"]
-    return None
+def exclusion_counts(
+    mentees: Sequence[MenteeProfile],
+    mentors: Sequence[MentorProfile],
+    settings: MatchingSettings,
+    week_of: date,
+    *,
+    has_mentor: Sequence[bool] | None = None,
+    block_rows: int = 1024,
+) -> list[dict[str, int]]:
+    """For each mentee, how many of `mentors` each reason rules out (a mentor ruled out by two
+    reasons counts under both): why a mentee was left unmatched, in aggregate. The score
+    minimum counts only mentors that no other reason rules out."""
+    n, m = len(mentees), len(mentors)
+    counts: list[dict[str, int]] = [{} for _ in range(n)]
+    if n == 0 or m == 0:
+        return counts
+    cohort = _Cohort(mentees, mentors, settings, week_of, has_mentor)
+    for start in range(0, n, block_rows):
+        rows = slice(start, min(n, start + block_rows))
+        total, passes = cohort.block(rows)
+        shape = total.shape
+        everything = np.ones(shape, dtype=bool)
+        for reason, ok in passes:
+            ok = np.broadcast_to(ok, shape)
+            everything &= ok
+            for offset, excluded in enumerate((~ok).sum(axis=1).tolist()):
+                if excluded:
+                    counts[start + offset][reason] = counts[start + offset].get(reason, 0) + excluded
+        below = everything & (total < settings.min_points)
+        for offset, excluded in enumerate(below.sum(axis=1).tolist()):
+            if excluded:
+                counts[start + offset][BELOW_MINIMUM] = excluded
+    for i, j in set(excluded_pairs(mentees, mentors)):
+        reason = exclusion_reason(mentees[i], mentors[j])
+        if reason is not None:
+            counts[i][reason] = counts[i].get(reason, 0) + 1
+    return counts
