@@ -19,6 +19,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -142,6 +144,14 @@ class Keyring:
         nonce = os.urandom(NONCE_BYTES)
         blob = nonce + self._ciphers[self.active_key_id].encrypt(nonce, plaintext, aad or None)
         return self.active_key_id, blob
+
+    def derived_key(self, key_id: str, purpose: str) -> bytes:
+        """A 32-byte key for another use (signing links, say), derived from key `key_id` with
+        HKDF-SHA256 and `purpose` as its info, so the encryption key itself signs nothing."""
+        key = self._keys.get(key_id)
+        if key is None:
+            raise UnknownKeyError(key_id, self.key_ids)
+        return HKDF(algorithm=SHA256(), length=KEY_BYTES, salt=None, info=purpose.encode()).derive(key)
 
     def decrypt(self, key_id: str, blob: bytes, aad: bytes = b"") -> bytes:
         """Decrypt what `encrypt` produced with key `key_id` and the same associated data."""

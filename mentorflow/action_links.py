@@ -1,0 +1,153 @@
+"""Signed action links: what a notification's "We met" or "Sign the agreement" link carries.
+
+A link names one person, one relationship (in one programme), one purpose, and when it
+expires; nothing confidential. It is signed with HMAC-SHA256 under a key derived from the
+keyring's active key (`Keyring.derived_key`), and names that key, so a rotation keeps older
+links working until they expire or their key leaves the keyring. Any change to any field —
+another person, relationship, purpose, a later expiry — breaks the signature.
+
+What a link cannot know — that its person was forgotten or left, that what it asks was
+already answered — is checked when it is used, against the directory and the relationship.
+
+A token is ``<base64url(JSON claims)>.<base64url(signature)>``; the JSON is compact with
+sorted keys, so one set of claims has one token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from mentorflow.keyring import Keyring
+
+KEY_PURPOSE = "mentorflow action links v1"
+DEFAULT_LIFETIME = timedelta(days=14)
+MAX_TOKEN_CHARS = 1024
+
+
+class Purpose(StrEnum):
+    """What a link lets its person do; one purpose a link."""
+
+    MEETING_OUTCOME = "meeting_outcome"
+    FEEDBACK = "feedback"
+    MATCH_ANSWER = "match_answer"
+    SIGN_AGREEMENT = "sign_agreement"
+    GOAL_REVISION = "goal_revision"
+    REVIEW = "review"
+    REFLECTION = "reflection"
+    CONCERN = "concern"
+    MY_RELATIONSHIP = "my_relationship"
+    MUTE = "mute"
+
+
+class LinkRefused(ValueError):
+    """A token that must not be acted on. `reason` is one of: malformed, unknown_key,
+    bad_signature, expired — each page that shows it says what to do instead."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ActionLink:
+    person_id: str
+    programme_id: str
+    relationship_id: str
+    purpose: Purpose
+    expires_at: datetime
+    # What the link was sent about (a meeting's start, a feedback round, an agreement
+    # version): a link answers one question, and a later one gets a new link.
+    subject: str = ""
+
+    def command_id(self, choice: str) -> str:
+        """The command id an action through this link sends with `choice`: a double click or a
+        resubmitted form is the same command; another choice from the same email is another."""
+        digest = hashlib.sha256(
+            "\x1f".join([self.person_id, self.relationship_id, self.purpose, self.subject, choice]).encode()
+        ).hexdigest()
+        return f"link-{digest[:32]}"
+
+    def claims(self, key_id: str) -> dict[str, str | int]:
+        return {
+            "k": key_id,
+            "p": self.person_id,
+            "g": self.programme_id,
+            "r": self.relationship_id,
+            "u": self.purpose.value,
+            "s": self.subject,
+            "e": int(self.expires_at.timestamp()),
+        }
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(keyring: Keyring, key_id: str, body: str) -> bytes:
+    return hmac.new(keyring.derived_key(key_id, KEY_PURPOSE), body.encode(), hashlib.sha256).digest()
+
+
+def sign(keyring: Keyring, link: ActionLink) -> str:
+    """The token for `link`, signed with the keyring's active key."""
+    claims = link.claims(keyring.active_key_id)
+    body = _b64(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
+    return f"{body}.{_b64(_sign(keyring, keyring.active_key_id, body))}"
+
+
+def verify(keyring: Keyring, token: str, *, now: datetime) -> ActionLink:
+    """The link a token carries, or `LinkRefused` saying why not (checked in this order:
+    shape, key, signature, expiry — nothing from an unsigned token is trusted)."""
+    body, dot, signature = token.partition(".")
+    if len(token) > MAX_TOKEN_CHARS or not dot or not body or not signature:
+        raise LinkRefused("malformed", "this link is incomplete: it may have been cut when copied")
+    try:
+        claims = json.loads(_unb64(body))
+        given = _unb64(signature)
+        key_id = claims["k"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise LinkRefused("malformed", "this link is incomplete: it may have been cut when copied") from None
+    if not isinstance(key_id, str) or key_id not in keyring:
+        raise LinkRefused("unknown_key", "this link is no longer valid")
+    if not hmac.compare_digest(given, _sign(keyring, key_id, body)):
+        raise LinkRefused("bad_signature", "this link was changed after it was sent")
+    try:
+        link = ActionLink(
+            person_id=str(claims["p"]),
+            programme_id=str(claims["g"]),
+            relationship_id=str(claims["r"]),
+            purpose=Purpose(claims["u"]),
+            subject=str(claims["s"]),
+            expires_at=datetime.fromtimestamp(int(claims["e"]), UTC),
+        )
+    except (KeyError, ValueError, TypeError):
+        raise LinkRefused("malformed", "this link is incomplete: it may have been cut when copied") from None
+    if now >= link.expires_at:
+        raise LinkRefused("expired", "this link has expired")
+    return link
+
+
+def new_link(
+    person_id: str,
+    programme_id: str,
+    relationship_id: str,
+    purpose: Purpose,
+    *,
+    now: datetime,
+    subject: str = "",
+    lifetime: timedelta = DEFAULT_LIFETIME,
+) -> ActionLink:
+    if lifetime <= timedelta(0):
+        raise ValueError("a link's lifetime must be positive")
+    # Tokens carry whole seconds; the link says exactly what its token will.
+    return ActionLink(person_id, programme_id, relationship_id, purpose, (now + lifetime).replace(microsecond=0), subject)
