@@ -28,7 +28,7 @@ from activities.matching_round import (
     round_relationship_id,
     round_workflow_id,
 )
-from activities.matching_store import LEFT_THE_DIRECTORY, MentorSlots, ProfileStore, SaveCounts, load_profile
+from activities.matching_store import LEFT_THE_DIRECTORY, MentorSlots, ProfileStore, SaveCounts
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.requests import Candidate, CandidateRequest, RoundProposalClaim, SlotRelease, SlotRequest, SlotReservation
 from pairing.scoring import PairScore, score_pair, weekly_slots
@@ -83,7 +83,7 @@ class MatchingActivities(RoundActivities):
     async def best_candidate(self, request: CandidateRequest) -> Candidate | None:
         """The best mentor with a free slot for the mentee, with the slot reserved for the
         relationship; None when nobody fits, when the mentee has left, or when their other
-        open relationships are as many as the programme allows. A retry returns the mentor
+        open relationships are as many as their quota allows. A retry returns the mentor
         already reserved."""
         programme_id, relationship_id = request.programme_id, request.relationship_id
         mentee = await self.profiles.get_profile(programme_id, "mentee", request.mentee_id)
@@ -94,7 +94,8 @@ class MatchingActivities(RoundActivities):
         standing = await self.profiles.mentee_standing(programme_id, request.mentee_id, relationship_id)
         held = await self.slots.held_by(programme_id, relationship_id)
         excluded = {*request.exclude_mentor_ids, *standing.current_mentors}
-        busy = standing.other_relationships >= settings.max_open_relationships_per_mentee
+        quota = settings.max_open_relationships_per_mentee if mentee.mentor_quota is None else mentee.mentor_quota
+        busy = standing.other_relationships >= quota
         if held is not None and (standing.left or busy or held in excluded):
             await self.slots.release(SlotRelease(programme_id=programme_id, relationship_id=relationship_id,
                                                  mentor_id=held))  # fmt: skip
@@ -117,10 +118,10 @@ class MatchingActivities(RoundActivities):
         )  # fmt: skip
         mentee_slots = weekly_slots(mentee, week_of)
         scored: list[PairScore] = []
-        for row in rows:
-            mentor = load_profile("mentor", row["profile"])
+        for mentor in await self.profiles.load(programme_id, "mentor", [row["profile"] for row in rows]):
             assert isinstance(mentor, MentorProfile)
-            pair = score_pair(mentee, mentor, settings, week_of, mentee_slots=mentee_slots)
+            pair = score_pair(mentee, mentor, settings, week_of, mentee_slots=mentee_slots,
+                              has_mentor=standing.other_relationships > 0)  # fmt: skip
             if pair.excluded is None and (pair.points > 0 or settings.objective == "max_matched"):
                 scored.append(pair)
         if held is not None:

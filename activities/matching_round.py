@@ -2,10 +2,15 @@
 one transaction, propose the pairs (workflows/matching_round.py runs them; the scoring and
 the solver are pure, in `pairing`).
 
-Who takes part: active mentees with fewer open relationships than the programme allows
-(`max_open_relationships_per_mentee`, one by default) and active mentors with a free
-slot, leaving out anyone the directory lists as having left. A mentor's slots count every
-open relationship holding them, however it was matched (migrations/0009_mentor_load.sql).
+Who takes part: active mentees with fewer open relationships than their quota (the
+profile's `mentor_quota`, else the programme's `max_open_relationships_per_mentee`, one by
+default) and active mentors with a free slot, leaving out anyone the directory lists as
+having left. A mentor's slots count every open relationship holding them, however it was
+matched (migrations/0009_mentor_load.sql). A round gives a mentee up to `mentors_per_round`
+mentors (one by default), never more than is left of their quota, each pair its own
+relationship (migrations/0011_matching_rules.sql).
+A round may run with one of the programme's rule sets; a mentee it leaves unmatched is told
+why in aggregate (which reasons ruled out how many of the round's mentors).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import numpy as np
@@ -38,11 +44,19 @@ from pairing.rounds import (
     round_relationship_id,
     round_workflow_id,
 )
-from activities.matching_store import LEFT_THE_DIRECTORY, MentorSlots, ProfileStore, open_relationships_of
+from activities.matching_store import (
+    LEFT_THE_DIRECTORY,
+    MentorSlots,
+    ProfileStore,
+    mentee_quota_of,
+    open_relationships_of,
+)
+from mentorflow.codec import EncryptionCodec
+from mentorflow.keyring import Keyring
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.requests import SlotRelease
-from pairing.scoring import NOT_ALLOWED, PairScore, score_matrix, score_pair
-from pairing.settings import Objective
+from pairing.scoring import NOT_ALLOWED, PairScore, exclusion_counts, score_matrix, score_pair
+from pairing.settings import MatchingSettings, Objective
 from pairing.solver import SolveStats, solve
 from events.relationship_io import RELATIONSHIP_WORKFLOW, CommandResult, RelationshipInput, relationship_workflow_id
 from mentorflow.start_options import relationship_start_options
@@ -65,10 +79,10 @@ IN_A_RELATIONSHIP = "mentee already in a relationship"
 # -- the activities ------------------------------------------------------------------------
 
 # A round's mentee (profile `p`) who may be matched now: not left, and with fewer open
-# relationships than the programme allows (its limit is the query's parameter `limit`).
+# relationships than their quota (the programme's is the query's parameter `limit`).
 _MENTEE_IS_FREE = (
     f"NOT {LEFT_THE_DIRECTORY.format(id='p.participant_id')} "
-    f"AND {open_relationships_of('p.programme_id', 'p.participant_id')} < {{limit}}"
+    f"AND {open_relationships_of('p.programme_id', 'p.participant_id')} < {mentee_quota_of('p.profile', '{limit}')}"
 )
 
 
@@ -86,12 +100,28 @@ async def _in_thread(work: Callable[[], T]) -> T:
 class RoundActivities:
     """The round's activities; `client` and `task_queue` are where rounds start relationships."""
 
-    def __init__(self, pool: asyncpg.Pool, client: Client | None = None, task_queue: str | None = None):
+    def __init__(
+        self, pool: asyncpg.Pool, client: Client | None = None, task_queue: str | None = None,
+        *, keyring: Keyring | None = None,
+    ) -> None:  # fmt: skip
         self._pool = pool
         self._client = client
         self._task_queue = task_queue
-        self.profiles = ProfileStore(pool)
+        # The keys of confidential profile attributes: given, else the client's payload keys.
+        codec = getattr(getattr(client, "data_converter", None), "payload_codec", None)
+        if keyring is None and isinstance(codec, EncryptionCodec):
+            keyring = codec.keyring
+        self.profiles = ProfileStore(pool, keyring)
         self.slots = MentorSlots(pool)
+
+    async def _profiles(
+        self, programme_id: str, role: Literal["mentor", "mentee"], rows: list[asyncpg.Record]
+    ) -> list[MentorProfile | MenteeProfile]:
+        try:
+            return await self.profiles.load(programme_id, role, [row["profile"] for row in rows])
+        except ValidationError as error:
+            raise ApplicationError(f"a stored {role} profile no longer validates: {error.error_count()} errors",
+                                   non_retryable=True) from None  # fmt: skip
 
     async def round_report(self, programme_id: str, round_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """A solved round's summary and pairs (with the outcome of each proposal), for people."""
@@ -100,10 +130,20 @@ class RoundActivities:
         )
         pairs = await self._pool.fetch(
             """SELECT mentee_id, mentor_id, relationship_id, score, explanation, outcome FROM matching_round_pairs
-                WHERE programme_id = $1 AND round_id = $2 ORDER BY mentee_id""",
+                WHERE programme_id = $1 AND round_id = $2 ORDER BY mentee_id, mentor_id""",
             programme_id, round_id,
         )  # fmt: skip
         return (None if summary is None else json.loads(summary)), [dict(row) for row in pairs]
+
+    async def round_unmatched(self, programme_id: str, round_id: str) -> list[dict[str, Any]]:
+        """The mentees a solved round left unmatched, each with how many of the round's mentors
+        each reason ruled out (`excluded`) and how many allowed ones went to others (`allowed`)."""
+        rows = await self._pool.fetch(
+            """SELECT mentee_id, excluded, allowed, mentors FROM matching_round_unmatched
+                WHERE programme_id = $1 AND round_id = $2 ORDER BY mentee_id""",
+            programme_id, round_id,
+        )  # fmt: skip
+        return [{**dict(row), "excluded": json.loads(row["excluded"])} for row in rows]
 
     @activity.defn(name="collect_round_members")
     async def collect_round_members(self, request: RoundRequest) -> RoundMembers:
@@ -111,11 +151,13 @@ class RoundActivities:
         re-run of the round sees the same cohort."""
         settings = await self.profiles.get_settings(request.programme_id)
         objective = request.objective or settings.objective
+        _round_settings(settings, request.rule_set)  # an unknown rule set fails before anything is stored
         async with self._pool.acquire() as connection, connection.transaction():
             created = await connection.execute(
-                """INSERT INTO matching_rounds (programme_id, round_id, objective, week_of) VALUES ($1, $2, $3, $4)
+                """INSERT INTO matching_rounds (programme_id, round_id, objective, week_of, rule_set)
+                   VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT DO NOTHING""",
-                request.programme_id, request.round_id, objective, request.week_of,
+                request.programme_id, request.round_id, objective, request.week_of, request.rule_set,
             )  # fmt: skip
             if created.endswith(" 1"):
                 await connection.execute(
@@ -167,7 +209,7 @@ class RoundActivities:
         async with self._pool.acquire() as connection, connection.transaction():
             # Serialises two runs of the same round (the second then finds it solved).
             round_row = await connection.fetchrow(
-                """SELECT objective, week_of, solved_at, summary FROM matching_rounds
+                """SELECT objective, week_of, solved_at, summary, rule_set FROM matching_rounds
                     WHERE programme_id = $1 AND round_id = $2 FOR UPDATE""",
                 programme_id, round_id,
             )  # fmt: skip
@@ -176,7 +218,8 @@ class RoundActivities:
                                        type="RoundNotCollected", non_retryable=True)  # fmt: skip
             if round_row["solved_at"] is not None:
                 return RoundSolution.model_validate({**json.loads(round_row["summary"]), "solved_now": False})
-            settings = await self.profiles.get_settings(programme_id, connection)
+            programme_settings = await self.profiles.get_settings(programme_id, connection)
+            settings = _round_settings(programme_settings, round_row["rule_set"])
             objective: Objective = round_row["objective"]
             # Lock the round's mentors (in id order: no deadlock with another round), the same
             # locks every reservation takes; only then count their slots, in statements of
@@ -204,7 +247,8 @@ class RoundActivities:
             )  # fmt: skip
             # Looked at again: a mentee may have been matched, or left, since the collection.
             mentee_rows = await connection.fetch(
-                f"""SELECT p.participant_id, p.profile
+                f"""SELECT p.participant_id, p.profile,
+                           {open_relationships_of('p.programme_id', 'p.participant_id')} AS open
                       FROM matching_profiles p
                       JOIN matching_round_members m
                         ON m.programme_id = p.programme_id AND m.role = 'mentee' AND m.participant_id = p.participant_id
@@ -213,8 +257,13 @@ class RoundActivities:
                      ORDER BY p.participant_id""",
                 programme_id, round_id, settings.max_open_relationships_per_mentee,
             )  # fmt: skip
-            mentors = [_mentor(row["profile"]) for row in mentor_rows]
-            mentees = [_mentee(row["profile"]) for row in mentee_rows]
+            mentors = [p for p in await self._profiles(programme_id, "mentor", mentor_rows) if isinstance(p, MentorProfile)]
+            mentees = [p for p in await self._profiles(programme_id, "mentee", mentee_rows) if isinstance(p, MenteeProfile)]
+            # What is left of each mentee's quota, and who has a mentor already.
+            opened = [row["open"] for row in mentee_rows]
+            quotas = np.array([min(settings.mentors_per_round, _quota(m, settings) - k)
+                               for m, k in zip(mentees, opened, strict=True)], dtype=np.int64).clip(min=0)  # fmt: skip
+            has_mentor = [k > 0 for k in opened]
             # A mentee allowed more than one relationship never gets a mentor they have already.
             together = await connection.fetch(
                 "SELECT mentee_id, mentor_id FROM mentor_slots WHERE programme_id = $1 AND mentee_id = ANY($2::text[])",
@@ -223,20 +272,24 @@ class RoundActivities:
             free = np.array([max(0, row["capacity"] - row["taken"]) for row in mentor_rows], dtype=np.int64)
             week_of: date = round_row["week_of"]
 
-            def work() -> tuple[list[PairScore], SolveStats, float]:
+            def work() -> tuple[list[PairScore], list[_Unmatched], SolveStats, float]:
                 started = time.perf_counter()
-                scores = score_matrix(mentees, mentors, settings, week_of)
+                scores = score_matrix(mentees, mentors, settings, week_of, has_mentor=has_mentor)
                 mentee_at = {m.participant_id: i for i, m in enumerate(mentees)}
                 mentor_at = {m.participant_id: j for j, m in enumerate(mentors)}
                 for row in together:
                     if row["mentor_id"] in mentor_at:
                         scores[mentee_at[row["mentee_id"]], mentor_at[row["mentor_id"]]] = NOT_ALLOWED
-                assignment = solve(scores, free, objective)
-                pairs = [score_pair(mentees[i], mentors[j], settings, week_of) for i, j in assignment.pairs()]
-                return pairs, assignment.stats, time.perf_counter() - started
+                assignment = solve(scores, free, objective, quotas=quotas)
+                pairs = [score_pair(mentees[i], mentors[j], settings, week_of, has_mentor=has_mentor[i])
+                         for i, j in assignment.pairs()]  # fmt: skip
+                left = sorted(set(np.flatnonzero(quotas > 0).tolist()) - set(assignment.mentees.tolist()))
+                why = _why_unmatched([mentees[i] for i in left], mentors, settings, week_of,
+                                     [has_mentor[i] for i in left], scores[left], objective)  # fmt: skip
+                return pairs, why, assignment.stats, time.perf_counter() - started
 
-            pairs, stats, seconds = await _in_thread(work)
-            relationship_ids = [round_relationship_id(programme_id, round_id, p.mentee_id) for p in pairs]
+            pairs, unmatched, stats, seconds = await _in_thread(work)
+            relationship_ids = _relationship_ids(programme_id, round_id, pairs)
             await connection.execute(
                 """INSERT INTO matching_round_pairs
                        (programme_id, round_id, mentee_id, mentor_id, relationship_id, points, score, explanation)
@@ -250,12 +303,19 @@ class RoundActivities:
                    SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[])""",
                 programme_id, relationship_ids, [p.mentor_id for p in pairs], [p.mentee_id for p in pairs],
             )  # fmt: skip
+            await connection.execute(
+                """INSERT INTO matching_round_unmatched (programme_id, round_id, mentee_id, excluded, allowed, mentors)
+                   SELECT $1, $2, * FROM unnest($3::text[], $4::jsonb[], $5::int[], $6::int[])""",
+                programme_id, round_id, [u.mentee_id for u in unmatched],
+                [json.dumps(u.excluded, sort_keys=True) for u in unmatched], [u.allowed for u in unmatched],
+                [len(mentors)] * len(unmatched),
+            )  # fmt: skip
             total = sum(p.points for p in pairs)
             solution = RoundSolution(
                 mentees=len(mentees), mentors=len(mentors), matched=len(pairs), total_points=total,
                 mean_score=round(sum(p.score for p in pairs) / len(pairs), 1) if pairs else 0.0,
                 objective=objective, solver_seconds=round(seconds, 3), pricing_rounds=stats.pricing_rounds,
-                solved_now=True,
+                solved_now=True, mentees_matched=len({p.mentee_id for p in pairs}), rule_set=round_row["rule_set"],
             )  # fmt: skip
             await connection.execute(
                 """UPDATE matching_rounds SET solved_at = now(), summary = $3::jsonb
@@ -284,11 +344,14 @@ class RoundActivities:
                               OR {LEFT_THE_DIRECTORY.format(id="p.mentor_id")} THEN $4
                             WHEN (SELECT count(*) FROM open_relationships o
                                    WHERE o.programme_id = p.programme_id AND o.mentee_id = p.mentee_id
-                                     AND o.relationship_id <> p.relationship_id) >= $6 THEN $5
+                                     AND o.relationship_id <> p.relationship_id)
+                                  >= (SELECT {mentee_quota_of('q.profile', '$6')} FROM matching_profiles q
+                                       WHERE q.programme_id = p.programme_id AND q.role = 'mentee'
+                                         AND q.participant_id = p.mentee_id) THEN $5
                        END AS blocked
                   FROM matching_round_pairs p
                  WHERE p.programme_id = $1 AND p.round_id = $2 AND p.proposed_at IS NULL
-                 ORDER BY p.mentee_id LIMIT $3""",
+                 ORDER BY p.mentee_id, p.mentor_id LIMIT $3""",
             request.programme_id, request.round_id, request.batch_size, LEFT, IN_A_RELATIONSHIP,
             settings.max_open_relationships_per_mentee,
         )  # fmt: skip
@@ -309,9 +372,9 @@ class RoundActivities:
                                                      relationship_id=row["relationship_id"]))  # fmt: skip
         await self._pool.execute(
             """UPDATE matching_round_pairs p SET proposed_at = now(), outcome = t.outcome
-                 FROM unnest($3::text[], $4::text[]) AS t(mentee_id, outcome)
-                WHERE p.programme_id = $1 AND p.round_id = $2 AND p.mentee_id = t.mentee_id""",
-            request.programme_id, request.round_id, [row["mentee_id"] for row in rows], list(outcomes),
+                 FROM unnest($3::text[], $4::text[]) AS t(relationship_id, outcome)
+                WHERE p.programme_id = $1 AND p.round_id = $2 AND p.relationship_id = t.relationship_id""",
+            request.programme_id, request.round_id, [row["relationship_id"] for row in rows], list(outcomes),
         )  # fmt: skip
         remaining = await self._pool.fetchval(
             """SELECT count(*) FROM matching_round_pairs
@@ -372,17 +435,46 @@ class RoundActivities:
         return "proposed" if result.applied else "already_proposed"
 
 
-def _mentor(document: str) -> MentorProfile:
-    try:
-        return MentorProfile.model_validate_json(document)
-    except ValidationError as error:
-        raise ApplicationError(f"a stored mentor profile no longer validates: {error.error_count()} errors",
-                               non_retryable=True) from None  # fmt: skip
+@dataclass(frozen=True)
+class _Unmatched:
+    """Why a mentee got no mentor in the round: mentors ruled out by reason, and how many
+    allowed ones all went to others."""
+
+    mentee_id: str
+    excluded: dict[str, int]
+    allowed: int
 
 
-def _mentee(document: str) -> MenteeProfile:
+def _why_unmatched(
+    mentees: list[MenteeProfile], mentors: list[MentorProfile], settings: MatchingSettings, week_of: date,
+    has_mentor: list[bool], scores: np.ndarray, objective: Objective,
+) -> list[_Unmatched]:  # fmt: skip
+    counts = exclusion_counts(mentees, mentors, settings, week_of, has_mentor=has_mentor)
+    threshold = 0 if objective == "max_matched" else 1
+    allowed = (scores >= threshold).sum(axis=1).tolist() if len(mentees) else []
+    return [_Unmatched(m.participant_id, c, a) for m, c, a in zip(mentees, counts, allowed, strict=True)]
+
+
+def _quota(mentee: MenteeProfile, settings: MatchingSettings) -> int:
+    return settings.max_open_relationships_per_mentee if mentee.mentor_quota is None else mentee.mentor_quota
+
+
+def _round_settings(settings: MatchingSettings, rule_set: str | None) -> MatchingSettings:
     try:
-        return MenteeProfile.model_validate_json(document)
-    except ValidationError as error:
-        raise ApplicationError(f"a stored mentee profile no longer validates: {error.error_count()} errors",
-                               non_retryable=True) from None  # fmt: skip
+        return settings.for_round(rule_set)
+    except KeyError as error:
+        raise ApplicationError(str(error.args[0]), type="UnknownRuleSet", non_retryable=True) from None
+
+
+def _relationship_ids(programme_id: str, round_id: str, pairs: list[PairScore]) -> list[str]:
+    """One relationship per pair: a mentee's first pair (by mentor id) keeps the id a round
+    always gave its mentee, further pairs name their mentor too."""
+    seen: set[str] = set()
+    ids = []
+    for pair in sorted(pairs, key=lambda p: (p.mentee_id, p.mentor_id)):
+        first = pair.mentee_id not in seen
+        seen.add(pair.mentee_id)
+        ids.append((pair.mentee_id, pair.mentor_id,
+                    round_relationship_id(programme_id, round_id, pair.mentee_id, None if first else pair.mentor_id)))  # fmt: skip
+    by_pair = {(mentee, mentor): rid for mentee, mentor, rid in ids}
+    return [by_pair[p.mentee_id, p.mentor_id] for p in pairs]

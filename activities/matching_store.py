@@ -4,6 +4,12 @@ who is already in a relationship (migrations/0004_matching.sql, 0009_mentor_load
 A mentor's load is the number of their slots: one per open relationship holding them,
 however it was matched. Capacity is enforced only by the database (reserve_mentor_slot(),
 and a round's own reservations under the same per-mentor locks), never counted here.
+
+Profile attributes the programme declares confidential (pairing.settings.AttributeSpec)
+are stored encrypted, like confidential text in the event store (activities/data_keys.py):
+one data key per programme's profiles (`data_keys` row `profiles/<programme>`), each value
+replaced by `{"$enc": …}` with the place (role, participant, attribute) as associated
+data. Encryption is deterministic, so importing the same file again still changes nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
+from activities.data_keys import ENCRYPTED, DataKeyError, DataKeys, StreamCipher, field_aad
+from mentorflow.keyring import Keyring
 from pairing.profiles import MenteeProfile, MentorProfile, Role
 from pairing.requests import SlotRelease, SlotRequest, SlotReservation
 from pairing.settings import MatchingSettings
@@ -21,6 +30,11 @@ from pairing.settings import MatchingSettings
 # SQL conditions on a participant id column (`{id}`), shared by the pool and rounds.
 # Someone the directory lists as having left (absent from the directory: not left).
 LEFT_THE_DIRECTORY = "EXISTS (SELECT 1 FROM participants d WHERE d.participant_id = {id} AND d.status = 'left')"
+
+
+def mentee_quota_of(profile: str, default: str) -> str:
+    """SQL: a mentee's quota of open relationships: their profile's `mentor_quota`, else `default`."""
+    return f"COALESCE(({profile}->>'mentor_quota')::int, {default})"
 
 
 def open_relationships_of(programme: str, mentee: str) -> str:
@@ -47,26 +61,91 @@ class MenteeStanding:
     current_mentors: tuple[str, ...]
 
 
-def _profile_json(profile: MentorProfile | MenteeProfile) -> str:
-    return json.dumps(profile.model_dump(mode="json"), separators=(",", ":"), sort_keys=True)
+def profiles_key_id(programme_id: str) -> str:
+    """The `data_keys` row of a programme's profile attributes (never a relationship id: those have no '/')."""
+    return f"profiles/{programme_id}"
 
 
-def load_profile(role: Role, document: str) -> MentorProfile | MenteeProfile:
+def _attribute_aad(programme_id: str, role: str, participant_id: str, name: str) -> bytes:
+    return field_aad(profiles_key_id(programme_id), 0, (role, participant_id, "attributes", name))
+
+
+def _profile_json(
+    programme_id: str, profile: MentorProfile | MenteeProfile, confidential: set[str], cipher: StreamCipher | None
+) -> str:
+    # Fields added since the first profiles were stored are left out while unset, so a
+    # profile stored before them reads as unchanged on a re-import.
+    data = profile.model_dump(mode="json", exclude={"mentor_quota"} if getattr(profile, "mentor_quota", 0) is None else None)
+    attributes = data.pop("attributes", {})
+    sealed: dict[str, Any] = {}
+    for name, value in attributes.items():
+        if name in confidential:
+            if cipher is None:
+                raise DataKeyError(
+                    f"attribute {name!r} is confidential: storing it needs MENTORFLOW_ENCRYPTION_KEYS"
+                )
+            aad = _attribute_aad(programme_id, profile.role, profile.participant_id, name)
+            value = {ENCRYPTED: cipher.seal(json.dumps(value, separators=(",", ":")), aad)}
+        sealed[name] = value
+    if sealed:
+        data["attributes"] = sealed
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def load_profile(
+    role: Role, document: str, *, programme_id: str = "", cipher: StreamCipher | None = None
+) -> MentorProfile | MenteeProfile:
+    """A stored profile. Confidential attributes are decrypted with `cipher`; without one
+    they are left out (a reader that is not given the keys sees the rest)."""
     data = json.loads(document)
+    attributes = data.get("attributes") or {}
+    for name, value in list(attributes.items()):
+        if isinstance(value, dict) and isinstance(value.get(ENCRYPTED), str):
+            if cipher is None:
+                del attributes[name]
+                continue
+            aad = _attribute_aad(programme_id, role, data.get("participant_id", ""), name)
+            try:
+                attributes[name] = json.loads(cipher.open(value[ENCRYPTED], aad))
+            except Exception:
+                raise DataKeyError(f"attribute {name!r} of {role} {data.get('participant_id')} in {programme_id} "
+                                   "does not decrypt: the stored value was altered or moved") from None  # fmt: skip
     return MentorProfile.model_validate(data) if role == "mentor" else MenteeProfile.model_validate(data)
 
 
 class ProfileStore:
-    """Mentor and mentee profiles and programme matching settings in PostgreSQL."""
+    """Mentor and mentee profiles and programme matching settings in PostgreSQL. `keyring`:
+    the keys that wrap the data key of confidential attributes (None: such attributes can
+    be neither stored nor read)."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring | None = None):
         self._pool = pool
+        self._keys = DataKeys(pool, keyring)
+
+    async def cipher(self, programme_id: str, *, create: bool = False) -> StreamCipher | None:
+        """The cipher of the programme's confidential attributes (None: no keyring, or none stored yet)."""
+        if self._keys.keyring is None:
+            return None
+        key_id = profiles_key_id(programme_id)
+        if create:
+            return await self._keys.for_append(key_id)
+        row = await self._pool.fetchrow("SELECT wrapped_key, kek_id FROM data_keys WHERE stream_id = $1", key_id)
+        return None if row is None else self._keys.from_row(key_id, row["wrapped_key"], row["kek_id"])
+
+    async def load(self, programme_id: str, role: Role, documents: Sequence[str]) -> list[MentorProfile | MenteeProfile]:
+        """Stored profiles of the programme, confidential attributes decrypted where the keys allow."""
+        cipher = await self.cipher(programme_id) if any(ENCRYPTED in d for d in documents) else None
+        return [load_profile(role, d, programme_id=programme_id, cipher=cipher) for d in documents]
 
     async def save_profiles(self, programme_id: str, profiles: Sequence[MentorProfile | MenteeProfile]) -> SaveCounts:
         """Insert or update; a profile equal to the stored one is left alone (updated_at too).
         Slots already held count against a new mentor's capacity: they are keyed by mentor
         id, not by profile."""
         counts = SaveCounts()
+        settings = await self.get_settings(programme_id)
+        confidential = {name for name, spec in settings.attributes.items() if spec.confidential}
+        needs_key = any(name in confidential for p in profiles for name in p.attributes)
+        cipher = await self.cipher(programme_id, create=True) if needs_key and self._keys.keyring else None
         for start in range(0, len(profiles), 1000):
             batch = profiles[start : start + 1000]
             rows = await self._pool.fetch(
@@ -83,7 +162,7 @@ class ProfileStore:
                 programme_id,
                 [p.role for p in batch],
                 [p.participant_id for p in batch],
-                [_profile_json(p) for p in batch],
+                [_profile_json(programme_id, p, confidential, cipher) for p in batch],
                 [p.capacity if isinstance(p, MentorProfile) else 0 for p in batch],
                 [p.active for p in batch],
             )
@@ -98,14 +177,14 @@ class ProfileStore:
             "SELECT profile FROM matching_profiles WHERE programme_id = $1 AND role = $2 AND participant_id = $3",
             programme_id, role, participant_id,
         )  # fmt: skip
-        return None if document is None else load_profile(role, document)
+        return None if document is None else (await self.load(programme_id, role, [document]))[0]
 
     async def list_profiles(self, programme_id: str, role: Role) -> list[MentorProfile | MenteeProfile]:
         rows = await self._pool.fetch(
             "SELECT profile FROM matching_profiles WHERE programme_id = $1 AND role = $2 ORDER BY participant_id",
             programme_id, role,
         )  # fmt: skip
-        return [load_profile(role, row["profile"]) for row in rows]
+        return await self.load(programme_id, role, [row["profile"] for row in rows])
 
     async def slots_taken(self, programme_id: str) -> dict[str, int]:
         """Each mentor's load: their open relationships in the programme, however matched

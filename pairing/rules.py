@@ -49,6 +49,8 @@ def coerce(spec: AttributeSpec, raw: AttributeValue | str | int | list[str]) -> 
         if not text:
             raise ValueError("must not be empty")
         return text
+    if isinstance(raw, bool):
+        raise ValueError("must be one or more texts")
     items = _LIST_SEPARATORS.split(raw) if isinstance(raw, str) else [str(item) for item in raw]
     return frozenset(normalise_topic(item) for item in items if normalise_topic(item))
 

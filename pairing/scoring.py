@@ -291,7 +291,7 @@ class _Cohort:
         self.mentee_has_slots = np.array([bool(p.availability) for p in mentees], dtype=bool)
         self.mentor_has_slots = np.array([bool(p.availability) for p in mentors], dtype=bool)
 
-        formats = {f: k for k, f in enumerate(sorted({f for p in (*mentees, *mentors) for f in p.formats}))}
+        formats: dict[str, int] = {f: k for k, f in enumerate(sorted({f for p in (*mentees, *mentors) for f in p.formats}))}
         self.mentee_formats = _membership([p.formats for p in mentees], formats)
         self.mentor_formats = _membership([p.formats for p in mentors], formats)
         languages = {x: k for k, x in enumerate(sorted({x for p in (*mentees, *mentors) for x in p.languages}))}
@@ -335,7 +335,7 @@ class _Cohort:
              settings.require_common_language),
         ):  # fmt: skip
             common = (ours[rows] @ theirs.T) > 0
-            both = ours[rows].any(axis=1)[:, None] & theirs.any(axis=1)[None, :]
+            both = np.asarray(ours[rows].any(axis=1))[:, None] & np.asarray(theirs.any(axis=1))[None, :]
             total += weight * np.where(both, np.where(common, FULL, 0), UNKNOWN)
             if required:
                 passes.append((reason, ~both | common))
@@ -426,7 +426,6 @@ def exclusion_counts(
             if excluded:
                 counts[start + offset][BELOW_MINIMUM] = excluded
     for i, j in set(excluded_pairs(mentees, mentors)):
-        reason = exclusion_reason(mentees[i], mentors[j])
-        if reason is not None:
-            counts[i][reason] = counts[i].get(reason, 0) + 1
+        if (relational := exclusion_reason(mentees[i], mentors[j])) is not None:
+            counts[i][relational] = counts[i].get(relational, 0) + 1
     return counts

@@ -17,6 +17,7 @@ rules:
 rule_sets:                        # a round may name one: the programme's rules, changed
   last-round:
     rules: [{name: still unmatched, score: unmatched, points: 6}]
+max_open_relationships_per_mentee: 3   # the mentee quota (a profile's mentor_quota overrides it)
 ```
 
 A `require` rule excludes the pairs that break it (mentor − mentee for a window); a
@@ -153,12 +154,14 @@ class MatchingRule(BaseModel):
 
 
 class RuleSet(BaseModel):
-    """A round's own rules: the programme's rules without those named in `without`, plus `rules`."""
+    """A round's own rules: the programme's rules without those named in `without`, plus
+    `rules`; and, if given, its own `mentors_per_round`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rules: tuple[MatchingRule, ...] = ()
     without: tuple[RuleName, ...] = ()
+    mentors_per_round: int | None = Field(default=None, ge=1, le=20)
 
 
 def _check_rules(rules: tuple[MatchingRule, ...], attributes: Mapping[str, AttributeSpec], where: str) -> None:
@@ -204,9 +207,11 @@ class MatchingSettings(BaseModel):
     min_seniority_gap: int | None = Field(default=None, ge=-20, le=20)
     # A mentee's quota: the open relationships (mentors) they may have in the programme at
     # once, however matched; a mentee profile's `mentor_quota` overrides it. The pool finds
-    # nobody for, and a round leaves out, a mentee who has as many already; a round may give
-    # a mentee several mentors, up to what is left of the quota.
+    # nobody for, and a round leaves out, a mentee who has as many already.
     max_open_relationships_per_mentee: int = Field(default=1, ge=1, le=20)
+    # How many mentors one round may give a mentee (never more than is left of the quota):
+    # 1, like a round of mentor-match; 2 with a quota of 2 gives both mentors at once.
+    mentors_per_round: int = Field(default=1, ge=1, le=20)
     # The programme's own attributes and rules (see the module's docstring).
     attributes: dict[AttributeName, AttributeSpec] = Field(default_factory=dict, max_length=100)
     rules: tuple[MatchingRule, ...] = Field(default=(), max_length=100)
@@ -234,7 +239,10 @@ class MatchingSettings(BaseModel):
             known = ", ".join(sorted(self.rule_sets)) or "none"
             raise KeyError(f"the programme has no rule set {rule_set!r} (rule sets: {known})")
         kept = tuple(rule for rule in self.rules if rule.name not in chosen.without)
-        return self.model_copy(update={"rules": (*kept, *chosen.rules), "rule_sets": {}})
+        update: dict[str, object] = {"rules": (*kept, *chosen.rules), "rule_sets": {}}
+        if chosen.mentors_per_round is not None:
+            update["mentors_per_round"] = chosen.mentors_per_round
+        return self.model_copy(update=update)
 
     @property
     def max_points(self) -> int:

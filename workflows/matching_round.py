@@ -19,37 +19,27 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from pairing.rounds import ProposeBatch, ProposeRequest, RoundMembers, RoundRequest, RoundSolution
-    from events.settings import ProgrammeSettings
-    from pairing.profiles import Identifier
-    from pairing.settings import Objective
+    from pairing.rounds import (
+        ProposalOptions,
+        ProposeBatch,
+        ProposeRequest,
+        RoundMembers,
+        RoundRequest,
+        RoundScope,
+        RoundSolution,
+    )
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
 
-class MatchingRoundInput(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    programme_id: Identifier
-    round_id: Identifier
-    # Who the proposals come from (must be a coordinator if the programme names any).
-    coordinator_id: Identifier = "matching-round"
-    # Only these mentees (default: every active mentee of the programme with fewer open
-    # relationships than its matching settings allow, who has not left the directory).
-    mentee_ids: tuple[Identifier, ...] | None = None
-    # Overrides the programme's objective for this round.
-    objective: Objective | None = None
+class MatchingRoundInput(RoundScope, ProposalOptions):
     # The week whose calendar availability is compared in (default: the round's start).
     week_of: date | None = None
-    # The rules each new relationship copies.
-    # None: each relationship reads its programme's settings as it starts.
-    relationship_settings: ProgrammeSettings | None = None
-    batch_size: int = Field(default=200, ge=1, le=2000)
 
 
 class MatchingRoundResult(BaseModel):
@@ -87,11 +77,7 @@ class MatchingRound:
     @workflow.run
     async def run(self, input: MatchingRoundInput) -> MatchingRoundResult:
         request = RoundRequest(
-            programme_id=input.programme_id,
-            round_id=input.round_id,
-            week_of=input.week_of or workflow.now().date(),
-            mentee_ids=input.mentee_ids,
-            objective=input.objective,
+            **input.model_dump(include=set(RoundScope.model_fields)), week_of=input.week_of or workflow.now().date()
         )
         members: RoundMembers = await workflow.execute_activity(
             "collect_round_members",
@@ -121,9 +107,7 @@ class MatchingRound:
                 ProposeRequest(
                     programme_id=input.programme_id,
                     round_id=input.round_id,
-                    coordinator_id=input.coordinator_id,
-                    relationship_settings=input.relationship_settings,
-                    batch_size=input.batch_size,
+                    **input.model_dump(include=set(ProposalOptions.model_fields)),
                 ),
                 result_type=ProposeBatch,
                 start_to_close_timeout=timedelta(minutes=10),
