@@ -17,7 +17,16 @@ through. Cells use a small syntax that survives spreadsheets:
 | `formats` | `video; in person; phone; chat` |
 | `reports_to` | `emp-7; emp-2` (the management chain, direct manager first) |
 | `previous_partners`, `opt_out`, `preferred` | `emp-3; emp-9` |
+| `mentor_quota` (mentees) | `2` (mentors at once; default: the programme's) |
+| `attr:NAME` | `attr:grade` = `5`, `attr:characteristics` = `carer; lgbt+` |
 | `active` | `yes` / `no` |
+
+`attr:NAME` columns carry the programme's own attributes (declared in its matching
+settings with a kind and a confidentiality class); in JSON they are one object,
+`"attributes": {"grade": 5, "characteristics": ["carer", "lgbt+"]}`. Given the programme's
+settings, each value is checked against its declaration (an undeclared attribute or a
+value of the wrong kind rejects the row) and stored in its kind's form; a cell left empty
+means the attribute is not given.
 
 Lists may be separated by `;`, `,` or `|`. JSON files hold an array of objects (or one
 object per line) with the same keys; there a value may also be a real list
@@ -38,6 +47,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pairing.profiles import WEEKDAYS, AnyProfile, MenteeProfile, MentorProfile, Role
+from pairing.rules import coerce
+from pairing.settings import MatchingSettings
 
 FileFormat = Literal["csv", "json"]
 
@@ -48,8 +59,9 @@ _FORMAT_ALIASES = {"in person": "in_person", "in-person": "in_person", "inperson
 _TRUE = {"yes", "y", "true", "1", "active"}
 _FALSE = {"no", "n", "false", "0", "inactive"}
 
-_COMMON_FIELDS = set(MenteeProfile.model_fields) & set(MentorProfile.model_fields)
 KNOWN_FIELDS = set(MenteeProfile.model_fields) | set(MentorProfile.model_fields)
+# A CSV column (or JSON key) `attr:grade` is the attribute `grade`.
+ATTRIBUTE_PREFIX = "attr:"
 
 
 class RowProblem(BaseModel):
@@ -78,8 +90,11 @@ class RowError(ValueError):
         self.line = line
 
 
-def parse_profiles(text: str, file_format: FileFormat, *, role: Role | None = None) -> ParsedProfiles:
-    """Read profiles from a file's text. `role` applies to rows without a `role` column."""
+def parse_profiles(
+    text: str, file_format: FileFormat, *, role: Role | None = None, settings: MatchingSettings | None = None
+) -> ParsedProfiles:
+    """Read profiles from a file's text. `role` applies to rows without a `role` column;
+    `settings`: the programme's, to check attributes against their declarations."""
     profiles: list[tuple[int, AnyProfile]] = []
     problems: list[RowProblem] = []
     ignored: set[str] = set()
@@ -97,8 +112,8 @@ def parse_profiles(text: str, file_format: FileFormat, *, role: Role | None = No
                 raise row
             if not isinstance(row, Mapping):
                 raise RowError("expected an object with the profile's fields")
-            ignored |= {str(key) for key in row if key not in KNOWN_FIELDS}
-            profile = profile_from_row(row, role=role)
+            ignored |= {str(key) for key in row if key not in KNOWN_FIELDS and not str(key).startswith(ATTRIBUTE_PREFIX)}
+            profile = profile_from_row(row, role=role, settings=settings)
         except RowError as error:
             problems.append(RowProblem(line=line, participant_id=participant_id, reason=str(error)))
             continue
@@ -115,14 +130,19 @@ def parse_profiles(text: str, file_format: FileFormat, *, role: Role | None = No
     return ParsedProfiles(profiles=profiles, problems=problems, ignored_columns=sorted(ignored))
 
 
-def profile_from_row(row: Mapping[str, Any], *, role: Role | None = None) -> AnyProfile:
+def profile_from_row(
+    row: Mapping[str, Any], *, role: Role | None = None, settings: MatchingSettings | None = None
+) -> AnyProfile:
     """One profile from one row or object (cells in the spreadsheet syntax, or JSON values)."""
     given_role = _text(row.get("role")) or role
     if given_role not in ("mentor", "mentee"):
         raise RowError("role must be mentor or mentee")
     fields: dict[str, Any] = {}
+    attributes = _attributes(row, settings)
+    if attributes:
+        fields["attributes"] = attributes
     for name, value in row.items():
-        if name not in KNOWN_FIELDS or name == "role" or _blank(value):
+        if name not in KNOWN_FIELDS or name in ("role", "attributes") or _blank(value):
             continue
         if name == "strengths":
             value = _pairs(value, "topic", "level")
@@ -146,6 +166,33 @@ def profile_from_row(row: Mapping[str, Any], *, role: Role | None = None) -> Any
     if misplaced:
         raise RowError(f"a {given_role} has no {', '.join(misplaced)}")
     return model.model_validate(fields)
+
+
+def _attributes(row: Mapping[str, Any], settings: MatchingSettings | None) -> dict[str, Any]:
+    """The row's attributes (`attributes` object and `attr:NAME` cells), checked against the
+    programme's declarations when `settings` are given (then in their kind's form)."""
+    given = row.get("attributes")
+    if not _blank(given) and not isinstance(given, Mapping):
+        raise RowError("attributes must be an object of NAME: VALUE (in CSV: one attr:NAME column each)")
+    found: dict[str, Any] = dict(given) if isinstance(given, Mapping) else {}
+    for key, value in row.items():
+        if str(key).startswith(ATTRIBUTE_PREFIX):
+            found[str(key).removeprefix(ATTRIBUTE_PREFIX)] = value
+    found = {name: value for name, value in found.items() if not _blank(value) and value != []}
+    if settings is None:
+        return found
+    checked: dict[str, Any] = {}
+    for name, value in sorted(found.items()):
+        spec = settings.attributes.get(name)
+        if spec is None:
+            declared = ", ".join(sorted(settings.attributes)) or "none"
+            raise RowError(f"attributes.{name}: not declared in the programme's matching settings (declared: {declared})")
+        try:
+            canonical = coerce(spec, value)
+        except ValueError as error:
+            raise RowError(f"attributes.{name}: {error} (a {spec.kind} attribute)") from None
+        checked[name] = sorted(canonical) if isinstance(canonical, frozenset) else canonical
+    return checked
 
 
 def describe_errors(error: ValidationError) -> str:

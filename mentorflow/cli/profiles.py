@@ -26,7 +26,6 @@ from mentorflow.cli.shared import (
     out,
     reports_problems,
 )
-from workflows.relationship import describe_validation_error
 
 profiles_app = typer.Typer(
     help="Mentor and mentee profiles for matching: strengths, goals, availability, languages, "
@@ -40,10 +39,17 @@ RoleOption = Annotated[str | None, typer.Option("--role", help="mentor or mentee
 
 
 def _with_matching(action: Callable[[Any], Coroutine[Any, Any, R]]) -> R:
-    """Run `action` with the matching activities on the configured database, migrated first."""
+    """Run `action` with the matching activities on the configured database, migrated first;
+    with the keys (MENTORFLOW_ENCRYPTION_KEYS, or `mentorflow dev`'s) when there are any, which
+    confidential profile attributes need."""
     from activities.matching import MatchingActivities
+    from mentorflow.config import ConfigurationError, Settings
 
-    return _with_database(lambda pool: action(MatchingActivities(pool)))
+    try:
+        keyring = Settings.from_env().keyring(dev_key_file=True)
+    except ConfigurationError:
+        keyring = None
+    return _with_database(lambda pool: action(MatchingActivities(pool, keyring=keyring)))
 
 
 def _role(role: str | None) -> Any:
@@ -74,9 +80,11 @@ def import_profiles(
 
     Columns: participant_id, role, timezone, seniority, capacity, strengths ("python:5; sql"),
     goals ("public speaking:3; python"), availability ("mon-fri 09:00-10:00"), languages,
-    formats, reports_to, previous_partners, opt_out, preferred, active. Other columns (a
-    name, an email address) are ignored and listed. Importing the same file twice changes
-    nothing. Exits with 2 when a row was rejected (the good rows are imported all the same).
+    formats, reports_to, previous_partners, opt_out, preferred, mentor_quota, active, and
+    attr:NAME for each attribute the programme's matching settings declare (JSON: an
+    "attributes" object). Other columns (a name, an email address) are ignored and listed.
+    Importing the same file twice changes nothing. Exits with 2 when a row was rejected (the
+    good rows are imported all the same).
     """
     from pairing.importing import parse_profiles
 
@@ -93,13 +101,16 @@ def import_profiles(
         text = file.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise Problem(f"{file}: {error.strerror}", exit_code=2) from None
-    parsed = parse_profiles(text, kind, role=_role(role))
-    profiles = [profile for _, profile in parsed.profiles]
+    wanted_role = _role(role)
 
     async def save(matching: Any) -> Any:
-        return await matching.profiles.save_profiles(programme, profiles)
+        # The programme's settings say which attributes exist and which are confidential.
+        parsed = parse_profiles(text, kind, role=wanted_role, settings=await matching.profiles.get_settings(programme))
+        profiles = [profile for _, profile in parsed.profiles]
+        return parsed, (await matching.profiles.save_profiles(programme, profiles) if profiles else None)
 
-    counts = _with_matching(save) if profiles else None
+    parsed, counts = _with_matching(save)
+    profiles = parsed.profiles
     inserted, updated, unchanged = (counts.inserted, counts.updated, counts.unchanged) if counts else (0, 0, 0)
     for problem in parsed.problems:
         err.print(f"[bold red]error:[/bold red] {escape(str(file))} {escape(str(problem))}")
@@ -129,16 +140,17 @@ def set_profile(
     """Add or update one profile (the same keys as a JSON import)."""
     from pairing.importing import parse_profiles
 
-    parsed = parse_profiles(_read_text(profile), "json", role=_role(role))
-    if parsed.problems or len(parsed.profiles) != 1:
-        reason = parsed.problems[0].reason if parsed.problems else "expected exactly one JSON object"
-        raise Problem(f"profile: {reason}", exit_code=2)
-    one = parsed.profiles[0][1]
+    text, wanted_role = _read_text(profile), _role(role)
 
     async def save(matching: Any) -> Any:
-        return await matching.profiles.save_profiles(programme, [one])
+        parsed = parse_profiles(text, "json", role=wanted_role, settings=await matching.profiles.get_settings(programme))
+        if parsed.problems or len(parsed.profiles) != 1:
+            reason = parsed.problems[0].reason if parsed.problems else "expected exactly one JSON object"
+            raise Problem(f"profile: {reason}", exit_code=2)
+        one = parsed.profiles[0][1]
+        return one, await matching.profiles.save_profiles(programme, [one])
 
-    counts = _with_matching(save)
+    one, counts = _with_matching(save)
     what = "added" if counts.inserted else "updated" if counts.updated else "unchanged"
     out.print(f"{one.role} {escape(one.participant_id)} in {escape(programme)}: {what}")
 
@@ -204,29 +216,78 @@ def list_profiles(programme: ProgrammeOption, as_json: JsonOption = False) -> No
 @reports_problems
 def explain_pair(
     mentee_id: Annotated[str, typer.Argument(help="The mentee's id.")],
-    mentor_id: Annotated[str, typer.Argument(help="The mentor's id.")],
     programme: ProgrammeOption,
+    mentor_id: Annotated[str | None, typer.Argument(help="The mentor's id (none: why this mentee may go unmatched).")] = None,
+    rule_set: Annotated[str | None, typer.Option("--rule-set", help="Judge with one of the programme's rule sets.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Score one pair with the programme's settings and say why (and whether it is excluded)."""
-    from pairing.scoring import score_pair
+    """Score one pair with the programme's settings and say why: every criterion, every rule
+    and score term of the programme by name, and whether the pair is excluded. Without a
+    mentor: how many of the programme's active mentors each reason rules out for the mentee."""
+    from pairing.scoring import exclusion_counts, score_pair
 
     async def load(matching: Any) -> Any:
         mentee = await matching.profiles.get_profile(programme, "mentee", mentee_id)
-        mentor = await matching.profiles.get_profile(programme, "mentor", mentor_id)
-        return mentee, mentor, await matching.profiles.get_settings(programme)
+        mentors = ([await matching.profiles.get_profile(programme, "mentor", mentor_id)] if mentor_id is not None
+                   else [m for m in await matching.profiles.list_profiles(programme, "mentor") if m.active])  # fmt: skip
+        standing = await matching.profiles.mentee_standing(programme, mentee_id, "")
+        return mentee, mentors, await matching.profiles.get_settings(programme), standing.other_relationships > 0
 
-    mentee, mentor, matching_settings = _with_matching(load)
-    if mentee is None or mentor is None:
+    mentee, mentors, stored_settings, has_mentor = _with_matching(load)
+    try:
+        matching_settings = stored_settings.for_round(rule_set)
+    except KeyError as error:
+        raise Problem(str(error.args[0]), exit_code=2) from None
+    if mentee is None or None in mentors:
         missing = f"mentee {mentee_id}" if mentee is None else f"mentor {mentor_id}"
         raise Problem(f"no profile for {missing} in {programme}")
-    pair = score_pair(mentee, mentor, matching_settings, datetime.now(UTC).date())
+    today = datetime.now(UTC).date()
+    if mentor_id is None:
+        [counts] = exclusion_counts([mentee], mentors, matching_settings, today, has_mentor=[has_mentor])
+        if as_json:
+            print(json.dumps({"mentee_id": mentee_id, "mentors": len(mentors), "excluded": counts}))
+            return
+        out.print(escape(describe_exclusions(len(mentors), counts)))
+        return
+    pair = score_pair(mentee, mentors[0], matching_settings, today, has_mentor=has_mentor)
     if as_json:
         print(pair.model_dump_json())
         return
     out.print(escape(pair.explanation))
+    for rule in matching_settings.rules:
+        outcome = pair.rules.get(rule.name, "")
+        points = f" {pair.terms[rule.name]:+d}" if rule.name in pair.terms else ""
+        out.print(f"  rule {escape(rule.name)} ({escape(rule.describe())}): {escape(outcome)}{points}")
     if pair.excluded:
         out.print(f"[bold red]never proposed:[/bold red] {escape(pair.excluded)}")
+
+
+def describe_exclusions(mentors: int, counts: dict[str, int]) -> str:
+    """'of 40 mentors: 25 rule 'other organisation', 3 no common language' (reasons only, no values)."""
+    if not counts:
+        return f"none of {mentors} mentors is ruled out"
+    listed = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"of {mentors} mentors ruled out: {listed}"
+
+
+def _settings_document(source: str) -> Any:
+    """The matching settings in `source` (inline JSON, '-', or a JSON/YAML file; a programme
+    file's `matching` section)."""
+    import yaml
+
+    text = _read_text(source)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise Problem(f"matching settings: neither JSON nor YAML ({error})", exit_code=2) from None
+    if isinstance(document, dict) and "programme_id" in document:
+        document = document.get("matching") or {}
+    if not isinstance(document, dict):
+        raise Problem("matching settings: expected an object of NAME: VALUE", exit_code=2)
+    return document
 
 
 @profiles_app.command("settings")
@@ -236,15 +297,18 @@ def matching_settings(
     new: Annotated[str | None, typer.Option("--set", help="New settings: JSON object, a file holding one, or '-'.")] = None,
 ) -> None:
     """Show (or with --set, replace) the programme's matching settings: criterion weights,
-    objective (max_total or max_matched), minimum score, hard constraints."""
+    objective (max_total or max_matched), minimum score, hard constraints, attributes, rules
+    and rule sets (docs/matching.md). --set takes JSON or YAML, inline or a file; a programme
+    file (programme_id, name, settings) gives its `matching` section."""
+    from pairing.importing import describe_errors
     from pairing.settings import MatchingSettings
 
     replacement = None
     if new is not None:
         try:
-            replacement = MatchingSettings.model_validate_json(_read_text(new))
+            replacement = MatchingSettings.model_validate(_settings_document(new))
         except ValidationError as error:
-            raise Problem(describe_validation_error(error), exit_code=2) from None
+            raise Problem(f"matching settings: {describe_errors(error)}", exit_code=2) from None
 
     async def apply(matching: Any) -> Any:
         changed = None if replacement is None else await matching.profiles.save_settings(programme, replacement)
