@@ -14,9 +14,16 @@ few mentors). On each, in the same run:
   10,000 × 2,500 (`--gale-shapley-all` tries anyway).
 
 Scores are integer points 0–10,000 (about 1% of pairs excluded) and the objective is
-max_total, the one every contestant optimises or approximates. The last line printed is
-one JSON object with every time and total, and our optimality gap against the reference.
-Needs the `bench` extra (scipy, matching).
+max_total, the one every contestant optimises or approximates.
+
+Then, unless `--no-rules`, programme rules (issue #17) on a cohort of profiles
+(bench/matching_rules.py): the code before the rules, ours with rules off (the old path)
+and on, scored and solved in the same run. With `--mentor-match 600x200[,3000x1000]`, the
+side-by-side with the PyPI package `mentor-match` in its own virtual environment
+(bench/matching_mentor_match.py).
+
+The last line printed is one JSON object with every time and total, and our optimality gap
+against the reference. Needs the `bench` extra (scipy, matching).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import queue
 import statistics
@@ -32,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gale-shapley-max-mentees", type=int, default=2000)
     parser.add_argument("--gale-shapley-timeout", type=float, default=300)
     parser.add_argument("--gale-shapley-all", action="store_true")
+    parser.add_argument("--no-rules", action="store_true", help="skip programme rules on profiles (bench/matching_rules.py)")
+    parser.add_argument("--rules-size", default="10000x2500", help="mentees×mentors of the profile cohort")
+    parser.add_argument("--mentor-match", default="", help="sizes for the side-by-side with mentor-match, e.g. 600x200")
+    parser.add_argument("--mentor-match-venv", type=Path, default=None, help="its virtual environment (made if missing)")
     args = parser.parse_args(argv)
 
     # Warm up imports and allocators outside the timings.
@@ -194,13 +207,28 @@ def main(argv: list[str] | None = None) -> None:
             make = uniform_cohort if shape == "uniform" else popular_cohort
             scores, capacities = make(n, m, args.seed)
             cohorts.append(bench_cohort(f"{n}x{m}-{shape}", scores, capacities, args))
-    report = {
+    report: dict[str, Any] = {
         "bench": "matching",
         "date": date.today().isoformat(),
         "machine": f"{multiprocessing.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "load_before": os.getloadavg(),
         "cohorts": cohorts,
         "max_gap": max(entry["gap"] for entry in cohorts),
     }
+    if not args.no_rules:
+        from bench.matching_rules import BASE_REV, bench_rules
+
+        n, m = (int(part) for part in args.rules_size.lower().split("x"))
+        report["rules"] = bench_rules(n, m, args.repeat, args.seed, BASE_REV)
+    if args.mentor_match:
+        from bench.matching_mentor_match import DEFAULT_VENV, side_by_side
+
+        report["mentor_match"] = []
+        for size in args.mentor_match.split(","):
+            n, m = (int(part) for part in size.lower().split("x"))
+            report["mentor_match"].append(side_by_side(n, m, seed=args.seed, repeat=args.repeat, their_repeat=args.repeat,
+                                                       timeout=900, venv=args.mentor_match_venv or DEFAULT_VENV))  # fmt: skip
+    report["load_after"] = os.getloadavg()
     print()
     print(json.dumps(report, separators=(",", ":")))
 
