@@ -41,6 +41,8 @@ round_app = typer.Typer(
 )
 app.add_typer(round_app, name="round")
 
+RuleSetOption = Annotated[str | None, typer.Option("--rule-set", help="One of the programme's rule sets (default: its rules).")]
+
 
 @round_app.command("start")
 @reports_problems
@@ -52,6 +54,7 @@ def start_round(
     mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the round to finish and print its result.")] = False,
     as_json: JsonOption = False,
+    rule_set: RuleSetOption = None,
 ) -> None:
     """Start a programme's matching round (the MatchingRound workflow); prints its workflow id."""
     from activities.matching import round_workflow_id
@@ -59,7 +62,8 @@ def start_round(
 
     try:
         round_input = MatchingRoundInput(programme_id=programme, round_id=round_id, coordinator_id=coordinator,
-                                         objective=objective, mentee_ids=tuple(mentees) if mentees else None)  # fmt: skip
+                                         objective=objective, mentee_ids=tuple(mentees) if mentees else None,
+                                         rule_set=rule_set)  # fmt: skip
     except ValidationError as error:
         raise Problem(describe_validation_error(error), exit_code=2) from None
     workflow_id = round_workflow_id(programme, round_id)
@@ -121,9 +125,10 @@ def run_round(
     objective: Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")] = None,
     mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
     as_json: JsonOption = False,
+    rule_set: RuleSetOption = None,
 ) -> None:
     """Run a programme's matching round to the end, with a progress bar: `round start --wait`."""
-    start_round(programme, round_id, coordinator, objective, mentees, wait=True, as_json=as_json)
+    start_round(programme, round_id, coordinator, objective, mentees, wait=True, as_json=as_json, rule_set=rule_set)
 
 
 @round_app.command("show")
@@ -133,20 +138,26 @@ def show_round(
     round_id: Annotated[str, typer.Option("--round", help="Round id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Show a round's result and every pair it settled on, with why."""
+    """Show a round's result, every pair it settled on with why, and why each mentee it left
+    unmatched was (how many of the round's mentors each reason ruled out)."""
+    from mentorflow.cli.profiles import describe_exclusions
 
     async def load(matching: Any) -> Any:
-        return await matching.round_report(programme, round_id)
+        summary, pairs = await matching.round_report(programme, round_id)
+        return summary, pairs, await matching.round_unmatched(programme, round_id)
 
-    summary, pairs = _with_matching(load)
+    summary, pairs, unmatched = _with_matching(load)
     if summary is None:
         raise Problem(f"round {round_id} of {programme} has not been solved (is it running? is a worker?)")
     if as_json:
-        print(json.dumps({"summary": summary, "pairs": pairs}))
+        print(json.dumps({"summary": summary, "pairs": pairs, "unmatched": unmatched}))
         return
     solution = summary
-    out.print(f"Round {escape(round_id)}: {solution['matched']} of {solution['mentees']} mentees matched with "
-              f"{solution['mentors']} mentors ({solution['objective']}), mean score {solution['mean_score']}")  # fmt: skip
+    mentees_matched = solution.get("mentees_matched", solution["matched"])
+    rules = f", rule set {solution['rule_set']}" if solution.get("rule_set") else ""
+    out.print(f"Round {escape(round_id)}: {mentees_matched} of {solution['mentees']} mentees matched "
+              f"({solution['matched']} pairs) with {solution['mentors']} mentors ({solution['objective']}{escape(rules)}), "
+              f"mean score {solution['mean_score']}")  # fmt: skip
     table = Table()
     for column in ("mentee", "mentor", "score", "why", "proposal"):
         table.add_column(column)
@@ -154,3 +165,7 @@ def show_round(
         table.add_row(escape(pair["mentee_id"]), escape(pair["mentor_id"]), f"{pair['score']:g}",
                       escape(pair["explanation"]), escape(pair["outcome"] or "pending"))  # fmt: skip
     out.print(table)
+    for left in unmatched:
+        why = describe_exclusions(left["mentors"], left["excluded"])
+        taken = f"; {left['allowed']} allowed, all given to others" if left["allowed"] else ""
+        out.print(f"unmatched {escape(left['mentee_id'])}: {escape(why)}{escape(taken)}")
