@@ -21,7 +21,7 @@ written into workflow history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -363,6 +363,19 @@ class _Cohort:
         return np.maximum(total, 0), passes
 
 
+def _blocks(
+    mentees: Sequence[MenteeProfile], mentors: Sequence[MentorProfile], settings: MatchingSettings, week_of: date,
+    has_mentor: Sequence[bool] | None, block_rows: int,
+) -> Iterator[tuple[slice, np.ndarray, list[tuple[str, np.ndarray]]]]:  # fmt: skip
+    """The cohort a block of mentees at a time (bounded memory): rows, points, hard rules."""
+    if not mentees or not mentors:
+        return
+    cohort = _Cohort(mentees, mentors, settings, week_of, has_mentor)
+    for start in range(0, len(mentees), block_rows):
+        rows = slice(start, min(len(mentees), start + block_rows))
+        yield rows, *cohort.block(rows)
+
+
 def score_matrix(
     mentees: Sequence[MenteeProfile],
     mentors: Sequence[MentorProfile],
@@ -376,14 +389,8 @@ def score_matrix(
     pairs that may never be proposed. Equal to `score_pair(...).points` for every allowed
     pair; computed a block of mentees at a time to bound memory. `has_mentor[i]`: mentee i
     has a mentor already (for `unmatched` score terms; default: nobody has)."""
-    n, m = len(mentees), len(mentors)
-    result = np.empty((n, m), dtype=np.int32)
-    if n == 0 or m == 0:
-        return result
-    cohort = _Cohort(mentees, mentors, settings, week_of, has_mentor)
-    for start in range(0, n, block_rows):
-        rows = slice(start, min(n, start + block_rows))
-        total, passes = cohort.block(rows)
+    result = np.empty((len(mentees), len(mentors)), dtype=np.int32)
+    for rows, total, passes in _blocks(mentees, mentors, settings, week_of, has_mentor, block_rows):
         allowed = total >= settings.min_points
         for _, ok in passes:
             allowed &= ok
@@ -405,15 +412,9 @@ def exclusion_counts(
     """For each mentee, how many of `mentors` each reason rules out (a mentor ruled out by two
     reasons counts under both): why a mentee was left unmatched, in aggregate. The score
     minimum counts only mentors that no other reason rules out."""
-    n, m = len(mentees), len(mentors)
-    counts: list[dict[str, int]] = [{} for _ in range(n)]
-    if n == 0 or m == 0:
-        return counts
-    cohort = _Cohort(mentees, mentors, settings, week_of, has_mentor)
-    for start in range(0, n, block_rows):
-        rows = slice(start, min(n, start + block_rows))
-        total, passes = cohort.block(rows)
-        shape = total.shape
+    counts: list[dict[str, int]] = [{} for _ in mentees]
+    for rows, total, passes in _blocks(mentees, mentors, settings, week_of, has_mentor, block_rows):
+        start, shape = rows.start, total.shape
         everything = np.ones(shape, dtype=bool)
         for reason, ok in passes:
             ok = np.broadcast_to(ok, shape)
