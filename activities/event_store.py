@@ -17,7 +17,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.data_keys import ENCRYPTED, FORGOTTEN, SEALED, DataKeys, StreamCipher, has_text, open_payload, seal_payload
-from events.model import CONFIDENTIAL_PATHS, AnyEvent, RelationshipStarted, event_payload, event_payload_json, load_event
+from events.model import CONFIDENTIAL_PATHS, AnyEvent, RelationshipStarted
+from events.store import event_payload, event_payload_json, load_event
 from events.store import (
     STREAM_OWNED_BY_ANOTHER,
     AppendRequest,

@@ -409,34 +409,10 @@ class SubmitReflection(Command):
     text: Confidential = Field(min_length=1)
 
 
-COMMAND_TYPES: dict[str, type[Command]] = {
-    cls.message_name: cls
-    for cls in (
-        ProposeMatch,
-        AcceptMatch,
-        DeclineMatch,
-        ProposeAgreement,
-        SignAgreement,
-        RecordMeeting,
-        CancelMeeting,
-        RescheduleMeeting,
-        RecordGoalProgress,
-        ProposeGoalRevision,
-        AcknowledgeGoalRevision,
-        SubmitFeedback,
-        RaiseConcern,
-        ResolveConcern,
-        RecordIntroduction,
-        ShareResource,
-        PauseRelationship,
-        ResumeRelationship,
-        RequestReview,
-        SubmitReview,
-        CloseRelationship,
-        ReportParticipantLeft,
-        SubmitReflection,
-    )
-}
+# Every command model above, by message name, in the order they are defined (a relationship's
+# lifecycle). Each has its rules (phases, senders) and decision in the module of its stage;
+# events/decider.py refuses to load if one has none.
+COMMAND_TYPES: dict[str, type[Command]] = {cls.message_name: cls for cls in Command.__subclasses__()}
 
 # The actor id the workflow uses for what the directory tells it.
 DIRECTORY_ACTOR = "directory"

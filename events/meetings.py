@@ -1,55 +1,45 @@
-"""The meeting rules the decider applies: when the next meeting is, and which meeting a
-`record_meeting` report is about. Pure, like the rest of `events/`.
+"""Meetings: the cadence keeps the next meeting scheduled; the parties report, cancel and move
+meetings; time asks for an agenda, reminds, and counts an unreported meeting as missed.
 
-**The cadence (rules 2, `CADENCE_RULES`).** The first meeting is the first slot both
-parties are free at least `scheduling_lead` (`MIN_SCHEDULING_LEAD`, or the programme's
-agenda/reminder lead if longer) after the agreement took effect. From the day of the first
-meeting, time is cut into periods one rhythm long (7, 14 or 30 days), and each meeting
-falls in the period after the previous one's, at the first common slot from the start of
-that period's first day. Reports, whenever they arrive, never move this grid (a meeting
-moved into a later period moves the ones after it along). The days are counted in the
-time zone of the first party that gave availability, and every common slot lies inside
-that party's own same-day windows, so a daylight-saving change never moves a meeting into
-the next or the previous period: no week is skipped or doubled. Without availability the
-periods are exact days from the first meeting (UTC) and a meeting is set at its due time.
-A meeting that would end after the term (`term_ends_at`, as pauses and extensions leave
-it) is not scheduled; one the legacy rules left there is planned again inside the term at
-the next decision if there is room, and otherwise left for the final review.
-
-**Reports.** A report names its meeting (`meeting_number`) or is matched by `held_at` to
-the meeting planned nearest to it (cancelled ones aside): the scheduled meeting, one
-counted as missed (a correction), or one already recorded as held — refused as a
-`conflict`, so a second report of the same meeting never counts twice.
-
-**The legacy rules (1, `LEGACY_CADENCE_RULES`)** are those from before: the next meeting
-due one rhythm after the later of the last meeting held and the last planned (the first a
-week after activation), every report taken as the scheduled meeting. A workflow re-decides
-every command and deadline when it replays its history, so a run that made decisions by
-them must go on deciding by them; `RelationshipState.cadence_rules` says which apply.
+When a meeting falls and which meeting a report is about: events/cadence.py.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
-from events.commands import RecordMeeting
-from events.refusals import FieldProblem, RefusalCode, Rejection, refuse
-from events.scheduling import first_common_slot, next_slot
-from events.settings import FREQUENCY_DAYS
-from events.state import CADENCE_RULES, LEGACY_CADENCE_RULES, PastMeeting, RelationshipState, ScheduledMeeting
+from events.cadence import beyond_the_term, meeting_reported, plan_next_meeting
+from events.commands import CancelMeeting, Party, RecordMeeting, RescheduleMeeting
+from events.decision import CADENCE_PHASES, PARTIES, Changes, Emitter, Pause, Stage
+from events.model import (
+    AgendaRequested,
+    FeedbackRequested,
+    MeetingCancelled,
+    MeetingHeld,
+    MeetingMissed,
+    MeetingReminderIssued,
+    MeetingRescheduled,
+    MeetingScheduled,
+)
+from events.refusals import RefusalCode, Rejection, limit, refuse
+from events.state import (
+    CADENCE_RULES,
+    LEGACY_CADENCE_RULES,
+    MeetingOutcome,
+    PastMeeting,
+    RelationshipState,
+    ScheduledMeeting,
+)
 
+# The rule generations are the state's (events/state.py); the workflow's cadence gate takes
+# them from here with `under_cadence_rules`.
 __all__ = [
     "CADENCE_RULES",
-    "FIRST_MEETING_WITHIN",
     "LEGACY_CADENCE_RULES",
     "MAX_RESCHEDULE_AHEAD",
     "MEETING_CLOCK_SKEW",
-    "MIN_SCHEDULING_LEAD",
-    "beyond_the_term",
-    "meeting_reported",
-    "plan_next_meeting",
-    "scheduling_lead",
+    "schedule_next_meeting",
+    "stage",
     "under_cadence_rules",
 ]
 
@@ -57,15 +47,11 @@ __all__ = [
 # minutes, and a report sent from a meeting's own calendar entry may carry its end. A meeting
 # reported further ahead is a clock or input error, not a meeting (refused as `limit`).
 MEETING_CLOCK_SKEW = timedelta(hours=1)
-# A newly scheduled meeting is at least this far ahead, so reminders can still go out.
-MIN_SCHEDULING_LEAD = timedelta(days=1)
-# The first meeting comes within a week of signing, even for a monthly rhythm: the legacy
-# rules set it due then; the anchored ones take the first common slot after the lead, which
-# lies within this when the parties' weekly windows meet after the lead.
-FIRST_MEETING_WITHIN = timedelta(days=7)
 # A meeting is rescheduled at most this far ahead: beyond it is an input error (and a date
 # near the end of the calendar would overflow the deadlines computed from it).
 MAX_RESCHEDULE_AHEAD = timedelta(days=366)
+
+stage = Stage("meetings")
 
 
 def under_cadence_rules(state: RelationshipState, rules: int | None) -> RelationshipState:
@@ -76,169 +62,227 @@ def under_cadence_rules(state: RelationshipState, rules: int | None) -> Relation
     return state.model_copy(update={"cadence_rules": rules})
 
 
-# -- when --------------------------------------------------------------------------------
+def schedule_next_meeting(emit: Emitter) -> None:
+    """Schedule the next meeting if none is (or move one left past the end of the term into
+    it), by the rules in events/cadence.py; nothing when the term has no room for it."""
+    state = emit.current
+    planned = plan_next_meeting(state, emit.now)
+    if planned is None:
+        return
+    number, starts_at = planned
+    assert state.agreement is not None
+    ends_at = starts_at + timedelta(minutes=state.agreement.terms.meeting_minutes)
+    emit(MeetingScheduled, meeting_number=number, starts_at=starts_at, ends_at=ends_at)
 
 
-def plan_next_meeting(state: RelationshipState, now: datetime) -> tuple[int, datetime] | None:
-    """The meeting to (re)plan and its start: the next one when none is scheduled, or — under
-    the anchored rules — a scheduled one that ends after the term, moved into it. None when
-    there is nothing to plan, or no room left in the term for it."""
-    assert state.agreement is not None and state.activated_at is not None and state.meeting_frequency is not None
-    if state.cadence_rules == LEGACY_CADENCE_RULES:
-        if state.next_meeting is not None:
-            return None
-        return state.last_meeting_number + 1, _legacy_start(state, now)
-    if state.next_meeting is None:
-        number = state.last_meeting_number + 1
-        start = _anchored_start(state, state.last_scheduled_start, now)
-    elif beyond_the_term(state, state.next_meeting.ends_at):
-        # Left past the end of the term by the legacy rules: planned again from now.
-        number = state.next_meeting.meeting_number
-        start = _anchored_start(state, _before(state, number, now), now)
-    else:
-        return None
-    return None if start is None else (number, start)
-
-
-def beyond_the_term(state: RelationshipState, ends_at: datetime) -> bool:
-    return state.term_ends_at is not None and ends_at > state.term_ends_at
-
-
-def scheduling_lead(state: RelationshipState) -> timedelta:
-    """How far ahead the anchored rules plan a meeting at the least: `MIN_SCHEDULING_LEAD`,
-    or the programme's agenda-request or reminder lead if longer, so both still go out."""
-    settings = state.settings
-    asks_agenda = state.agreement is not None and state.agreement.terms.agenda_policy != "no_agenda"
-    hours = max(settings.meeting_reminder_lead_hours, settings.agenda_request_lead_hours if asks_agenda else 0)
-    return max(MIN_SCHEDULING_LEAD, timedelta(hours=hours))
-
-
-def _legacy_start(state: RelationshipState, now: datetime) -> datetime:
-    assert state.agreement is not None and state.activated_at is not None and state.meeting_frequency is not None
-    terms = state.agreement.terms
-    interval = timedelta(days=FREQUENCY_DAYS[state.meeting_frequency])
-    anchors = [m for m in (state.last_meeting_at, state.last_scheduled_start) if m is not None]
-    due = max(anchors) + interval if anchors else state.activated_at + min(interval, FIRST_MEETING_WITHIN)
-    return next_slot(max(due, now + MIN_SCHEDULING_LEAD), terms.availability, terms.meeting_minutes)
-
-
-def _anchored_start(state: RelationshipState, previous: datetime | None, now: datetime) -> datetime | None:
-    """The start of the meeting after the one planned for `previous`: on the grid, in the
-    period after that one's (None: the first meeting, at the first slot after the lead).
-    None if it would end after the term."""
-    assert state.agreement is not None and state.activated_at is not None
-    terms = state.agreement.terms
-    lead = scheduling_lead(state)
-    earliest = now + lead
-    if previous is None:
-        search_from = fallback = max(state.activated_at + lead, earliest)
-    else:
-        grid = _Grid(state)
-        period = grid.period_of(previous) + 1
-        search_from, fallback = max(grid.opens(period), earliest), max(grid.due(period), earliest)
-    slot = first_common_slot(search_from, terms.availability, terms.meeting_minutes)
-    start = (fallback if slot is None else slot).astimezone(UTC)
-    return None if beyond_the_term(state, start + timedelta(minutes=terms.meeting_minutes)) else start
-
-
-def _before(state: RelationshipState, number: int, now: datetime) -> datetime:
-    """When the meeting before `number` was, for planning `number` again: its planned start,
-    or now if that lies ahead (a legacy schedule that ran away from the reports) or is unknown."""
-    earlier = [m.starts_at for m in state.past_meetings if m.meeting_number == number - 1]
-    return min(earlier[0], now) if earlier else now
-
-
-class _Grid:
-    """Periods one rhythm long from the first meeting, counted in the reference zone."""
-
-    def __init__(self, state: RelationshipState) -> None:
-        assert state.agreement is not None and state.activated_at is not None and state.meeting_frequency is not None
-        availability = state.agreement.terms.availability
-        # Whole days of the first party that gave availability: its windows never cross
-        # its own midnight, so no common slot ever crosses a period's boundary.
-        self.by_day = bool(availability)
-        self.zone: tzinfo = ZoneInfo(availability[0].timezone) if availability else UTC
-        self.origin = (state.cadence_origin or state.activated_at).astimezone(self.zone)
-        self.days = FREQUENCY_DAYS[state.meeting_frequency]
-
-    def due(self, period: int) -> datetime:
-        """The origin's wall-clock time, `period` rhythms on (where the meeting falls
-        without a common slot)."""
-        return self.origin + timedelta(days=self.days * period)
-
-    def opens(self, period: int) -> datetime:
-        due = self.due(period)
-        if not self.by_day:
-            return due
-        return datetime.combine(due.date(), datetime.min.time(), tzinfo=self.zone)
-
-    def period_of(self, moment: datetime) -> int:
-        if self.by_day:
-            return (moment.astimezone(self.zone).date() - self.origin.date()).days // self.days
-        return (moment - self.origin) // timedelta(days=self.days)
-
-
-# -- which -------------------------------------------------------------------------------
-
-
-def meeting_reported(state: RelationshipState, command: RecordMeeting) -> tuple[int, bool] | Rejection:
-    """Which meeting a report is about, and whether it corrects one counted as missed."""
-    if state.cadence_rules == LEGACY_CADENCE_RULES:
-        return _legacy_meeting_reported(state, command)
-    if command.meeting_number is not None:
-        return _by_number(state, command.meeting_number)
-    return _by_time(state, command.held_at)
-
-
-def _legacy_meeting_reported(state: RelationshipState, command: RecordMeeting) -> tuple[int, bool] | Rejection:
-    number, scheduled = command.meeting_number, state.next_meeting
-    if number is not None and (scheduled is None or number != scheduled.meeting_number):
-        if number not in state.missed_meeting_numbers:
-            return refuse(RefusalCode.NOT_FOUND, f"meeting {number} is neither the next meeting nor one marked missed")
-        return number, True
-    assert scheduled is not None, "a relationship in its cadence always has a next meeting"
-    return scheduled.meeting_number, False
-
-
-def _by_number(state: RelationshipState, number: int) -> tuple[int, bool] | Rejection:
-    scheduled = state.next_meeting
-    if scheduled is not None and scheduled.meeting_number == number:
-        return number, False
-    if number in state.missed_meeting_numbers:
-        return number, True
-    past = next((m for m in state.past_meetings if m.meeting_number == number), None)
-    if past is not None:
-        return _already(past, "meeting_number")
-    return refuse(
-        RefusalCode.NOT_FOUND,
-        f"meeting {number} is neither the next meeting nor one marked missed",
-        FieldProblem(field="meeting_number", message="is neither the next meeting nor one marked missed"),
+@stage.command(RecordMeeting, phases=CADENCE_PHASES, senders=PARTIES, pause=Pause.NOT_PAUSED)
+def record_meeting(command: RecordMeeting, emit: Emitter, party: Party) -> Rejection | None:
+    state = emit.current
+    assert state.activated_at is not None
+    if command.held_at > emit.now + MEETING_CLOCK_SKEW:
+        return limit("held_at", "is in the future")
+    if command.held_at < state.activated_at:
+        return limit("held_at", "is before the agreement took effect")
+    reported = meeting_reported(state, command)
+    if isinstance(reported, Rejection):
+        return reported
+    number, correction = reported
+    emit(
+        MeetingHeld,
+        meeting_number=number,
+        correction=correction,
+        held_at=command.held_at,
+        duration_minutes=command.duration_minutes,
+        recorded_by=command.actor_id,
+        notes=command.notes,
     )
+    # A corrected meeting counts as held too, so it may complete a feedback round.
+    every = state.settings.feedback_every_sessions
+    held_count = emit.current.meetings_held
+    if held_count % every == 0:
+        emit(FeedbackRequested, feedback_round=state.feedback_round + 1, after_meeting=held_count)
+    return None
 
 
-def _by_time(state: RelationshipState, held_at: datetime) -> tuple[int, bool] | Rejection:
-    candidates: list[PastMeeting | ScheduledMeeting] = [m for m in state.past_meetings if m.outcome != "cancelled"]
+def _scheduled(state: RelationshipState, command: CancelMeeting | RescheduleMeeting) -> Rejection | None:
+    meeting = state.next_meeting
+    if meeting is None or meeting.meeting_number != command.meeting_number:
+        current = f"meeting {meeting.meeting_number}" if meeting else "none"
+        return refuse(RefusalCode.NOT_FOUND, f"meeting {command.meeting_number} is not the scheduled meeting (that is {current})")
+    return None
+
+
+def _is_late(state: RelationshipState, now: datetime) -> bool:
+    assert state.next_meeting is not None and state.agreement is not None
+    notice = timedelta(hours=state.agreement.terms.cancellation_notice_hours)
+    return now > state.next_meeting.starts_at - notice
+
+
+@stage.command(CancelMeeting, phases=CADENCE_PHASES, senders=PARTIES, pause=Pause.NOT_PAUSED)
+def cancel_meeting(command: CancelMeeting, emit: Emitter, party: Party) -> Rejection | None:
+    state = emit.current
+    if rejection := _scheduled(state, command):
+        return rejection
+    emit(
+        MeetingCancelled,
+        meeting_number=command.meeting_number,
+        party=party,
+        cancelled_by=command.actor_id,
+        late=_is_late(state, emit.now),
+        reason=command.reason,
+    )
+    return None
+
+
+@stage.command(RescheduleMeeting, phases=CADENCE_PHASES, senders=PARTIES, pause=Pause.NOT_PAUSED)
+def reschedule_meeting(command: RescheduleMeeting, emit: Emitter, party: Party) -> Rejection | None:
+    state = emit.current
+    if rejection := _scheduled(state, command):
+        return rejection
+    if command.starts_at <= emit.now:
+        return limit("starts_at", "is not in the future")
+    if command.starts_at > emit.now + MAX_RESCHEDULE_AHEAD:
+        return limit("starts_at", f"is more than {MAX_RESCHEDULE_AHEAD.days} days ahead")
+    assert state.agreement is not None and state.term_ends_at is not None
+    ends_at = command.starts_at + timedelta(minutes=state.agreement.terms.meeting_minutes)
+    if state.cadence_rules != LEGACY_CADENCE_RULES and beyond_the_term(state, ends_at):
+        return limit("starts_at", f"would end after the term ({state.term_ends_at.isoformat()})")
+    emit(
+        MeetingRescheduled,
+        meeting_number=command.meeting_number,
+        starts_at=command.starts_at,
+        ends_at=ends_at,
+        party=party,
+        rescheduled_by=command.actor_id,
+        late=_is_late(state, emit.now),
+    )
+    return None
+
+
+@stage.deadline("agenda_request")
+def request_agenda(emit: Emitter) -> None:
+    meeting = emit.current.next_meeting
+    assert meeting is not None
+    emit(AgendaRequested, meeting_number=meeting.meeting_number, starts_at=meeting.starts_at)
+
+
+@stage.deadline("meeting_reminder")
+def remind_of_meeting(emit: Emitter) -> None:
+    meeting = emit.current.next_meeting
+    assert meeting is not None
+    emit(MeetingReminderIssued, meeting_number=meeting.meeting_number, starts_at=meeting.starts_at)
+
+
+@stage.deadline("meeting_missed")
+def meeting_missed(emit: Emitter) -> None:
+    meeting = emit.current.next_meeting
+    assert meeting is not None
+    emit(MeetingMissed, meeting_number=meeting.meeting_number, starts_at=meeting.starts_at)
+
+
+# -- state changes ---------------------------------------------------------------------------
+
+
+def _replanned(meeting: ScheduledMeeting, starts_at: datetime, ends_at: datetime) -> ScheduledMeeting:
+    """The same meeting at another time: a new revision of its invite, agenda and reminder due again."""
+    again = {"starts_at": starts_at, "ends_at": ends_at, "revision": meeting.revision + 1}
+    return meeting.model_copy(update={**again, "agenda_requested": False, "reminded": False})
+
+
+@stage.evolves(MeetingScheduled)
+def _scheduled_meeting(event: MeetingScheduled, state: RelationshipState) -> Changes:
+    meeting = state.next_meeting
+    if meeting is not None and meeting.meeting_number == event.meeting_number:
+        # Planned again (it lay past the end of the term).
+        planned = _replanned(meeting, event.starts_at, event.ends_at)
+    else:
+        planned = ScheduledMeeting(meeting_number=event.meeting_number, starts_at=event.starts_at, ends_at=event.ends_at)
+    changes: Changes = {
+        "next_meeting": planned,
+        "last_meeting_number": max(state.last_meeting_number, event.meeting_number),
+        "last_scheduled_start": event.starts_at,
+    }
+    if event.meeting_number == 1 and state.cadence_origin is None:
+        changes["cadence_origin"] = event.starts_at
+    return changes
+
+
+def _past(state: RelationshipState, number: int, starts_at: datetime, outcome: MeetingOutcome) -> tuple[PastMeeting, ...]:
+    """The past meetings with meeting `number` recorded as `outcome` (replacing its record)."""
+    kept = tuple(m for m in state.past_meetings if m.meeting_number != number)
+    past = PastMeeting(meeting_number=number, starts_at=starts_at, outcome=outcome)
+    return tuple(sorted((*kept, past), key=lambda m: m.meeting_number))
+
+
+def _update_meeting(state: RelationshipState, **fields: object) -> ScheduledMeeting:
+    assert state.next_meeting is not None
+    return state.next_meeting.model_copy(update=fields)
+
+
+@stage.evolves(AgendaRequested)
+def _agenda_requested(event: AgendaRequested, state: RelationshipState) -> Changes:
+    return {"next_meeting": _update_meeting(state, agenda_requested=True)}
+
+
+@stage.evolves(MeetingReminderIssued)
+def _reminded(event: MeetingReminderIssued, state: RelationshipState) -> Changes:
+    return {"next_meeting": _update_meeting(state, reminded=True)}
+
+
+@stage.evolves(MeetingHeld)
+def _held(event: MeetingHeld, state: RelationshipState) -> Changes:
+    last = state.last_meeting_at
+    changes: Changes = {
+        "meetings_held": state.meetings_held + 1,
+        "meeting_minutes_total": state.meeting_minutes_total + event.duration_minutes,
+        "last_meeting_at": event.held_at if last is None else max(last, event.held_at),
+    }
+    if event.correction:
+        still_missed = tuple(n for n in state.missed_meeting_numbers if n != event.meeting_number)
+        changes["meetings_missed"] = state.meetings_missed - 1
+        changes["missed_meeting_numbers"] = still_missed
+        # The corrected meeting was held: of the misses in a row, only those after it remain.
+        later_misses = sum(1 for n in still_missed if n > event.meeting_number)
+        changes["consecutive_missed"] = min(state.consecutive_missed, later_misses)
+        missed = next((m for m in state.past_meetings if m.meeting_number == event.meeting_number), None)
+        if missed is not None:
+            changes["past_meetings"] = _past(state, missed.meeting_number, missed.starts_at, "held")
+    else:
+        changes["consecutive_missed"] = 0
+        if state.next_meeting is not None and state.next_meeting.meeting_number == event.meeting_number:
+            changes["next_meeting"] = None
+            changes["past_meetings"] = _past(state, event.meeting_number, state.next_meeting.starts_at, "held")
+    return changes
+
+
+@stage.evolves(MeetingCancelled)
+def _cancelled(event: MeetingCancelled, state: RelationshipState) -> Changes:
+    changes: Changes = {
+        "next_meeting": None,
+        "meetings_cancelled": state.meetings_cancelled + 1,
+        "late_cancellations": state.late_cancellations + (1 if event.late else 0),
+    }
     if state.next_meeting is not None:
-        candidates.append(state.next_meeting)
-    if not candidates:
-        return refuse(
-            RefusalCode.NOT_FOUND, "no meeting is scheduled or marked missed (the term may have no room for another)"
-        )
-    # The meeting planned nearest to held_at; on a tie the later one.
-    nearest = min(candidates, key=lambda m: (abs(m.starts_at - held_at), -m.meeting_number))
-    if isinstance(nearest, ScheduledMeeting):
-        return nearest.meeting_number, False
-    if nearest.outcome == "missed":
-        return nearest.meeting_number, True
-    return _already(nearest, "held_at")
+        changes["past_meetings"] = _past(state, event.meeting_number, state.next_meeting.starts_at, "cancelled")
+    return changes
 
 
-def _already(past: PastMeeting, field: str) -> Rejection:
-    """A report of a meeting that is over: held (a repeated report) or cancelled."""
-    what = "was already recorded as held" if past.outcome == "held" else "was cancelled"
-    hint = "" if field == "meeting_number" else "; to record another meeting, give its meeting_number"
-    return refuse(
-        RefusalCode.CONFLICT,
-        f"meeting {past.meeting_number} (planned for {past.starts_at.isoformat()}) {what}{hint}",
-        FieldProblem(field=field, message=f"is meeting {past.meeting_number}, which {what}"),
-    )
+@stage.evolves(MeetingRescheduled)
+def _rescheduled(event: MeetingRescheduled, state: RelationshipState) -> Changes:
+    assert state.next_meeting is not None
+    return {
+        "next_meeting": _replanned(state.next_meeting, event.starts_at, event.ends_at),
+        "late_cancellations": state.late_cancellations + (1 if event.late else 0),
+        "last_scheduled_start": event.starts_at,
+    }
+
+
+@stage.evolves(MeetingMissed)
+def _missed(event: MeetingMissed, state: RelationshipState) -> Changes:
+    return {
+        "next_meeting": None,
+        "meetings_missed": state.meetings_missed + 1,
+        "missed_meeting_numbers": (*state.missed_meeting_numbers, event.meeting_number),
+        "consecutive_missed": state.consecutive_missed + 1,
+        "past_meetings": _past(state, event.meeting_number, event.starts_at, "missed"),
+    }

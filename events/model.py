@@ -3,24 +3,21 @@
 Every event carries its envelope (stream id, version in the stream, event id, when it
 occurred, the command that caused it) and an explicit schema version. A stored event is
 never rewritten: when a shape changes, bump `schema_version` and register an upcaster in
-`UPCASTERS` that lifts the old stored shape to the new one while loading.
+`UPCASTERS` (events/store.py) that lifts the old stored shape to the new one while loading.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from events.commands import AgreementTerms, Goal, GoalAssessment, Party, ReviewOutcome
 from events.refusals import FieldProblem, RefusalCode, code_of_stored_reason
 from events.sensitivity import ConfidentialText, FieldPath, NotConfidential, confidential_paths
 from events.settings import MeetingFrequency, ProgrammeSettings
-
-__all__ = ["Party"]
 
 ReviewKind = Literal["midpoint", "final", "on_demand"]
 
@@ -491,8 +488,6 @@ AnyEvent = Annotated[
     Field(discriminator="type"),
 ]
 
-_EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
-
 EVENT_TYPES: dict[str, type[Event]] = {
     model.model_fields["type"].default: model for model in typing.get_args(typing.get_args(AnyEvent)[0])
 }
@@ -501,32 +496,3 @@ EVENT_TYPES: dict[str, type[Event]] = {
 CONFIDENTIAL_PATHS: dict[str, tuple[FieldPath, ...]] = {
     name: paths for name, model in EVENT_TYPES.items() if (paths := confidential_paths(model))
 }
-
-# (event type, stored schema version) -> function lifting that stored payload one version up.
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
-
-
-def load_event(data: dict[str, Any]) -> AnyEvent:
-    """Build an event from its stored form, upcasting older schema versions first."""
-    event_type = data["type"]
-    version = int(data.get("schema_version", 1))
-    while (event_type, version) in UPCASTERS:
-        data = UPCASTERS[(event_type, version)](dict(data))
-        version += 1
-        data["schema_version"] = version
-    return _EVENT_ADAPTER.validate_python(data)
-
-
-# What the store keeps in columns of its own rather than in the payload.
-ENVELOPE_FIELDS = frozenset({"stream_id", "version", "event_id", "occurred_at", "command_id", "schema_version", "type"})
-
-
-def event_payload(event: Event) -> dict[str, Any]:
-    """The event's own fields, without the envelope the store keeps in columns."""
-    return event.model_dump(mode="json", exclude=set(ENVELOPE_FIELDS))
-
-
-def event_payload_json(event: Event) -> str:
-    """`event_payload` as JSON text, serialized by pydantic's core (about 3x faster)."""
-    return event.model_dump_json(exclude=set(ENVELOPE_FIELDS))

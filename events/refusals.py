@@ -84,6 +84,11 @@ def refuse(code: RefusalCode, reason: str, *problems: FieldProblem) -> Rejection
     return Rejection(code=code, reason=reason, problems=problems)
 
 
+def limit(field: str, problem: str) -> Rejection:
+    """One broken bound: `field` and what is wrong with it ("until", "is not in the future")."""
+    return refuse(RefusalCode.LIMIT, f"{field} {problem}", FieldProblem(field=field, message=problem))
+
+
 def limits(problems: list[FieldProblem]) -> Rejection | None:
     """Every broken bound of one payload at once, or None when none is broken."""
     if not problems:

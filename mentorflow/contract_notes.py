@@ -1,10 +1,11 @@
-"""What docs/contract.md says about each entry of the contract: its purpose, who may send
-it, in which phases, and an example payload.
+"""What docs/contract.md says about each entry of the contract: its purpose and an example
+payload. Who may send a relationship's command and in which phases is not written here: it
+is read from the command's declaration in its lifecycle stage (`events.decider.SPECS`), the
+same one the decider enforces.
 
 `mentorflow contract` renders this into docs/contract.md, next to a table of fields read
 from each schema. The tests check that every exported name has notes here (and nothing
-else does), that every example is valid against its schema and its model, and that the
-phases named here are the ones the decider enforces.
+else does) and that every example is valid against its schema and its model.
 """
 
 from __future__ import annotations
@@ -13,20 +14,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from events.decider import SPECS
 from mentorflow.contract import Contract, Entry
-
-ALL_OPEN = ("matching", "agreement", "active", "review")
 
 
 @dataclass(frozen=True)
 class Notes:
     purpose: str
-    # Who may send it (messages) or start it (workflow inputs).
+    # Who may start it (workflow inputs) or read it (queries); a command's senders are declared
+    # with its rules.
     who: str = ""
-    # The phases in which the relationship accepts it; empty for entries outside a phase.
-    phases: tuple[str, ...] = ()
-    # Extra words on when (e.g. "not while paused").
-    when: str = ""
     example: dict[str, Any] | None = None
 
 
@@ -66,9 +63,6 @@ NOTES: dict[tuple[str, str], Notes] = {
     ),
     ("Relationship", "propose_match"): Notes(
         purpose="Proposes a mentor to the mentee. The proposal expires after the programme's `proposal_ttl_days`.",
-        who="a coordinator; anyone but the mentee if the programme names no coordinators",
-        phases=("matching",),
-        when="no proposal pending",
         example={
             "command_id": "hr-7781",
             "actor_id": "coord-7",
@@ -80,38 +74,25 @@ NOTES: dict[tuple[str, str], Notes] = {
     ("Relationship", "accept_match"): Notes(
         purpose="Accepts the pending proposal. Once both the mentee and the proposed mentor accepted, the match is "
         "confirmed and the agreement phase begins.",
-        who="the mentee, the proposed mentor",
-        phases=("matching",),
-        when="a proposal is pending",
         example={"command_id": "hr-7782", "actor_id": "emp-1042"},
     ),
     ("Relationship", "decline_match"): Notes(
         purpose="Declines the pending proposal; that mentor is never proposed to this mentee again.",
-        who="the mentee, the proposed mentor",
-        phases=("matching",),
-        when="a proposal is pending",
         example={"command_id": "hr-7783", "actor_id": "emp-311", "reason": "I am at capacity this quarter"},
     ),
     ("Relationship", "propose_agreement"): Notes(
         purpose="Proposes the written agreement, or amends it: each proposal is a new version and voids earlier "
         "signatures. Goals without a `goal_id` get `g1`, `g2`, … by position.",
-        who="a party (the mentee or the matched mentor)",
-        phases=("agreement",),
         example={"command_id": "hr-7790", "actor_id": "emp-1042", "terms": AGREEMENT_TERMS},
     ),
     ("Relationship", "sign_agreement"): Notes(
         purpose="Signs the current agreement version. When both parties signed the same version the relationship "
         "becomes active and its first meeting is scheduled.",
-        who="a party",
-        phases=("agreement",),
         example={"command_id": "hr-7791", "actor_id": "emp-1042", "agreement_version": 1},
     ),
     ("Relationship", "record_meeting"): Notes(
         purpose="Records that the scheduled meeting was held (and schedules the next one); with `meeting_number` of "
         "a meeting marked missed, corrects that record. `held_at` needs an offset and may not be in the future.",
-        who="a party",
-        phases=("active", "review"),
-        when="not while paused",
         example={
             "command_id": "cal-20270309-1",
             "actor_id": "emp-311",
@@ -122,16 +103,10 @@ NOTES: dict[tuple[str, str], Notes] = {
     ),
     ("Relationship", "cancel_meeting"): Notes(
         purpose="Cancels the scheduled meeting; later than the agreed `cancellation_notice_hours` counts as late.",
-        who="a party",
-        phases=("active", "review"),
-        when="not while paused",
         example={"command_id": "cal-20270323-x", "actor_id": "emp-1042", "meeting_number": 2, "reason": "ill"},
     ),
     ("Relationship", "reschedule_meeting"): Notes(
         purpose="Moves the scheduled meeting to a new start (in the future, at most a year ahead).",
-        who="a party",
-        phases=("active", "review"),
-        when="not while paused",
         example={
             "command_id": "cal-20270323-m",
             "actor_id": "emp-311",
@@ -141,8 +116,6 @@ NOTES: dict[tuple[str, str], Notes] = {
     ),
     ("Relationship", "record_goal_progress"): Notes(
         purpose="Records progress on a goal of the agreement; 100 marks it achieved.",
-        who="a party",
-        phases=("active", "review"),
         example={
             "command_id": "hr-7801",
             "actor_id": "emp-1042",
@@ -154,8 +127,6 @@ NOTES: dict[tuple[str, str], Notes] = {
     ("Relationship", "propose_goal_revision"): Notes(
         purpose="Proposes to change a goal (an existing `goal_id`) or add one (a new id). It takes effect when the "
         "other party acknowledges it; the revision's id is this message's `command_id`.",
-        who="a party",
-        phases=("active", "review"),
         example={
             "command_id": "rev-1",
             "actor_id": "emp-1042",
@@ -165,72 +136,49 @@ NOTES: dict[tuple[str, str], Notes] = {
     ),
     ("Relationship", "acknowledge_goal_revision"): Notes(
         purpose="Acknowledges a proposed goal revision, which then takes effect.",
-        who="the other party (not the one who proposed it)",
-        phases=("active", "review"),
         example={"command_id": "hr-7810", "actor_id": "emp-311", "revision_id": "rev-1"},
     ),
     ("Relationship", "submit_feedback"): Notes(
         purpose="Answers a feedback round the relationship asked for (after every few meetings).",
-        who="a party, once per round",
-        phases=("active", "review"),
         example={"command_id": "fb-1-mentee", "actor_id": "emp-1042", "feedback_round": 1, "score": 4,
                  "comment": "Very useful sessions."},  # fmt: skip
     ),
     ("Relationship", "raise_concern"): Notes(
         purpose="Raises a concern with the coordinators; the relationship is at risk while it is open. The concern's "
         "id is this message's `command_id`.",
-        who="a party or a coordinator",
-        phases=ALL_OPEN,
         example={"command_id": "concern-1", "actor_id": "emp-1042", "text": "We keep missing our slot."},
     ),
     ("Relationship", "resolve_concern"): Notes(
         purpose="Resolves an open concern.",
-        who="a coordinator, or the side that raised it",
-        when="while the concern is open",
         example={"command_id": "hr-7820", "actor_id": "coord-7", "concern_id": "concern-1",
                  "resolution": "Agreed a fixed slot."},  # fmt: skip
     ),
     ("Relationship", "record_introduction"): Notes(
         purpose="Records that the mentor introduced the mentee to someone in their network.",
-        who="a party",
-        phases=("active", "review"),
         example={"command_id": "hr-7830", "actor_id": "emp-311", "introduced_to": "the platform team's lead"},
     ),
     ("Relationship", "share_resource"): Notes(
         purpose="Records a resource one party shared with the other.",
-        who="a party",
-        phases=("active", "review"),
         example={"command_id": "hr-7831", "actor_id": "emp-311", "title": "Design review checklist",
                  "url": "https://wiki.example.org/design-reviews"},  # fmt: skip
     ),
     ("Relationship", "pause_relationship"): Notes(
         purpose="Pauses the relationship until a moment at most `max_pause_days` ahead: no meetings, reminders or "
         "health checks meanwhile; the term is lengthened by the pause.",
-        who="a party or a coordinator",
-        phases=("active",),
-        when="not already paused",
         example={"command_id": "hr-7840", "actor_id": "emp-1042", "until": "2027-05-01T00:00:00Z",
                  "reason": "parental leave"},  # fmt: skip
     ),
     ("Relationship", "resume_relationship"): Notes(
         purpose="Ends a pause early.",
-        who="a party or a coordinator",
-        phases=("active",),
-        when="while paused",
         example={"command_id": "hr-7841", "actor_id": "emp-1042"},
     ),
     ("Relationship", "request_review"): Notes(
         purpose="Opens an on-demand review (reviews also open by themselves at the middle and the end of the term).",
-        who="a party or a coordinator",
-        phases=("active",),
-        when="not while paused",
         example={"command_id": "hr-7850", "actor_id": "coord-7"},
     ),
     ("Relationship", "submit_review"): Notes(
         purpose="Answers the open review: `continue`, `recalibrate`, `extend` (with `extension_months`) or `close`; "
         "`goal_assessments` set each goal's progress.",
-        who="a party, once per review",
-        phases=("review",),
         example={
             "command_id": "review-1-mentee",
             "actor_id": "emp-1042",
@@ -243,22 +191,16 @@ NOTES: dict[tuple[str, str], Notes] = {
     ("Relationship", "close_relationship"): Notes(
         purpose="Ends the relationship early. One that was active goes to the closing phase (both are asked for a "
         "reflection); one that never was closes at once.",
-        who="the mentee, the matched mentor, or a coordinator",
-        phases=ALL_OPEN,
         example={"command_id": "hr-7860", "actor_id": "emp-1042", "note": "Changed teams; agreed with my mentor."},
     ),
     ("Relationship", "participant_left"): Notes(
         purpose="Reports that the mentee or the mentor left the organisation: the relationship closes (a mentor who "
         "was only proposed counts as a decline instead).",
-        who="a coordinator, or the actor id `directory`",
-        phases=ALL_OPEN,
         example={"command_id": "dir-left-emp-311", "actor_id": "directory", "participant_id": "emp-311"},
     ),
     ("Relationship", "submit_reflection"): Notes(
         purpose="The closing reflection; when both sides wrote one (or after `reflection_days`) the relationship "
         "closes with its summary as the workflow's result.",
-        who="a party, once each",
-        phases=("closing",),
         example={"command_id": "reflect-mentee", "actor_id": "emp-1042", "text": "I run design reviews now."},
     ),
     ("Relationship", "state"): Notes(
@@ -297,7 +239,7 @@ def notes_for(entry: Entry) -> Notes:
     except KeyError:
         raise KeyError(
             f"{entry.workflow_type} {entry.name} has no notes in mentorflow/contract_notes.py: add its purpose, "
-            "who may send it, its phases and an example"
+            "and an example"
         ) from None
 
 
@@ -403,12 +345,11 @@ def render_entry(entry: Entry, contract: Contract) -> str:
         lines = [f"### `{entry.name}` — {kind_words}", ""]
     lines += [notes.purpose, ""]
     facts = []
-    if notes.who:
-        facts.append(f"**Who:** {notes.who}.")
-    if notes.phases or notes.when:
-        phases = " or ".join(f"`{phase}`" for phase in notes.phases)
-        when = ", ".join(part for part in (phases, notes.when) if part)
-        facts.append(f"**When:** {when}.")
+    spec = SPECS.get(entry.name) if entry.workflow_type == "Relationship" else None
+    if who := (spec.who if spec else notes.who):
+        facts.append(f"**Who:** {who}.")
+    if spec is not None:
+        facts.append(f"**When:** {spec.when(quote=lambda phase: f'`{phase}`')}.")
     if facts:
         lines += [" ".join(facts), ""]
     if entry.schema is not None:

@@ -37,7 +37,8 @@ from typing import Any
 import asyncpg
 
 from activities.data_keys import FORGOTTEN, DataKeyError, DataKeys, StreamCipher, locations, seal_payload
-from events.model import CONFIDENTIAL_PATHS, UPCASTERS
+from events.model import CONFIDENTIAL_PATHS
+from events.store import UPCASTERS
 from events.sensitivity import FieldPath
 from mentorflow.keyring import Keyring
 

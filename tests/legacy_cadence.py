@@ -45,7 +45,8 @@ from events.deadlines import next_deadline
 from events.decider import Rejection, decide, decide_deadline, start_relationship
 from events.model import AnyEvent
 from events.settings import ProgrammeSettings
-from events.state import Phase, RelationshipState, evolve, fold
+from events.state import Phase, RelationshipState
+from events.decider import evolve, fold
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_cadence.json"
 STREAM, PROGRAMME, MENTEE, MENTOR, COORDINATOR = "rel-legacy", "prog-1", "mentee-1", "mentor-1", "coord-1"

@@ -7,29 +7,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events.commands import (
-    AcceptMatch,
-    AcknowledgeGoalRevision,
-    AgreementTerms,
-    CloseRelationship,
-    Command,
-    ProposeAgreement,
-    ProposeGoalRevision,
-    ProposeMatch,
-    RaiseConcern,
-    RecordGoalProgress,
-    RecordMeeting,
-    RequestReview,
-    SignAgreement,
-    SubmitFeedback,
-    SubmitReflection,
-    SubmitReview,
+    AcceptMatch, AcknowledgeGoalRevision, AgreementTerms, CloseRelationship, ProposeAgreement, ProposeGoalRevision,
+    ProposeMatch, RaiseConcern, RecordGoalProgress, RecordMeeting, RequestReview, SignAgreement, SubmitFeedback,
+    SubmitReflection, SubmitReview,
 )
-from events.deadlines import next_deadline
-from events.decider import Rejection, decide, decide_deadline, start_relationship
-from events.model import AnyEvent, GoalRevisionProposed, load_event
+from events.model import AnyEvent, GoalRevisionProposed
+from events.store import load_event
 from events.sensitivity import ITEM, confidential_paths
 from events.settings import ProgrammeSettings
-from events.state import RelationshipState, evolve, fold
+from tests.domain_story import Story
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 COORDINATOR = "coord-1"
@@ -37,38 +23,16 @@ SECRET = "SECRET-reports-4d1c"
 SETTINGS = ProgrammeSettings(coordinator_ids=(COORDINATOR,))
 
 
-class Driver:
-    """One relationship driven the way the workflow drives it: decide, evolve, deadlines."""
+class Driver(Story):
+    """One relationship of a programme, its mentor named after its mentee."""
 
     def __init__(self, stream_id: str, programme_id: str, mentee_id: str, now: datetime = T0):
-        self.now = now
-        self.mentee, self.mentor = mentee_id, f"mentor-of-{mentee_id}"
-        self.events: list[AnyEvent] = start_relationship(stream_id, programme_id, mentee_id, SETTINGS, now)
-        state = fold(self.events)
-        assert state is not None
-        self.state: RelationshipState = state
-        # The state after each event.
-        self.states: list[RelationshipState] = [state]
-        self._ids = itertools.count(1)
+        super().__init__(SETTINGS, now, stream=stream_id, programme_id=programme_id, mentee=mentee_id, command_ids=f"{stream_id}-c")
+        self.mentor = f"mentor-of-{mentee_id}"
 
-    def apply(self, events: list[AnyEvent]) -> None:
-        for event in events:
-            self.state = evolve(self.state, event)
-            self.states.append(self.state)
-        self.events += events
-
-    def do(self, command_type: type[Command], actor: str, **fields: Any) -> None:
-        command = command_type(command_id=f"{self.state.relationship_id}-c{next(self._ids)}", actor_id=actor, **fields)
-        decision = decide(self.state, command, self.now)
-        assert not isinstance(decision, Rejection), decision.reason
-        self.apply(decision)
-
-    def advance(self, by: timedelta) -> None:
-        target = self.now + by
-        while (deadline := next_deadline(self.state)) is not None and deadline.at <= target:
-            self.now = max(self.now, deadline.at)
-            self.apply(decide_deadline(self.state, self.now))
-        self.now = target
+    @property
+    def events(self) -> list[AnyEvent]:
+        return self.history
 
     def match(self, after: timedelta) -> None:
         self.do(ProposeMatch, COORDINATOR, mentor_id=self.mentor, explanation="shares 2 goals")
@@ -88,11 +52,8 @@ class Driver:
         self.do(SignAgreement, self.mentee, agreement_version=1)
         self.do(SignAgreement, self.mentor, agreement_version=1)
 
-    def meet(self, minutes: int = 60) -> None:
-        meeting = self.state.next_meeting
-        assert meeting is not None
-        self.advance(meeting.starts_at - self.now)
-        self.do(RecordMeeting, self.mentee, held_at=meeting.starts_at, duration_minutes=minutes, notes=f"{SECRET} notes")
+    def meet(self, actor: str | None = None, minutes: int = 60, notes: str = f"{SECRET} notes") -> list[AnyEvent]:
+        return super().meet(actor, minutes, notes)
 
     def miss(self) -> int:
         """Let the next meeting go unreported until it is marked missed; returns its number."""

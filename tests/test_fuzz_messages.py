@@ -35,7 +35,9 @@ from temporalio.testing import WorkflowEnvironment
 from activities.database import create_pool, migrate
 from activities.event_store import PostgresEventStore
 from events.commands import COMMAND_TYPES, DIRECTORY_ACTOR, MATCHING_ACTORS
-from events.state import RelationshipState, fold
+from events.state import RelationshipState
+from events.decider import SPECS, fold
+from events.decision import Pause
 from tests.conftest import TEST_KEYRING, with_database
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 from tests.test_dev_server import dev_server
@@ -48,58 +50,20 @@ PHASES = ("matching", "agreement", "active", "review", "closing")
 MENTEE, MENTOR, COORDINATOR = "mentee-1", "mentor-1", "coord-1"
 KNOWN_ACTORS = {MENTEE, MENTOR, COORDINATOR, DIRECTORY_ACTOR, *MATCHING_ACTORS}
 
-# Where each command is allowed (commands without a phase rule are left out: resolve_concern,
-# resume_relationship, close_relationship, participant_left).
-ALLOWED_IN: dict[str, set[str]] = {
-    "propose_match": {"matching"},
-    "accept_match": {"matching"},
-    "decline_match": {"matching"},
-    "propose_agreement": {"agreement"},
-    "sign_agreement": {"agreement"},
-    **{
-        name: {"active", "review"}
-        for name in (
-            "record_meeting",
-            "cancel_meeting",
-            "reschedule_meeting",
-            "record_goal_progress",
-            "propose_goal_revision",
-            "acknowledge_goal_revision",
-            "submit_feedback",
-            "record_introduction",
-            "share_resource",
-        )
-    },
-    "pause_relationship": {"active"},
-    "request_review": {"active"},
-    "submit_review": {"review"},
-    "submit_reflection": {"closing"},
-    "raise_concern": {"matching", "agreement", "active", "review"},
-}
-
-# Commands whose first obstacle, in that phase, is who sends them.
+# Where each command is allowed, and what a stranger is told: as its rules declare them.
+ALLOWED_IN: dict[str, set[str]] = {name: {phase.value for phase in spec.phases} for name, spec in SPECS.items()}
+STRANGER_RULES = tuple(sorted({spec.refusal.replace("actor {actor} ", "") for spec in SPECS.values()}))
+# Commands whose first obstacle, in each phase they are allowed in, is who sends them: all
+# but resume_relationship (nothing is paused here) and resolve_concern (no concern is open
+# here, and the concern is looked up first).
 ACTOR_CHECKED: dict[str, tuple[str, ...]] = {
-    "matching": ("propose_match", "accept_match", "decline_match", "raise_concern", "close_relationship", "participant_left"),
-    "agreement": ("propose_agreement", "sign_agreement", "raise_concern", "close_relationship", "participant_left"),
-    "active": (
-        *(name for name, phases in ALLOWED_IN.items() if "active" in phases),
-        "close_relationship",
-        "participant_left",
-    ),
-    "review": (
-        *(name for name, phases in ALLOWED_IN.items() if "review" in phases),
-        "close_relationship",
-        "participant_left",
-    ),
-    "closing": ("submit_reflection",),
+    phase: tuple(
+        name
+        for name, spec in SPECS.items()
+        if phase in ALLOWED_IN[name] and spec.pause is not Pause.ONLY_PAUSED and name != "resolve_concern"
+    )
+    for phase in PHASES
 }
-STRANGER_RULES = (
-    "is not a party",
-    "neither a party nor a coordinator",
-    "is not a coordinator",
-    "may not close",
-    "only the directory or a coordinator",
-)
 
 
 def valid_payload(name: str, now: datetime) -> dict[str, Any]:
@@ -131,6 +95,13 @@ def valid_payload(name: str, now: datetime) -> dict[str, Any]:
     }
     actor, rest = fields[name]
     return cmd(actor, **rest)
+
+
+def test_every_command_has_a_valid_payload_here() -> None:
+    """The cases below build on `valid_payload`: it must know every command (a new one too)."""
+    now = datetime.now(timezone.utc)
+    for name, model in COMMAND_TYPES.items():
+        model.model_validate(json.loads(json.dumps(valid_payload(name, now))))
 
 
 # -- what an expectation looks like -----------------------------------------------------------
@@ -236,6 +207,8 @@ def out_of_phase(draw: st.DrawFn, phase: str, now: datetime) -> Case:
         name = draw(command_names.filter(lambda n: n != "submit_reflection"))
         return Case(name, valid_payload(name, now), "out of phase", ("the relationship is closing",))
     name = draw(st.sampled_from(sorted(n for n, phases in ALLOWED_IN.items() if phase not in phases)))
+    if SPECS[name].pause is Pause.ONLY_PAUSED:
+        return Case(name, valid_payload(name, now), "out of phase", ("the relationship is not paused",))
     return Case(name, valid_payload(name, now), "out of phase", ("only allowed in the",), (f"in {phase}",))
 
 
@@ -443,11 +416,25 @@ async def test_after_the_barrage_nothing_failed_nothing_was_lost_and_valid_comma
 ) -> None:
     handle = live.handles[phase]
     name, payload = STILL_WORKS[phase]
-    result = await asyncio.wait_for(handle.execute_update(name, payload), timeout=60)
+    # Bad signals of its own, so that the count below checks something when this test runs
+    # alone: one malformed signal sent twice under the same command id is recorded once (the
+    # very same refused payload is not recorded again, docs/contract.md)...
+    junk = {**payload, "command_id": f"junk-{phase}-{live.fresh()}", "no_such_field": True}
+    await handle.signal(name, junk)
+    await handle.signal(name, junk)
+    live.signals_sent[phase] += 1
+    result = await asyncio.wait_for(handle.execute_update(name, payload), timeout=60)  # decided after the signals
     assert result["applied"] is True
+    # ...and a malformed copy of a command already applied records nothing.
+    await handle.signal(name, {**payload, "no_such_field": True})
+    replay = await asyncio.wait_for(handle.execute_update(name, payload), timeout=60)
+    assert (replay["applied"], replay["replay"]) == (False, True)
     assert await failed_workflow_tasks(handle) == 0
 
     state = await state_of(handle)
     stored = await PostgresEventStore(live.pool, TEST_KEYRING).read_stream(state.relationship_id)
     assert fold(stored) == state
-    assert sum(1 for event in stored if event.type == "CommandRejected") == live.signals_sent[phase]
+    rejected = [event.command_id for event in stored if event.type == "CommandRejected"]
+    assert rejected.count(junk["command_id"]) == 1, "the same refused signal was recorded twice"
+    assert payload["command_id"] not in rejected, "a malformed copy of an applied command was recorded"
+    assert len(rejected) == live.signals_sent[phase]

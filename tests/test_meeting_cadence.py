@@ -3,7 +3,7 @@ once), the rhythm follows the agreement and stays inside the term, the clock-ske
 is written down, daylight saving never skips or doubles a week, the first meeting comes at
 the first common slot — and relationships decided by the legacy rules replay identically.
 
-Pure tests, like tests/test_domain.py, whose `Story` they drive.
+Pure tests, like tests/test_domain_*.py, driving tests/domain_story.py's `Story`.
 """
 
 from __future__ import annotations
@@ -33,23 +33,19 @@ from events.commands import (
 )
 from events.deadlines import next_due, next_due_at
 from events.decider import Rejection, decide, decide_deadline, start_relationship
-from events.meetings import (
-    CADENCE_RULES,
-    FIRST_MEETING_WITHIN,
-    LEGACY_CADENCE_RULES,
-    MEETING_CLOCK_SKEW,
-    MIN_SCHEDULING_LEAD,
-    under_cadence_rules,
-)
-from events.model import AnyEvent, MeetingHeld, MeetingScheduled, load_event
+from events.cadence import FIRST_MEETING_WITHIN, MIN_SCHEDULING_LEAD
+from events.meetings import CADENCE_RULES, LEGACY_CADENCE_RULES, MEETING_CLOCK_SKEW, under_cadence_rules
+from events.model import AnyEvent, MeetingHeld, MeetingScheduled
+from events.store import load_event
 from events.refusals import RefusalCode
 from events.scheduling import first_common_slot
 from events.settings import FREQUENCY_DAYS, ProgrammeSettings
-from events.state import Phase, evolve, fold
+from events.state import Phase
+from events.decider import evolve, fold
 from tests.conftest import project_root
 from tests.legacy_cadence import FIXTURE, MENTEE as LEGACY_MENTEE, PROGRAMME as LEGACY_PROGRAMME
 from tests.legacy_cadence import SETTINGS as LEGACY_SETTINGS, STREAM as LEGACY_STREAM, event_record
-from tests.test_domain import (
+from tests.domain_story import (
     MENTEE,
     MENTOR,
     T0,

@@ -13,7 +13,7 @@ from events.operator_view import (
 )
 from events.deadlines import next_due
 from events.state import Phase, RelationshipState
-from tests.test_domain import COORDINATOR, MENTEE, MENTOR, SECRET, Story, active, closing, matched, programme
+from tests.domain_story import COORDINATOR, MENTEE, MENTOR, SECRET, Story, active, closing, matched, programme
 from workflows.relationship import RelationshipInput
 from mentorflow.start_options import relationship_start_options
 

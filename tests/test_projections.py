@@ -14,7 +14,8 @@ import pytest
 
 from activities.event_store import PostgresEventStore
 from activities.projections import ProjectionFollower, projections_named
-from events.model import AnyEvent, MatchConfirmed, MeetingHeld, MeetingMissed, RelationshipStarted, event_payload
+from events.model import AnyEvent, MatchConfirmed, MeetingHeld, MeetingMissed, RelationshipStarted
+from events.store import event_payload
 from events.projections import (
     FEEDBACK,
     MEETINGS,
