@@ -23,13 +23,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.directory import Directory, DirectoryActivities
 from activities.event_store import EventStoreActivities, PostgresEventStore
 from activities.matching import MatchingActivities
-from activities.notifications import (
-    DirectoryContacts,
-    NotificationActivities,
-    NotificationChannel,
-    PostgresDeliveryLog,
-    channels_from_settings,
-)
+from activities.notifications import DirectoryContacts, NotificationActivities, channels_from_settings
+from activities.notifications_channels import NotificationChannel
+from activities.notifications_delivery_log import PostgresDeliveryLog
 from activities.projections import ProjectionFollower
 from activities.store_and_notify import StoreAndNotifyActivities
 from mentorflow.codec import EncryptionCodec

@@ -10,14 +10,9 @@ A recipient the directory does not know is logged and skipped, as is one who has
 A channel kind this worker has no configuration for (no SMTP host, no webhook secret)
 is written to the log instead, so development needs no mail server.
 
-Delivery guarantees. Every delivery is recorded in the delivery log
-(`notification_deliveries`, migrations/0003_deliveries.sql) under
-(notification id, channel, destination), where the destination is a digest of the
-address (so a participant with two webhooks gets both, and an address changed between
-two attempts gets what the old one did not). A delivery is claimed before it is sent
-and marked delivered right after, so an activity retry never sends again what was
-recorded as delivered. A claim is a lease: a retry that finds a live claim of an
-attempt that may still be running leaves it alone and asks Temporal to retry later.
+Delivery guarantees. Every delivery is claimed in the delivery log before it is sent and
+marked right after (`activities/notifications_delivery_log.py`), so an activity retry never
+sends again what was recorded as delivered.
 
 **The one window that cannot be closed (SMTP, and webhooks alike):** if the worker
 crashes, or loses the database, after the SMTP server accepted a message (or the webhook
@@ -46,30 +41,30 @@ carry secrets).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
-import hmac
-import json
 import logging
 import ssl
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import aiosmtplib
-import asyncpg
-import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.templates import RenderedMessage, calendar_invite, invite_method, meeting_summary, render
+from activities.notifications_channels import (
+    Delivery,
+    DeliveryChannel,
+    DeliveryRejected,
+    LogDeliveryChannel,
+    NotificationChannel,
+)
+from activities.notifications_delivery_log import DeliveryKey, DeliveryLog
+from activities.notifications_email import EmailChannel, SmtpConfig
+from activities.notifications_webhook import WebhookChannel, WebhookUnavailable
+from activities.templates import render
 from events.notifications import Notification
 from events.people import ChannelKind, Participant
 from mentorflow.metrics import count_notifications
@@ -79,12 +74,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mentorflow.notifications")
 
-SmtpSecurity = Literal["starttls", "tls", "none"]
-
 # The longest one message may take to go out, whatever the channel's own timeouts: below
 # the workflow's start-to-close timeouts for send_notifications (30 s as a local activity),
 # so a slow server fails one delivery rather than the attempt, and well inside a claim's
-# lease (PostgresDeliveryLog), so a live lease means a live attempt.
+# lease (activities/notifications_delivery_log.py), so a live lease means a live attempt.
 SEND_TIMEOUT = timedelta(seconds=25)
 
 
@@ -123,275 +116,6 @@ class StaticContacts:
         return {i: self._participants[i] for i in ids if i in self._participants}
 
 
-# -- channels ----------------------------------------------------------------------------
-
-
-class DeliveryRejected(Exception):
-    """The destination refused this message for good; sending it again cannot help."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One message for one recipient on one channel, ready to go."""
-
-    notification: Notification
-    recipient: Participant
-    # The email address or the webhook URL; empty for the log.
-    address: str
-    message: RenderedMessage
-    # Stable across retries: the webhook-id, and the local part of the email's Message-ID.
-    delivery_id: str
-    # When this delivery was first attempted (from the delivery log): stable across retries.
-    first_attempt_at: datetime
-    # Other participants the notification names, for the texts.
-    people: Mapping[str, Participant] = field(default_factory=dict)
-    # The recipient's channel this message is for: the log delivers it in place of a channel
-    # this worker has not configured ("email", "webhook"), and says so.
-    meant_for: str = "log"
-
-
-class DeliveryChannel(Protocol):
-    """Delivers rendered messages to the participants' addresses of one kind.
-
-    `deliver` returns once the destination has accepted the message, raises
-    `DeliveryRejected` when it never will, and anything else when it may later.
-    """
-
-    kind: ChannelKind
-
-    async def deliver(self, delivery: Delivery) -> None: ...
-
-
-class NotificationChannel(Protocol):
-    """Sees every notification as it is, whoever it is for: the development log, test recorders."""
-
-    name: str
-
-    async def send(self, notification: Notification) -> None: ...
-
-
-# Template parameters that hold confidential text (security issue #12): the two parties see
-# them in their messages, logs never do. events/notifications.py fills them from the state.
-CONFIDENTIAL_PARAMETERS = frozenset({"explanation", "goal_title"})
-REDACTED = "[confidential]"
-
-
-def redacted(notification: Notification) -> Notification:
-    """The notification with its confidential parameters replaced by REDACTED, for logs."""
-    hidden = {key: REDACTED for key, value in notification.data.items() if key in CONFIDENTIAL_PARAMETERS and value}
-    return notification.model_copy(update={"data": {**notification.data, **hidden}}) if hidden else notification
-
-
-class LogChannel:
-    """Writes each notification as one structured line (ids and parameters, confidential ones redacted)."""
-
-    name = "log"
-
-    async def send(self, notification: Notification) -> None:
-        log.info("notification %s", json.dumps(redacted(notification).model_dump(mode="json"), sort_keys=True))
-
-
-class LogDeliveryChannel:
-    """The `log` channel: writes the rendered message to the log, for development. In place
-    of a channel the worker has not configured it names that channel, so a message to someone
-    with both email and a webhook reads as two deliveries, not as one sent twice."""
-
-    kind: ChannelKind = "log"
-
-    async def deliver(self, delivery: Delivery) -> None:
-        notification = delivery.notification
-        via = "log" if delivery.meant_for == "log" else f"{delivery.meant_for} (not configured: logged)"
-        # Rendered again without the confidential parameters: a log is not the recipient.
-        hidden = redacted(notification)
-        message = delivery.message if hidden is notification else render(hidden, delivery.recipient, delivery.people)
-        log.info(
-            "message %s to %s via %s (%s): %s\n%s",
-            notification.notification_id,
-            notification.recipient_id,
-            via,
-            notification.template,
-            message.subject,
-            message.body,
-        )
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str
-    sender: str  # the From header, e.g. "Mentoring programme <mentoring@example.org>"
-    port: int = 587
-    security: SmtpSecurity = "starttls"
-    username: str | None = None
-    password: str | None = None
-    timeout: float = 20.0
-    # Trust for the server's certificate; None means the system's default trust store.
-    tls_context: ssl.SSLContext | None = None
-
-
-class EmailChannel:
-    """Email over SMTP (aiosmtplib): plain text, plus an .ics invite when there is a meeting.
-
-    One connection per message: notifications are few, and it keeps a broken connection
-    from affecting the next message.
-    """
-
-    kind: ChannelKind = "email"
-
-    def __init__(self, config: SmtpConfig):
-        self._config = config
-        name, address = parseaddr(config.sender)
-        if "@" not in address:
-            raise ValueError("the SMTP sender needs an email address")
-        self._sender_name, self._sender_address = name, address
-
-    def message(self, delivery: Delivery) -> EmailMessage:
-        """The email for `delivery`, exactly as it is sent."""
-        rendered, recipient = delivery.message, delivery.recipient
-        email = EmailMessage()
-        email["From"] = self._config.sender
-        email["To"] = Address(display_name=recipient.display_name, addr_spec=delivery.address)
-        email["Subject"] = rendered.subject
-        email["Date"] = format_datetime(datetime.now(UTC))
-        # The same Message-ID on every attempt lets clients recognise a resend (see the module doc).
-        email["Message-ID"] = f"<{delivery.delivery_id}@{self._sender_address.rpartition('@')[2]}>"
-        email["Auto-Submitted"] = "auto-generated"
-        email["X-Mentorflow-Notification"] = delivery.notification.notification_id
-        email["X-Mentorflow-Template"] = delivery.notification.template
-        if rendered.meeting is not None:
-            cancelled = rendered.meeting.cancelled
-            note = "The calendar update is attached." if cancelled else "The calendar invite is attached."
-            email.set_content(rendered.with_note(note).body)
-        else:
-            email.set_content(rendered.body)
-        if rendered.meeting is not None:
-            invite = calendar_invite(
-                rendered.meeting,
-                recipient=recipient,
-                organizer_email=self._sender_address,
-                summary=meeting_summary(delivery.notification, recipient, delivery.people),
-                description=rendered.subject,
-            )
-            email.add_attachment(
-                invite,
-                maintype="text",
-                subtype="calendar",
-                filename="invite.ics",
-                params={"method": invite_method(rendered.meeting)},
-            )
-        return email
-
-    async def deliver(self, delivery: Delivery) -> None:
-        config = self._config
-        try:
-            await aiosmtplib.send(
-                self.message(delivery),
-                sender=self._sender_address,
-                recipients=[delivery.address],
-                hostname=config.host,
-                port=config.port,
-                username=config.username,
-                password=config.password,
-                use_tls=config.security == "tls",
-                start_tls=config.security == "starttls",
-                tls_context=config.tls_context,
-                timeout=config.timeout,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            codes = [refused.code for refused in error.recipients]
-            if codes and all(code >= 500 for code in codes):
-                raise DeliveryRejected(f"SMTP {codes[0]}: recipient refused") from None
-            raise
-        except aiosmtplib.SMTPDataError as error:
-            # The server read the message and refused it (size, content): final if 5xx.
-            if error.code >= 500:
-                raise DeliveryRejected(f"SMTP {error.code}: message refused") from None
-            raise
-
-
-class WebhookChannel:
-    """Webhooks signed per the Standard Webhooks spec (https://www.standardwebhooks.com/).
-
-    POSTs a JSON body with `webhook-id` (the same on every retry), `webhook-timestamp`
-    (Unix seconds of this attempt) and `webhook-signature`: `v1,<base64 HMAC-SHA256 of
-    "{id}.{timestamp}.{body}">` under each signing secret (several while rotating).
-    """
-
-    kind: ChannelKind = "webhook"
-
-    def __init__(self, secrets: Sequence[str], *, timeout: float = 10.0):
-        if not secrets:
-            raise ValueError("a webhook channel needs at least one signing secret")
-        self._keys = [webhook_key(secret) for secret in secrets]
-        self._timeout = timeout
-
-    def body(self, delivery: Delivery) -> bytes:
-        notification, rendered = delivery.notification, delivery.message
-        payload = {
-            "type": f"mentoring.{notification.template}",
-            "timestamp": delivery.first_attempt_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "data": {
-                "notification_id": notification.notification_id,
-                "relationship_id": notification.relationship_id,
-                "recipient_id": notification.recipient_id,
-                "template": notification.template,
-                "parameters": notification.data,
-                "subject": rendered.subject,
-                "text": rendered.body,
-            },
-        }
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-
-    def headers(self, delivery_id: str, body: bytes, timestamp: int) -> dict[str, str]:
-        signed = f"{delivery_id}.{timestamp}.".encode() + body
-        signatures = " ".join(
-            "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in self._keys
-        )
-        return {
-            "content-type": "application/json",
-            "user-agent": "mentorflow-webhooks",
-            "webhook-id": delivery_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signatures,
-        }
-
-    async def deliver(self, delivery: Delivery) -> None:
-        if not delivery.address.startswith(("https://", "http://")):
-            raise DeliveryRejected("the webhook address is not an http(s) URL")
-        body = self.body(delivery)
-        headers = self.headers(delivery.delivery_id, body, int(time.time()))
-        try:
-            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
-                response = await client.post(delivery.address, content=body, headers=headers)
-        except httpx.InvalidURL:
-            raise DeliveryRejected("the webhook address is not a valid URL") from None
-        except httpx.UnsupportedProtocol:
-            raise DeliveryRejected("the webhook address is not an http(s) URL") from None
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        if status in (408, 425, 429) or status >= 500:
-            raise WebhookUnavailable(status)
-        raise DeliveryRejected(f"HTTP {status}")
-
-
-class WebhookUnavailable(Exception):
-    def __init__(self, status: int):
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-def webhook_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` signing secret."""
-    encoded = secret.strip().removeprefix("whsec_")
-    try:
-        key = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("a webhook secret is whsec_ followed by base64") from None
-    if len(key) < 16:
-        raise ValueError("a webhook secret needs at least 16 bytes (24 to 64 recommended)")
-    return key
-
-
 def channels_from_settings(settings: Settings) -> list[DeliveryChannel]:
     """The channels this worker's configuration enables; the log channel always."""
     channels: list[DeliveryChannel] = [LogDeliveryChannel()]
@@ -417,117 +141,6 @@ def channels_from_settings(settings: Settings) -> list[DeliveryChannel]:
     else:
         log.info("webhooks are not configured (MENTORFLOW_WEBHOOK_SECRET): webhook notifications go to the log")
     return channels
-
-
-# -- the delivery log --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeliveryKey:
-    notification_id: str
-    channel: str
-    destination: str  # a digest of the address, so the log holds no addresses
-
-
-@dataclass(frozen=True)
-class Claim:
-    # claimed: ours to send. delivered/rejected: settled earlier. busy: another attempt
-    # holds a live claim.
-    state: Literal["claimed", "delivered", "rejected", "busy"]
-    first_attempt_at: datetime | None = None
-    attempts: int = 0
-    # An earlier attempt claimed it and never reported back: it may have gone out.
-    interrupted: bool = False
-
-
-class DeliveryLog(Protocol):
-    async def claim(self, key: DeliveryKey, notification: Notification, token: str) -> Claim: ...
-
-    async def delivered(self, key: DeliveryKey) -> None: ...
-
-    async def failed(self, key: DeliveryKey, token: str, error: str, *, permanent: bool) -> None: ...
-
-
-class PostgresDeliveryLog:
-    """The delivery log in `notification_deliveries`; see migrations/0003_deliveries.sql."""
-
-    def __init__(self, pool: asyncpg.Pool, *, lease: timedelta = timedelta(minutes=2)):
-        # Longer than one send can take (SEND_TIMEOUT), so a live claim means a live attempt.
-        self._pool = pool
-        self._lease = lease
-
-    async def claim(self, key: DeliveryKey, notification: Notification, token: str) -> Claim:
-        async with self._pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(
-                """SELECT status, claimed_until > clock_timestamp() AS leased, first_attempt_at, attempts
-                     FROM notification_deliveries
-                    WHERE notification_id = $1 AND channel = $2 AND destination = $3
-                      FOR UPDATE""",
-                key.notification_id,
-                key.channel,
-                key.destination,
-            )
-            if row is None:
-                first = await connection.fetchval(
-                    """INSERT INTO notification_deliveries
-                           (notification_id, channel, destination, relationship_id, recipient_id, template,
-                            status, claim_token, claimed_until)
-                       VALUES ($1, $2, $3, $4, $5, $6, 'sending', $7, clock_timestamp() + $8::interval)
-                       ON CONFLICT DO NOTHING
-                       RETURNING first_attempt_at""",
-                    key.notification_id,
-                    key.channel,
-                    key.destination,
-                    notification.relationship_id,
-                    notification.recipient_id,
-                    notification.template,
-                    uuid.UUID(token),
-                    self._lease,
-                )
-                # Nothing inserted: another attempt claimed it between our read and our insert.
-                return Claim("claimed", first, 1) if first is not None else Claim("busy")
-            if row["status"] in ("delivered", "rejected"):
-                return Claim(row["status"], row["first_attempt_at"], row["attempts"])
-            if row["status"] == "sending" and row["leased"]:
-                return Claim("busy", row["first_attempt_at"], row["attempts"])
-            await connection.execute(
-                """UPDATE notification_deliveries
-                      SET status = 'sending', claim_token = $4, claimed_until = clock_timestamp() + $5::interval,
-                          attempts = attempts + 1, last_attempt_at = clock_timestamp()
-                    WHERE notification_id = $1 AND channel = $2 AND destination = $3""",
-                key.notification_id,
-                key.channel,
-                key.destination,
-                uuid.UUID(token),
-                self._lease,
-            )
-            return Claim("claimed", row["first_attempt_at"], row["attempts"] + 1, row["status"] == "sending")
-
-    async def delivered(self, key: DeliveryKey) -> None:
-        # Whoever holds the claim now: the message went out, that is what counts.
-        await self._pool.execute(
-            """UPDATE notification_deliveries
-                  SET status = 'delivered', delivered_at = clock_timestamp(), claim_token = NULL,
-                      claimed_until = NULL, last_error = NULL
-                WHERE notification_id = $1 AND channel = $2 AND destination = $3""",
-            key.notification_id,
-            key.channel,
-            key.destination,
-        )
-
-    async def failed(self, key: DeliveryKey, token: str, error: str, *, permanent: bool) -> None:
-        await self._pool.execute(
-            """UPDATE notification_deliveries
-                  SET status = $5, claim_token = NULL, claimed_until = NULL, last_error = $6
-                WHERE notification_id = $1 AND channel = $2 AND destination = $3 AND claim_token = $4
-                  AND status = 'sending'""",
-            key.notification_id,
-            key.channel,
-            key.destination,
-            uuid.UUID(token),
-            "rejected" if permanent else "failed",
-            error[:500],
-        )
 
 
 # -- the activity ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # Inside the local activity's 30 s start-to-close timeout, with room for the append: a retry
 # of the whole activity (store again, then send) is for a lost worker or database, not for
 # a slow mail server. A message cut short here keeps its claim in the delivery log until the
-# lease runs out, as after a crash (activities/notifications.py).
+# lease runs out, as after a crash (activities/notifications_delivery_log.py).
 NOTIFY_WITHIN = timedelta(seconds=20)
 
 

@@ -4,7 +4,7 @@ outside, anyone who reached Temporal could propose, decline or close as `matchin
 `matching-round` or `directory`.
 
 The system's own commands are recognisable by their command ids and records: the pool's
-proposals are `pool-<n>` and its withdrawals `pool-full-<n>` (workflows/relationship.py), a
+proposals are `pool-<n>` and its withdrawals `pool-full-<n>` (workflows/mentor_pool.py), a
 round's proposal is `<relationship id>-propose` for a pair the round stored
 (`matching_round_pairs`), the directory's report is `directory-left-<participant>`. Anything
 else stored under one of those actors came from outside. Read-only; ids only.

@@ -21,11 +21,12 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import icalendar
+import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -35,7 +36,8 @@ from activities.event_store import PostgresEventStore
 from events.model import AnyEvent, ClosureReason, Health
 from events.people import ChannelAddress, Participant
 from events.settings import ProgrammeSettings
-from events.state import Phase, fold
+from events.state import Phase
+from events.decider import fold
 from mentorflow.config import Settings
 from tests.conftest import TEST_KEYRING
 from tests.helpers import RecordingChannel, failed_workflow_tasks, start_relationship
@@ -264,6 +266,43 @@ async def ended_on_failure(handle: WorkflowHandle[Any, Any]) -> AsyncIterator[No
         raise
 
 
+class Peers(NamedTuple):
+    env: WorkflowEnvironment
+    pool: asyncpg.Pool
+    smtp_server: SmtpServer
+    receiver: WebhookReceiver
+
+
+@pytest.fixture
+def peers(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool, smtp_server: SmtpServer, receiver: WebhookReceiver
+) -> Peers:
+    """The time-skipping server, the store, and the SMTP server and webhook receiver that the
+    participants' messages go to."""
+    return Peers(time_skipping_env, pool, smtp_server, receiver)
+
+
+@asynccontextmanager
+async def relationship_of(
+    people: tuple[Participant, Participant, Participant],
+    env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    smtp_server: SmtpServer,
+    tap: RecordingChannel,
+) -> AsyncIterator[WorkflowHandle[Any, Any]]:
+    """The test's people (`participants`) in the directory, a delivering worker, and the
+    mentee's relationship under it (terminated if the test fails)."""
+    mentee, _, coordinator = people
+    await Directory(pool).upsert_participants(list(people))
+    async with delivering_worker(env, pool, smtp_server, tap) as worker:
+        handle = await start_relationship(
+            env.client, worker, mentee_id=mentee.participant_id,
+            settings=ProgrammeSettings(coordinator_ids=(coordinator.participant_id,)),
+        )  # fmt: skip
+        async with ended_on_failure(handle):
+            yield handle
+
+
 # -- the lifecycle -------------------------------------------------------------------------
 
 
@@ -449,24 +488,13 @@ async def live_through_the_lifecycle(
 # -- the tests -----------------------------------------------------------------------------
 
 
-async def test_a_relationship_delivers_each_notification_once_to_the_smtp_and_http_peers(
-    time_skipping_env: WorkflowEnvironment,
-    pool: asyncpg.Pool,
-    smtp_server: SmtpServer,
-    receiver: WebhookReceiver,
-) -> None:
-    env = time_skipping_env
+async def test_a_relationship_delivers_each_notification_once_to_the_smtp_and_http_peers(peers: Peers) -> None:
+    env, pool, smtp_server, receiver = peers
     mentee, mentor, coordinator = participants(receiver)
-    await Directory(pool).upsert_participants([mentee, mentor, coordinator])
     # Sees every notification the core asked for: what the peers are checked against.
     asked = RecordingChannel()
-    async with delivering_worker(env, pool, smtp_server, asked) as worker:
-        handle = await start_relationship(
-            env.client, worker, mentee_id=mentee.participant_id,
-            settings=ProgrammeSettings(coordinator_ids=(coordinator.participant_id,)),
-        )  # fmt: skip
-        async with ended_on_failure(handle):
-            stored = await live_through_the_lifecycle(env, pool, handle, smtp_server, receiver)
+    async with relationship_of((mentee, mentor, coordinator), env, pool, smtp_server, asked) as handle:
+        stored = await live_through_the_lifecycle(env, pool, handle, smtp_server, receiver)
 
     # -- exactly once per recipient and channel: what arrived is what the core asked for.
     ids = [n.notification_id for n in asked.sent]
@@ -536,32 +564,21 @@ async def test_a_relationship_delivers_each_notification_once_to_the_smtp_and_ht
     assert all(row["attempts"] <= 2 for row in rows)
 
 
-async def test_closing_withdraws_the_invite_of_the_meeting_still_scheduled(
-    time_skipping_env: WorkflowEnvironment,
-    pool: asyncpg.Pool,
-    smtp_server: SmtpServer,
-    receiver: WebhookReceiver,
-) -> None:
-    env = time_skipping_env
+async def test_closing_withdraws_the_invite_of_the_meeting_still_scheduled(peers: Peers) -> None:
+    env, pool, smtp_server, receiver = peers
     mentee, mentor, coordinator = participants(receiver)
-    await Directory(pool).upsert_participants([mentee, mentor, coordinator])
-    async with delivering_worker(env, pool, smtp_server, RecordingChannel()) as worker:
-        handle = await start_relationship(
-            env.client, worker, mentee_id=mentee.participant_id,
-            settings=ProgrammeSettings(coordinator_ids=(coordinator.participant_id,)),
-        )  # fmt: skip
-        async with ended_on_failure(handle):
-            await handle.execute_update("propose_match", cmd(coordinator.participant_id, mentor_id=mentor.participant_id))
-            await handle.execute_update("accept_match", cmd(mentee.participant_id))
-            await handle.execute_update("accept_match", cmd(mentor.participant_id))
-            await handle.execute_update("propose_agreement", cmd(mentee.participant_id, terms=AGREEMENT))
-            await handle.execute_update("sign_agreement", cmd(mentee.participant_id, agreement_version=1))
-            await handle.execute_update("sign_agreement", cmd(mentor.participant_id, agreement_version=1))
-            uids = {str(invite_of(await email_arrives(smtp_server, p, "meeting_scheduled"))["UID"]) for p in (mentee, mentor)}
-            await handle.execute_update("close_relationship", cmd(coordinator.participant_id))
-            await handle.execute_update("submit_reflection", cmd(mentee.participant_id, text="thanks"))
-            await handle.execute_update("submit_reflection", cmd(mentor.participant_id, text="thanks"))
-            await handle.result()
+    async with relationship_of((mentee, mentor, coordinator), env, pool, smtp_server, RecordingChannel()) as handle:
+        await handle.execute_update("propose_match", cmd(coordinator.participant_id, mentor_id=mentor.participant_id))
+        await handle.execute_update("accept_match", cmd(mentee.participant_id))
+        await handle.execute_update("accept_match", cmd(mentor.participant_id))
+        await handle.execute_update("propose_agreement", cmd(mentee.participant_id, terms=AGREEMENT))
+        await handle.execute_update("sign_agreement", cmd(mentee.participant_id, agreement_version=1))
+        await handle.execute_update("sign_agreement", cmd(mentor.participant_id, agreement_version=1))
+        uids = {str(invite_of(await email_arrives(smtp_server, p, "meeting_scheduled"))["UID"]) for p in (mentee, mentor)}
+        await handle.execute_update("close_relationship", cmd(coordinator.participant_id))
+        await handle.execute_update("submit_reflection", cmd(mentee.participant_id, text="thanks"))
+        await handle.execute_update("submit_reflection", cmd(mentor.participant_id, text="thanks"))
+        await handle.result()
     # The run waits for its deliveries before it ends: everything has arrived by now.
     assert len(uids) == 1 and emails(smtp_server, mentee, "relationship_summary")
     for person in (mentee, mentor):

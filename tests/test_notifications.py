@@ -22,22 +22,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.notifications import (
-    Claim,
-    DeliveryKey,
-    CONFIDENTIAL_PARAMETERS,
-    REDACTED,
-    DirectoryContacts,
-    EmailChannel,
-    LogChannel,
-    LogDeliveryChannel,
-    NotificationActivities,
-    PostgresDeliveryLog,
-    SmtpConfig,
-    StaticContacts,
-    WebhookChannel,
-    channels_from_settings,
-)
+from activities.notifications import DirectoryContacts, NotificationActivities, StaticContacts, channels_from_settings
+from activities.notifications_channels import CONFIDENTIAL_PARAMETERS, REDACTED, LogChannel, LogDeliveryChannel
+from activities.notifications_delivery_log import Claim, DeliveryKey, PostgresDeliveryLog
+from activities.notifications_email import EmailChannel, SmtpConfig
+from activities.notifications_webhook import WebhookChannel
 from activities.templates import TEMPLATES, render
 from events.commands import CloseRelationship
 from events.model import ClosureBegun

@@ -9,6 +9,7 @@ break relationships that are running right now: guard it with `workflow.patched`
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import uuid
@@ -35,13 +36,13 @@ from tests.record_histories import (
 from tests.workflow_variants import PATCH_ID, PatchedActivity, PatchedTimer, UnpatchedActivity, UnpatchedTimer
 from worker import build_worker
 from workflows.matching_round import MatchingRound
-from workflows.relationship import (
+from workflows.patches import (
     ANCHORED_CADENCE,
     RESERVE_EVERY_PROPOSAL,
     SETTINGS_FROM_THE_PROGRAMME,
     STORE_AND_NOTIFY_TOGETHER,
-    Relationship,
 )
+from workflows.relationship import Relationship
 
 def cmd(actor: str, **fields: Any) -> dict[str, Any]:
     return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
@@ -119,6 +120,68 @@ async def test_every_recorded_history_replays_on_the_current_code(folder: Path) 
         f"guard it with workflow.patched() (docs/deploying.md): {failures}"
     )
     assert {workflow_type_of(history) for history in histories} == {"Relationship", "MatchingRound"}
+
+
+# -- every patch has its row in docs/deploying.md ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCH_CALLS = ("patched", "deprecate_patch")
+
+
+def patch_ids_in_code() -> set[str]:
+    """The ids passed to workflow.patched / deprecate_patch anywhere in workflows/, as
+    string literals or as names of module-level string constants."""
+    constants: dict[str, str] = {}
+    arguments: list[ast.expr] = []
+    for path in sorted((ROOT / "workflows").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                constants.update({target.id: node.value.value for target in node.targets if isinstance(target, ast.Name)})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in PATCH_CALLS:
+                arguments.append(node.args[0])
+    ids = set()
+    for argument in arguments:
+        if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+            ids.add(argument.value)
+        else:
+            assert isinstance(argument, ast.Name) and argument.id in constants, f"a patch id that is not a constant: {ast.unparse(argument)}"
+            ids.add(constants[argument.id])
+    return ids
+
+
+def patch_table() -> dict[str, list[str]]:
+    """docs/deploying.md's table of the patches in use: the cells of each row, by patch id."""
+    text = (ROOT / "docs" / "deploying.md").read_text(encoding="utf-8")
+    section = text.split("### The patches in use, and when each may go", 1)[1].split("\n#", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `"):
+            assert cells[0].strip("`") not in rows, f"two rows for {cells[0]}"
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_every_patch_in_the_code_has_its_row_in_the_deploying_guide() -> None:
+    in_code, rows = patch_ids_in_code(), patch_table()
+    assert {STORE_AND_NOTIFY_TOGETHER, ANCHORED_CADENCE} <= in_code  # the scan finds them
+    assert not in_code - rows.keys(), f"add a row to docs/deploying.md for: {sorted(in_code - rows.keys())}"
+    assert not rows.keys() - in_code, f"rows for patches the code no longer uses: {sorted(rows.keys() - in_code)}"
+    stages = [folder.relative_to(ROOT).as_posix() + "/" for folder in RECORDINGS]
+    for patch_id, (does, stage, markers, deprecate_when) in rows.items():
+        assert does and markers and deprecate_when, f"{patch_id}: fill in every cell"
+        assert stage.strip("`") in stages, f"{patch_id}: its stage {stage} is not one of the recordings {stages}"
+
+
+def test_no_recording_shows_a_patch_before_its_stage() -> None:
+    stage_of = {patch_id: cells[1].strip("`") for patch_id, cells in patch_table().items()}
+    for position, folder in enumerate(RECORDINGS):
+        for path in sorted(folder.glob("*.json")):
+            for patch_id in patches_in(path):
+                stage = RECORDINGS.index(ROOT / stage_of[patch_id].rstrip("/"))
+                assert stage <= position, f"{path.relative_to(ROOT)} shows {patch_id}, whose row says {stage_of[patch_id]}"
 
 
 # -- a deliberately incompatible change ------------------------------------------------------

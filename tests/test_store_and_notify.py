@@ -12,7 +12,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.event_store import EventStoreActivities, PostgresEventStore
-from activities.notifications import EmailChannel, NotificationActivities, PostgresDeliveryLog, SmtpConfig, StaticContacts
+from activities.notifications import NotificationActivities, StaticContacts
+from activities.notifications_delivery_log import PostgresDeliveryLog
+from activities.notifications_email import EmailChannel, SmtpConfig
 from activities.store_and_notify import StoreAndNotifyActivities
 from events.commands import ProposeMatch
 from events.decider import decide, start_relationship
@@ -20,7 +22,8 @@ from events.model import AnyEvent
 from events.notifications import Notification, notifications_for
 from events.people import Participant
 from events.settings import ProgrammeSettings
-from events.state import RelationshipState, evolve, fold
+from events.state import RelationshipState
+from events.decider import evolve, fold
 from events.store import AppendAndNotifyRequest, AppendAndNotifyResult, AppendRequest
 from tests.owners import owner
 from tests.peers import SmtpServer, free_port

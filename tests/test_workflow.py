@@ -16,7 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.event_store import PostgresEventStore
-from events.state import Phase, RelationshipState, fold
+from events.state import Phase, RelationshipState
+from events.decider import fold
 from tests.conftest import DATA_CONVERTER, TEST_KEYRING
 from tests.helpers import RecordingChannel, failed_workflow_tasks, history_event_types, new_worker, start_relationship
 from events.model import RelationshipSummary

@@ -1,0 +1,226 @@
+"""The Relationship workflow's outbox: events on their way to the store, notifications on
+their way to people. The one road of a notification (docs/notifications.md):
+
+1. `_apply` (workflows/relationship.py) queues each event's notifications beside it in the
+   outbox (`events/notifications.py` decides who is told what).
+2. `Outbox._flush` stores the batch, and with it makes the first try of its notifications
+   in the same local activity (`append_events_and_notify`; runs begun before
+   STORE_AND_NOTIFY_TOGETHER store first, then try).
+3. `Deliveries.send` takes every notification not yet sent: those of a batch whose first
+   try left some unsent, those of runs that store first, those a run carried over from the
+   one before it (continue-as-new), and those of events adopted from the store after a
+   conflict. It delivers them in the background: a local first try unless one was made,
+   then the `send_notifications` activity, retrying with backoff as long as it takes.
+4. A run that continues as new hands what is still retrying (`Deliveries.undelivered`) to
+   the next run, which starts it again at step 3.
+
+Every try ends in the same activity code (`NotificationActivities.send_notifications`),
+whose delivery log keeps anything from going out twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from events.commands import Command
+    from events.model import AnyEvent
+    from events.notifications import Notification, notifications_for
+    from events.operator_view import describe_notifications
+    from events.state import RelationshipState
+    from events.decider import evolve, fold
+    from events.store import (
+        AppendAndNotifyRequest,
+        AppendAndNotifyResult,
+        AppendRequest,
+        ReadStreamRequest,
+        StreamOwner,
+    )
+
+from workflows.calls import NOTIFY_FIRST_TRY, NOTIFY_RETRY, call_activity
+from workflows.patches import ADOPT_AFTER_CONFLICT, RETRY_AFTER_FAILED_FIRST_TRY, STORE_AND_NOTIFY_TOGETHER
+
+if TYPE_CHECKING:
+    from workflows.shell import RelationshipShell
+
+
+def is_conflict(error: Exception) -> bool:
+    """Whether a failed append_events was refused as a concurrency conflict.
+
+    temporalio raises a local activity's own failure as the activity's ApplicationError
+    itself, not wrapped in an ActivityError as for regular activities (an ActivityError
+    comes only for a timeout): so both are looked at."""
+    cause = error.cause if isinstance(error, ActivityError) else error
+    return isinstance(cause, ApplicationError) and cause.type == "ConcurrencyConflict"
+
+
+class Outbox:
+    """Storing the relationship's events, and resolving a conflict with the store."""
+
+    # Assigned by these methods, first set in the workflow's __init__ (declared for the type checker).
+    _state: RelationshipState | None
+    _stored_version: int
+    _stored_state: RelationshipState | None
+    _redo: list[tuple[type[Command], Any]]
+
+    async def _flush(self: RelationshipShell) -> None:
+        """Store every pending event, then send the notifications they caused."""
+        while self._outbox:
+            batch, notifications = list(self._outbox), list(self._notifications)
+            first, last = batch[0].version, batch[-1].version
+            request = AppendRequest(
+                stream_id=self.current.relationship_id, expected_version=first - 1, events=batch, owner=self._owner()
+            )
+            summary = f"Store events {first}–{last}" if last > first else f"Store event {first}"
+            together = bool(notifications) and workflow.patched(STORE_AND_NOTIFY_TOGETHER)
+            argument: AppendRequest | AppendAndNotifyRequest
+            if together:
+                notified = describe_notifications(notifications, self.current)
+                name, argument = "append_events_and_notify", AppendAndNotifyRequest(append=request, notifications=notifications)
+                summary = f"{summary}; {notified}"[:200]
+            else:
+                name, argument = "append_events", request
+            try:
+                outcome: AppendAndNotifyResult | None = await call_activity(
+                    name, argument, result_type=AppendAndNotifyResult if together else None, summary=summary
+                )
+            except (ActivityError, ApplicationError) as error:
+                # Before this patch a conflict failed the workflow (see is_conflict).
+                if not (is_conflict(error) and workflow.patched(ADOPT_AFTER_CONFLICT)):
+                    raise
+                await self._adopt_stored_events()
+                continue
+            self._stored_version = last
+            self._stored_state = fold(batch, self._stored_state)
+            del self._outbox[: len(batch)]
+            del self._notifications[: len(notifications)]
+            if not self._outbox:
+                self._redo.clear()
+            if together:
+                self._deliveries.send(notifications, notified, tried_with_the_append=outcome)
+            elif notifications:
+                self._deliveries.send(notifications, describe_notifications(notifications, self.current))
+        self._visibility.show(self.current)
+
+    def _owner(self: RelationshipShell) -> StreamOwner:
+        """This workflow as the one owner of its relationship's stream (the store checks it)."""
+        return StreamOwner(programme_id=self.current.programme_id, workflow_id=workflow.info().workflow_id)
+
+    async def _adopt_stored_events(self: RelationshipShell) -> None:
+        """The store holds events this run does not know: a local activity of a workflow
+        task that was never completed (a crash, a refused completion) stored them before the
+        task's history was written. They happened — their notifications may be out — so the
+        store wins: fold them in, then decide again the commands still pending (a command
+        already applied there is recognised by its id and skipped)."""
+        stored: list[AnyEvent] = await call_activity(
+            "read_stream",
+            ReadStreamRequest(
+                stream_id=self.current.relationship_id, after_version=self._stored_version, owner=self._owner()
+            ),
+            result_type=list[AnyEvent],
+            summary="Read events stored by an unfinished task",
+        )
+        workflow.logger.warning(
+            "adopting %d stored events after version %d of %s", len(stored), self._stored_version, workflow.info().workflow_id
+        )
+        state = self._stored_state
+        adopted: list[Notification] = []
+        for event in stored:
+            before, state = state, evolve(state, event)
+            adopted.extend(notifications_for(event, state, before))
+        assert state is not None
+        self._state = self._stored_state = state
+        self._stored_version = state.version
+        self._outbox.clear()
+        self._notifications.clear()
+        redo, self._redo = self._redo, []
+        for model, payload in redo:
+            self._decide_signal(model, payload)
+        self._catch_up(workflow.now())
+        if adopted:  # the delivery log drops what already went out
+            self._deliveries.send(adopted, describe_notifications(adopted, self.current))
+
+
+class Deliveries:
+    """The notifications of one run on their way out, each batch in a task of its own:
+    not awaited, so a slow or failing channel never holds the relationship up."""
+
+    def __init__(self) -> None:
+        self._sending: dict[asyncio.Task[None], list[Notification]] = {}
+        # Deliveries whose quick first try failed and that now retry with backoff.
+        self._retrying: set[asyncio.Task[Any]] = set()
+
+    def send(
+        self, notifications: list[Notification], summary: str, *, tried_with_the_append: AppendAndNotifyResult | None = None
+    ) -> None:
+        """Deliver `notifications` (described by `summary`) in the background: first a quick
+        try, then with backoff until they are out. `tried_with_the_append`: the first try was
+        made with the append of their events, so only what it left goes on, to the retries."""
+        if not notifications:
+            return
+        if tried_with_the_append is None:
+            delivery = self._deliver(notifications, summary)
+        elif tried_with_the_append.notifications_pending:
+            delivery = self._retry_delivery(notifications, summary)
+        else:
+            return  # all sent with the append
+        task = asyncio.create_task(delivery)
+        self._sending[task] = notifications
+        task.add_done_callback(self._delivery_done)
+
+    @property
+    def sending(self) -> bool:
+        return bool(self._sending)
+
+    async def wait(self) -> None:
+        """Until every delivery under way now has gone out."""
+        await asyncio.gather(*self._sending)
+
+    def idle(self, *, continuing: bool) -> bool:
+        # Continuing, deliveries still retrying go along to the next run.
+        return self._sending.keys() <= self._retrying if continuing else not self._sending
+
+    def undelivered(self) -> list[Notification]:
+        """What a run hands to the next one when it continues as new."""
+        return [n for notifications in self._sending.values() for n in notifications]
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._sending.pop(task, None)
+        self._retrying.discard(task)
+
+    async def _deliver(self, notifications: list[Notification], summary: str) -> None:
+        try:
+            await workflow.execute_local_activity(
+                "send_notifications",
+                notifications,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=NOTIFY_FIRST_TRY,
+                summary=summary,
+            )
+            return
+        except ActivityError:  # the first try timed out
+            pass
+        except ApplicationError:
+            # The first try failed (a channel is down). Before this patch that error escaped
+            # here and the notifications were never retried (see is_conflict).
+            if not workflow.patched(RETRY_AFTER_FAILED_FIRST_TRY):
+                raise
+        await self._retry_delivery(notifications, summary)
+
+    async def _retry_delivery(self, notifications: list[Notification], summary: str) -> None:
+        # The delivery log keeps what already went out from going out again.
+        current = asyncio.current_task()
+        assert current is not None
+        self._retrying.add(current)
+        await workflow.execute_activity(
+            "send_notifications",
+            notifications,
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=NOTIFY_RETRY,
+            summary=f"{summary} (retrying)"[:200],
+        )
