@@ -5,8 +5,9 @@ mentoring programme runs): `python -m bench.matching_mentor_match` (also run by
 Their package installs as the top-level module `matching`, the name of the Gale–Shapley
 package bench/matching.py compares against: it gets a virtual environment of its own
 (`--venv`, made on first use with `pip install mentor-match`), and runs there in a process
-of its own. Ours runs in another process, so that each one's peak memory (ru_maxrss) is its
-own.
+of its own. Ours runs in another process, so that each one's peak memory (VmHWM, Linux) is
+its own. Times are the matching alone (their `process_data`; our score matrix and solve),
+not reading the files.
 
 One cohort (bench/matching_cohorts.py, attributes only: organisation, grade, profession,
 characteristics) is written in both formats: their `mentors.csv` / `mentees.csv`, our
@@ -34,7 +35,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -86,9 +86,16 @@ started = time.perf_counter()
 process_data(mentors, mentees, [rules(), rules(), rules() + [rl.UnmatchedBonus(int(sys.argv[2]))]])
 seconds = time.perf_counter() - started
 pairs = [[mentee.email, mentor.email] for mentee in mentees for mentor in mentee.mentors]
-print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "pairs": pairs}))
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "pairs": pairs}))
 '''
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
+    process that started it, which may be a large benchmark)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -188,7 +195,7 @@ def our_child(folder: str, variant: str) -> None:
     print(json.dumps({
         "read_seconds": read - started, "score_seconds": scored - read, "solve_seconds": solved - scored,
         "seconds": solved - read, "pricing_rounds": rounds,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_mb(),
         "pairs": [[mentees[i].participant_id, mentors[j].participant_id] for i, j in chosen],
     }))  # fmt: skip
 
