@@ -1,6 +1,11 @@
-"""The PostgreSQL connection pool shared by the activities."""
+"""The PostgreSQL connection pool shared by the activities, and the databases it opens."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -16,3 +21,23 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 1
 async def migrate(pool: asyncpg.Pool) -> list[str]:
     async with pool.acquire() as connection:
         return [f"{m.version:04d}_{m.name}" for m in await apply_migrations(connection)]
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` with the database `database` (the same server, user and options)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@asynccontextmanager
+async def scratch_database(admin_url: str, prefix: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of `admin_url` (an administrative URL), named
+    PREFIX_ and random hex, and dropped afterwards (connections and all): for the tests and
+    the benchmarks, each of which wants tables of its own."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(admin_url, name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -63,12 +63,7 @@ def converter_for(settings: Settings, *, sends_commands: bool, keyring: Keyring 
 
 
 async def connect(
-    address: str,
-    namespace: str,
-    *,
-    data_converter: DataConverter,
-    runtime: Runtime | None = None,
-    tls: TLSConfig | bool = False,
+    address: str, namespace: str, *, data_converter: DataConverter, runtime: Runtime | None = None, tls: TLSConfig | bool = False
 ) -> Client:
     """`runtime`: the one exporting metrics (mentorflow.metrics.metrics_runtime), for a worker.
     `tls`: `Settings.temporal_tls()` (mTLS to a production cluster)."""

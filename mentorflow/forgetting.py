@@ -27,6 +27,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 from temporalio.api.common.v1 import WorkflowExecution
@@ -36,6 +37,7 @@ from temporalio.api.workflowservice.v1 import (
     DeleteWorkflowExecutionRequest,
     DescribeWorkflowExecutionRequest,
     GetWorkflowExecutionHistoryRequest,
+    GetWorkflowExecutionHistoryResponse,
 )
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -45,6 +47,8 @@ from events.model import CONFIDENTIAL_PATHS
 from mentorflow.start_options import relationship_id_of, relationship_workflow_id
 
 log = logging.getLogger("mentorflow.forget")
+
+T = TypeVar("T")
 
 # Who asked: an operator or system id, like the actor ids of commands (never free text).
 _REQUESTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -104,33 +108,23 @@ class TemporalRuns:
     async def _info(self, workflow_id: str, run_id: str = "") -> WorkflowExecutionInfo | None:
         """The run's description (the latest run's without a run id); None when Temporal has no such run."""
         client = await self.client()
-        try:
-            described = await client.workflow_service.describe_workflow_execution(
-                DescribeWorkflowExecutionRequest(
-                    namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
-                )
+        execution = WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
+        described = await _unless_not_found(
+            client.workflow_service.describe_workflow_execution(
+                DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=execution)
             )
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        return described.workflow_execution_info
+        )
+        return described.workflow_execution_info if described is not None else None
 
-    async def _history_exists(self, workflow_id: str, run_id: str) -> bool:
+    async def _first_page(self, workflow_id: str, run_id: str) -> GetWorkflowExecutionHistoryResponse | None:
+        """The first page (one event) of the run's history; None when Temporal has no such history."""
         client = await self.client()
-        try:
-            await client.workflow_service.get_workflow_execution_history(
-                GetWorkflowExecutionHistoryRequest(
-                    namespace=client.namespace,
-                    execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
-                    maximum_page_size=1,
-                )
+        execution = WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
+        return await _unless_not_found(
+            client.workflow_service.get_workflow_execution_history(
+                GetWorkflowExecutionHistoryRequest(namespace=client.namespace, execution=execution, maximum_page_size=1)
             )
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return True
+        )
 
     async def still_running(self, workflow_id: str) -> bool:
         info = await self._info(workflow_id)
@@ -162,20 +156,8 @@ class TemporalRuns:
 
     async def _continued_from(self, workflow_id: str, run_id: str) -> str | None:
         """The run that `run_id` continued as new from, if Temporal still has its history."""
-        client = await self.client()
-        try:
-            page = await client.workflow_service.get_workflow_execution_history(
-                GetWorkflowExecutionHistoryRequest(
-                    namespace=client.namespace,
-                    execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
-                    maximum_page_size=1,
-                )
-            )
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        for event in page.history.events:
+        page = await self._first_page(workflow_id, run_id)
+        for event in page.history.events if page is not None else ():
             if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
                 return event.workflow_execution_started_event_attributes.continued_execution_run_id or None
         return None
@@ -191,20 +173,13 @@ class TemporalRuns:
         gone: set[str] = set()  # a listing that lags behind may still show these
         while True:
             for run_id in sorted(await self.run_ids(workflow_id) - waiting - gone):
-                try:
-                    await client.workflow_service.delete_workflow_execution(
-                        DeleteWorkflowExecutionRequest(
-                            namespace=client.namespace,
-                            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
-                        )
-                    )
+                execution = WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
+                request = DeleteWorkflowExecutionRequest(namespace=client.namespace, workflow_execution=execution)
+                if await _unless_not_found(client.workflow_service.delete_workflow_execution(request)) is not None:
                     deleted += 1
-                except RPCError as error:
-                    if error.status != RPCStatusCode.NOT_FOUND:
-                        raise
                 waiting.add(run_id)
             for run_id in sorted(waiting):
-                if await self._info(workflow_id, run_id) is None and not await self._history_exists(workflow_id, run_id):
+                if await self._info(workflow_id, run_id) is None and await self._first_page(workflow_id, run_id) is None:
                     waiting.discard(run_id)
                     gone.add(run_id)
             if not waiting:
@@ -215,6 +190,16 @@ class TemporalRuns:
                     f"{workflow_id} within {self.wait:g} s (it deletes asynchronously and goes on)"
                 )
             await asyncio.sleep(self.poll_interval)
+
+
+async def _unless_not_found(call: Awaitable[T]) -> T | None:
+    """Temporal's answer, or None when it has no such workflow run (any other error is raised)."""
+    try:
+        return await call
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 async def forget_relationship(

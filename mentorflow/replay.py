@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,15 +47,10 @@ class ReplayOutcome:
         return (found[1] if found else self.detail).replace('\\"', '"')
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "workflow_id": self.workflow_id,
-            "run_id": self.run_id,
-            "workflow_type": self.workflow_type,
-            "events": self.events,
-            "verdict": self.verdict,
-            "message": self.summary() if self.detail else "",
-            "detail": self.detail,
-        }
+        """The fields, with the failure's `message` (`summary`) before its full `detail`."""
+        fields = asdict(self)
+        detail = fields.pop("detail")
+        return fields | {"message": self.summary() if detail else "", "detail": detail}
 
 
 def visibility_query(query: str | None) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from html import escape as html_escape
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+from pydantic import BaseModel
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
@@ -30,39 +31,29 @@ from events.state import Phase
 
 HEALTHS = [health.value for health in Health]
 
+RowT = TypeVar("RowT", bound=BaseModel)
+
 
 async def load_programme_report(pool: asyncpg.Pool, programme_id: str) -> ProgrammeReport | None:
     """The programme's dashboard, or None when no programme or relationship has that id."""
     async with pool.acquire() as connection:
-        relationships = [
-            RelationshipRow.model_validate(dict(record))
-            for record in await connection.fetch(
-                f"SELECT {', '.join(RelationshipRow.model_fields)} FROM report_relationships "
-                "WHERE programme_id = $1 ORDER BY relationship_id",
-                programme_id,
-            )
-        ]
+        in_order = "FROM report_relationships WHERE programme_id = $1 ORDER BY relationship_id"
+        relationships = await _rows(connection, RelationshipRow, "", in_order, programme_id)
         if not relationships:
             known = await connection.fetchval("SELECT 1 FROM programmes WHERE programme_id = $1", programme_id)
             if not known:
                 return None
-        meetings = [
-            MeetingRow.model_validate(dict(record))
-            for record in await connection.fetch(
-                f"SELECT {', '.join('m.' + c for c in MeetingRow.model_fields)} FROM report_meetings m "
-                "JOIN report_relationships r USING (relationship_id) WHERE r.programme_id = $1",
-                programme_id,
-            )
-        ]
-        feedback = [
-            FeedbackRow.model_validate(dict(record))
-            for record in await connection.fetch(
-                f"SELECT {', '.join('f.' + c for c in FeedbackRow.model_fields)} FROM report_feedback f "
-                "JOIN report_relationships r USING (relationship_id) WHERE r.programme_id = $1",
-                programme_id,
-            )
-        ]
+        of_programme = "JOIN report_relationships r USING (relationship_id) WHERE r.programme_id = $1"
+        meetings = await _rows(connection, MeetingRow, "m.", f"FROM report_meetings m {of_programme}", programme_id)
+        feedback = await _rows(connection, FeedbackRow, "f.", f"FROM report_feedback f {of_programme}", programme_id)
     return programme_report(programme_id, relationships, meetings, feedback)
+
+
+async def _rows(connection: asyncpg.Connection, row: type[RowT], alias: str, source: str, programme_id: str) -> list[RowT]:
+    """`SELECT` the row model's fields (prefixed with the table's `alias`) `source`, as rows."""
+    columns = ", ".join(alias + column for column in row.model_fields)
+    records = await connection.fetch(f"SELECT {columns} {source}", programme_id)
+    return [row.model_validate(dict(record)) for record in records]
 
 
 def report_json(report: ProgrammeReport, statuses: Sequence[ProjectionStatus], generated_at: datetime) -> dict[str, Any]:
@@ -155,6 +146,12 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _svg(chart_id: str, label: str, width: int, height: int, shapes: Sequence[str]) -> str:
+    """One chart: an inline SVG with its label as accessible name and title."""
+    return (f'<svg class="chart" id="{chart_id}" role="img" aria-label="{_e(label)}" width="{width}" '
+            f'height="{height}" viewBox="0 0 {width} {height}"><title>{_e(label)}</title>{"".join(shapes)}</svg>')  # fmt: skip
+
+
 def _meetings_chart(report: ProgrammeReport) -> str:
     months = report.meetings_per_month
     if not months:
@@ -175,9 +172,7 @@ def _meetings_chart(report: ProgrammeReport) -> str:
             )
             shapes.append(f'<text x="{x + offset + 9}" y="{base - bar - 3:.1f}" text-anchor="middle">{count}</text>')
         shapes.append(f'<text x="{x + 19}" y="{base + 18}" text-anchor="middle">{_e(month.month)}</text>')
-    label = "Meetings held (green) and missed (red) per month"
-    return (f'<svg class="chart" id="meetings-chart" role="img" aria-label="{_e(label)}" width="{width}" '
-            f'height="{height}" viewBox="0 0 {width} {height}"><title>{_e(label)}</title>{"".join(shapes)}</svg>')  # fmt: skip
+    return _svg("meetings-chart", "Meetings held (green) and missed (red) per month", width, height, shapes)
 
 
 def _feedback_chart(report: ProgrammeReport) -> str:
@@ -202,9 +197,7 @@ def _feedback_chart(report: ProgrammeReport) -> str:
             f"{month.average_score:.2f} from {month.responses} answers</title></circle>"
         )
         shapes.append(f'<text x="{x}" y="{base + 18}" text-anchor="middle">{_e(month.month)}</text>')
-    label = "Average feedback score (1 to 5) per month"
-    return (f'<svg class="chart" id="feedback-chart" role="img" aria-label="{_e(label)}" width="{width + 20}" '
-            f'height="{height}" viewBox="0 0 {width + 20} {height}"><title>{_e(label)}</title>{"".join(shapes)}</svg>')  # fmt: skip
+    return _svg("feedback-chart", "Average feedback score (1 to 5) per month", width + 20, height, shapes)
 
 
 def _closure_chart(report: ProgrammeReport) -> str:
@@ -222,10 +215,7 @@ def _closure_chart(report: ProgrammeReport) -> str:
         shapes.append(f'<rect class="reason" x="{label_width}" y="{y}" width="{length:.1f}" height="18">'
                       f"<title>{_e(reason)}: {count}</title></rect>")  # fmt: skip
         shapes.append(f'<text x="{label_width + length + 6:.1f}" y="{y + 14}">{count}</text>')
-    width = label_width + bar_width + 40
-    label = "Closed relationships by closure reason"
-    return (f'<svg class="chart" id="closure-chart" role="img" aria-label="{_e(label)}" width="{width}" '
-            f'height="{height}" viewBox="0 0 {width} {height}"><title>{_e(label)}</title>{"".join(shapes)}</svg>')  # fmt: skip
+    return _svg("closure-chart", "Closed relationships by closure reason", label_width + bar_width + 40, height, shapes)
 
 
 def _goal_chart(report: ProgrammeReport) -> str:
@@ -234,10 +224,10 @@ def _goal_chart(report: ProgrammeReport) -> str:
         return "<p>No goals agreed yet.</p>"
     share = goals.achieved / goals.goals
     label = f"{goals.achieved} of {goals.goals} goals achieved ({share:.0%})"
-    return (f'<svg class="chart" id="goals-chart" role="img" aria-label="{_e(label)}" width="420" height="34" '
-            f'viewBox="0 0 420 34"><title>{_e(label)}</title><rect class="track" x="0" y="4" width="300" height="22"/>'
-            f'<rect class="done" x="0" y="4" width="{300 * share:.1f}" height="22"/>'
-            f'<text x="310" y="20">{share:.0%}</text></svg><p>{_e(label)}</p>')  # fmt: skip
+    shapes = ['<rect class="track" x="0" y="4" width="300" height="22"/>',
+              f'<rect class="done" x="0" y="4" width="{300 * share:.1f}" height="22"/>',
+              f'<text x="310" y="20">{share:.0%}</text>']  # fmt: skip
+    return _svg("goals-chart", label, 420, 34, shapes) + f"<p>{_e(label)}</p>"
 
 
 def report_html(report: ProgrammeReport, statuses: Sequence[ProjectionStatus], generated_at: datetime) -> str:

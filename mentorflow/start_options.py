@@ -77,22 +77,16 @@ def relationship_start_options(
 
 
 def round_start_options(round_input: MatchingRoundInput, *, started_by: str) -> StartOptions:
+    parameters = round_input.model_dump(mode="json", exclude={"relationship_settings"})
+    shown = ("programme_id", "round_id", "coordinator_id", "objective", "mentee_ids", "batch_size")
     return StartOptions(
         static_summary=round_summary(round_input.programme_id, round_input.round_id),
-        static_details=round_start_details(
-            programme_id=round_input.programme_id,
-            round_id=round_input.round_id,
-            coordinator_id=round_input.coordinator_id,
-            objective=round_input.objective,
-            mentee_ids=round_input.mentee_ids,
-            batch_size=round_input.batch_size,
-            started_by=started_by,
-        ),
+        static_details=round_start_details(**{name: parameters[name] for name in shown}, started_by=started_by),
         memo={
             "programme_id": round_input.programme_id,
             "round_id": round_input.round_id,
             "started_by": started_by,
-            "start_parameters": round_input.model_dump(mode="json", exclude={"relationship_settings"})
+            "start_parameters": parameters
             | {"relationship_settings": "given" if round_input.relationship_settings else "programme"},
         },
     )

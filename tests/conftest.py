@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.database import create_pool, migrate
+from activities.database import create_pool, migrate, scratch_database
+from activities.database import with_database  # noqa: F401 (tests/test_fuzz_messages.py imports it from here)
 from mentorflow.client import data_converter, search_attribute_types
 from mentorflow.keyring import Keyring
 from tests.peers import SmtpServer, WebhookReceiver
@@ -41,11 +40,6 @@ TEST_KEYRING = Keyring.generate("test-1")
 DATA_CONVERTER = data_converter(TEST_KEYRING)
 
 
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An administrative URL of a real PostgreSQL: MENTORFLOW_TEST_DATABASE_URL, or an embedded one."""
@@ -63,14 +57,8 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def database_url(postgres_url: str) -> AsyncIterator[str]:
     """A new, empty database for one test, dropped afterwards."""
-    name = f"mentorflow_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(postgres_url, name)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(postgres_url, "mentorflow_test") as url:
+        yield url
 
 
 @pytest.fixture

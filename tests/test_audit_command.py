@@ -85,7 +85,7 @@ async def store_commands(pool: asyncpg.Pool) -> None:
     stranger sent; rel-c: a closure as the directory that a stranger sent."""
     from events.commands import CloseRelationship, ProposeMatch
     from events.decider import decide
-    from events.state import fold
+    from events.decider import fold
 
     store = PostgresEventStore(pool, TEST_KEYRING)
     settings = ProgrammeSettings(coordinator_ids=("coord-1",))

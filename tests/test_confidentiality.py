@@ -40,11 +40,11 @@ from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, WorkflowExecution
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.data_keys import FORGOTTEN, locations
 from activities.event_store import PostgresEventStore
-from activities.notifications import CONFIDENTIAL_PARAMETERS
+from activities.notifications_channels import CONFIDENTIAL_PARAMETERS
 from events.commands import COMMAND_TYPES
 from events.model import CONFIDENTIAL_PATHS, AnyEvent
 from events.sensitivity import confidential_paths
@@ -52,7 +52,7 @@ from events.settings import ProgrammeSettings
 from mentorflow.client import dev_server_flags
 from mentorflow.dev import _die_with_parent
 from tests.conftest import DATA_CONVERTER, TEST_KEYRING, project_root
-from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
+from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship, what_temporal_has
 from tests.peers import free_port
 from tests.test_workflow import cmd, state_of
 
@@ -296,7 +296,7 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
         # Forgetting: the real command, on the closed relationship, while Temporal runs.
         forgot = await asyncio.to_thread(run_cli, "forget", f"relationship/prog-1/{relationship_id}", "--yes",
                                          "--by", "ops-7", "--json", env=env)  # fmt: skip
-        left_in_temporal = {run.run_id: await still_in_temporal(client, handle.id, run.run_id) for run in listed}
+        left_in_temporal = {run.run_id: await what_temporal_has(client, handle.id, run.run_id) for run in listed}
         again = await asyncio.to_thread(run_cli, "forget", relationship_id, "--yes", env=env)
     finally:
         server_log = server.stop()
@@ -356,22 +356,6 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
     assert again.returncode == 0 and "already forgotten" in again.stdout, again.stderr
     unknown = await asyncio.to_thread(run_cli, "forget", "rel-nobody", "--yes", env=env)
     assert unknown.returncode == 1 and "no relationship 'rel-nobody'" in unknown.stderr
-
-
-async def still_in_temporal(client: Client, workflow_id: str, run_id: str) -> list[str]:
-    """What Temporal still answers for a run (through the codec: what the keys would read)."""
-    found = []
-    try:
-        await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
-        found.append("description")
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND, error
-    try:
-        await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        found.append("history")
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND, error
-    return found
 
 
 def without_text(event: AnyEvent) -> dict[str, Any]:

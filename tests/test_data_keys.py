@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import typing
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -20,7 +19,6 @@ from events.decider import start_relationship
 from events.model import (
     CONFIDENTIAL_PATHS,
     EVENT_TYPES,
-    UPCASTERS,
     AgreementProposed,
     AnyEvent,
     ClosureBegun,
@@ -39,8 +37,8 @@ from events.model import (
     RelationshipPaused,
     ResourceShared,
     ReviewSubmitted,
-    event_payload,
 )
+from events.store import UPCASTERS, event_payload
 from events.sensitivity import (
     CONFIDENTIAL,
     ConfidentialText,
@@ -50,36 +48,20 @@ from events.sensitivity import (
     unmarked_text_fields,
 )
 from events.settings import ProgrammeSettings
-from events.state import fold
+from events.decider import fold
 from events.store import ConcurrencyConflict
 from mentorflow.forgetting import ForgetRefused, forget_relationship
 from mentorflow.keyring import Keyring
+from tests.helpers import HISTORY_START, closed_by_mentee, confidential_history, envelope
 from tests.owners import owner
 
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+NOW = HISTORY_START
 KEYRING = Keyring.generate("kek-1")
 SECRET = "Worried about my manager; please keep this between us"
 
 
-def envelope(stream_id: str, version: int) -> dict[str, Any]:
-    return {"stream_id": stream_id, "version": version, "event_id": str(uuid.uuid4()),
-            "occurred_at": NOW + timedelta(hours=version), "command_id": f"c-{version}"}  # fmt: skip
-
-
 def history(stream_id: str, text: str = SECRET) -> list[AnyEvent]:
-    """A started relationship, a meeting with notes, a concern and a review with nested comments."""
-    events: list[AnyEvent] = start_relationship(stream_id, "prog-1", "mentee-1", ProgrammeSettings(), NOW)
-    version = len(events)
-    events.append(MeetingHeld(**envelope(stream_id, version + 1), meeting_number=1, held_at=NOW,
-                              duration_minutes=45, recorded_by="mentor-1", notes=f"notes: {text}"))  # fmt: skip
-    events.append(ConcernRaised(**envelope(stream_id, version + 2), concern_id="c-9", party="mentee",
-                                raised_by="mentee-1", text=f"concern: {text}"))  # fmt: skip
-    events.append(ReviewSubmitted(**envelope(stream_id, version + 3), kind="midpoint", party="mentee",
-                                  outcome="continue", comment=f"review: {text}", goal_assessments=(
-                                      GoalAssessment(goal_id="g1", progress_percent=40, comment=f"goal: {text}"),
-                                      GoalAssessment(goal_id="g2", progress_percent=90),
-                                  )))  # fmt: skip
-    return events
+    return confidential_history(stream_id, text)
 
 
 async def raw_payloads(pool: asyncpg.Pool) -> str:
@@ -398,15 +380,7 @@ async def test_forget_overwrites_text_stored_in_plain_before_encryption(pool: as
         [e.occurred_at for e in events], [e.command_id for e in events],
         [json.dumps(event_payload(e)) for e in events],
     )  # fmt: skip
-    events.append(RelationshipClosed.model_validate(
-        {**envelope("rel-1", len(events) + 1), "reason": "closed_by_mentee", "closed_by": "mentee-1",
-         "summary": {"relationship_id": "rel-1", "programme_id": "prog-1", "mentee_id": "mentee-1",
-                     "mentor_id": "mentor-1", "closure_reason": "closed_by_mentee", "started_at": NOW,
-                     "activated_at": NOW, "closed_at": NOW, "duration_days": 0, "meetings_held": 1,
-                     "meetings_missed": 0, "meetings_cancelled": 0, "late_cancellations": 0,
-                     "meeting_minutes_total": 45, "goals_total": 2, "goals_achieved": 0, "goal_progress": {},
-                     "feedback_trend": [], "concerns_raised": 1, "reviews_completed": [], "extensions": 0,
-                     "reflections_from": []}}))  # fmt: skip
+    events.append(closed_by_mentee("rel-1", len(events) + 1))
     store = PostgresEventStore(pool, KEYRING)
     await store.append("rel-1", len(events) - 1, events[-1:], owner=owner("rel-1"))
     assert await store.read_stream("rel-1") == events  # plain text reads as it is

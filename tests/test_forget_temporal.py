@@ -20,8 +20,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -32,7 +30,15 @@ from activities.projections import ProjectionFollower
 from mentorflow.forgetting import ForgetRefused, TemporalRuns, forget_relationship
 from mentorflow.reports import load_programme_report
 from tests.conftest import TEST_KEYRING, start_dev_server
-from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
+from tests.helpers import (
+    closed_by_mentee,
+    confidential_history,
+    failed_workflow_tasks,
+    new_worker,
+    start_relationship,
+    what_temporal_has,
+)
+from tests.owners import owner
 from tests.test_workflow import AGREEMENT, cmd, state_of
 
 SECRET = f"FORGET{uuid.uuid4().hex}"
@@ -61,26 +67,6 @@ async def run_ids(client: Client, workflow_id: str) -> list[str]:
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
     return runs
-
-
-async def temporal_has(client: Client, workflow_id: str, run_id: str) -> list[str]:
-    """What Temporal still answers for a run: its description, its history."""
-    found = []
-    try:
-        await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
-        found.append("description")
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND, error
-    try:
-        await client.workflow_service.get_workflow_execution_history(
-            GetWorkflowExecutionHistoryRequest(
-                namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
-            )
-        )
-        found.append("history")
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND, error
-    return found
 
 
 async def listed(client: Client, workflow_id: str) -> list[str]:
@@ -152,7 +138,7 @@ async def test_forget_deletes_every_run_of_the_chain_and_changes_nothing_else(
         assert len(runs) == 3
         for run_id in runs:
             assert await failed_workflow_tasks(client.get_workflow_handle(handle.id, run_id=run_id)) == 0
-            assert await temporal_has(client, handle.id, run_id) == ["description", "history"]
+            assert await what_temporal_has(client, handle.id, run_id) == ["description", "history"]
 
     store = PostgresEventStore(pool, TEST_KEYRING)
     before = await store.read_stream(relationship_id)
@@ -164,7 +150,7 @@ async def test_forget_deletes_every_run_of_the_chain_and_changes_nothing_else(
     done = await forget_relationship(pool, relationship_id, forgotten_by="ops-7", temporal=temporal)
     assert (done.now, done.workflow_runs_deleted, done.workflow_id) == (True, 3, handle.id)
     for run_id in runs:
-        assert await temporal_has(client, handle.id, run_id) == [], run_id
+        assert await what_temporal_has(client, handle.id, run_id) == [], run_id
     for _ in range(100):  # the listing (visibility) follows a moment behind
         if not await listed(client, handle.id):
             break
@@ -197,13 +183,13 @@ async def test_forget_refuses_a_running_workflow_and_deletes_a_terminated_one(
         await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1", explanation=f"{SECRET} why"))
         with pytest.raises(ForgetRefused, match="still running"):
             await forget_relationship(pool, relationship_id, forgotten_by="ops-7", temporal=temporal)
-        assert await temporal_has(client, handle.id, (await handle.describe()).run_id) == ["description", "history"]
+        assert await what_temporal_has(client, handle.id, (await handle.describe()).run_id) == ["description", "history"]
         assert await pool.fetchval("SELECT forgotten_at FROM data_keys WHERE stream_id = $1", relationship_id) is None
         await handle.terminate("the programme was cancelled")
     run_id = (await handle.describe()).run_id
     done = await forget_relationship(pool, handle.id, forgotten_by="ops-7", temporal=temporal)
     assert (done.now, done.workflow_runs_deleted) == (True, 1)
-    assert await temporal_has(client, handle.id, run_id) == []
+    assert await what_temporal_has(client, handle.id, run_id) == []
 
 
 async def test_a_relationship_forgotten_before_has_its_runs_deleted_by_the_next_forget(
@@ -226,7 +212,7 @@ async def test_a_relationship_forgotten_before_has_its_runs_deleted_by_the_next_
     temporal = TemporalRuns(without_codec(env), wait=60, poll_interval=0.1)
     again = await forget_relationship(pool, relationship_id, forgotten_by="ops-2", temporal=temporal)
     assert (again.now, again.workflow_runs_deleted, again.forgotten_by) == (False, 1, "ops-1")
-    assert await temporal_has(client, handle.id, run_id) == []
+    assert await what_temporal_has(client, handle.id, run_id) == []
 
 
 # -- what forget does when Temporal is slow, fails or still runs the workflow (no server) -----
@@ -258,22 +244,10 @@ class StubRuns(TemporalRuns):
 
 
 async def stored(pool: asyncpg.Pool, stream_id: str, *, closed: bool) -> None:
-    from events.model import RelationshipClosed
-    from tests.owners import owner
-    from tests.test_data_keys import KEYRING, NOW, envelope, history
-
-    events = history(stream_id)
+    events = confidential_history(stream_id, SECRET)
     if closed:
-        events.append(RelationshipClosed.model_validate(
-            {**envelope(stream_id, len(events) + 1), "reason": "closed_by_mentee", "closed_by": "mentee-1",
-             "summary": {"relationship_id": stream_id, "programme_id": "prog-1", "mentee_id": "mentee-1",
-                         "mentor_id": "mentor-1", "closure_reason": "closed_by_mentee", "started_at": NOW,
-                         "activated_at": NOW, "closed_at": NOW, "duration_days": 0, "meetings_held": 1,
-                         "meetings_missed": 0, "meetings_cancelled": 0, "late_cancellations": 0,
-                         "meeting_minutes_total": 45, "goals_total": 2, "goals_achieved": 0, "goal_progress": {},
-                         "feedback_trend": [], "concerns_raised": 1, "reviews_completed": [], "extensions": 0,
-                         "reflections_from": []}}))  # fmt: skip
-    await PostgresEventStore(pool, KEYRING).append(stream_id, 0, events, owner=owner(stream_id))
+        events.append(closed_by_mentee(stream_id, len(events) + 1))
+    await PostgresEventStore(pool, TEST_KEYRING).append(stream_id, 0, events, owner=owner(stream_id))
 
 
 async def key_forgotten(pool: asyncpg.Pool, stream_id: str) -> bool:

@@ -34,12 +34,13 @@ from events.model import AnyEvent
 from events.people import Participant, Programme
 from events.refusals import Rejection
 from events.settings import ProgrammeSettings
-from events.state import RelationshipState, fold
+from events.state import RelationshipState
+from events.decider import fold
 from events.store import StreamOwner
 from migrations import apply_migrations, available_migrations
-from pairing.profiles import MenteeProfile, MentorProfile
+from pairing.profiles import MentorProfile
 from pairing.settings import MatchingSettings
-from tests.helpers import new_worker, start_relationship
+from tests.helpers import mentee_profile, mentor_profile, mentor_slots, new_worker, start_relationship
 from tests.test_workflow import cmd, state_of
 from workflows.matching_round import MatchingRound, MatchingRoundInput
 
@@ -47,24 +48,6 @@ from workflows.matching_round import MatchingRound, MatchingRoundInput
 PROGRAMME = "prog-1"
 WEEK = date(2027, 1, 4)
 RESERVED = ("reserved", "already_reserved", "reserved_without_profile")
-
-
-def mentor(participant_id: str, capacity: int, level: int = 5) -> MentorProfile:
-    return MentorProfile.model_validate(
-        {"participant_id": participant_id, "capacity": capacity, "languages": ["en"],
-         "strengths": [{"topic": "python", "level": level}, {"topic": "sql", "level": level}]}
-    )  # fmt: skip
-
-
-def mentee(participant_id: str) -> MenteeProfile:
-    return MenteeProfile.model_validate(
-        {"participant_id": participant_id, "languages": ["en"], "goals": [{"topic": "python"}, {"topic": "sql"}]}
-    )
-
-
-async def slots(pool: asyncpg.Pool) -> dict[str, str]:
-    rows = await pool.fetch("SELECT relationship_id, mentor_id FROM mentor_slots WHERE programme_id = $1", PROGRAMME)
-    return {row["relationship_id"]: row["mentor_id"] for row in rows}
 
 
 async def round_pairs(pool: asyncpg.Pool, round_id: str) -> dict[str, str]:
@@ -129,14 +112,14 @@ async def test_a_hand_match_made_before_profiles_counts_and_keeps_the_round_away
             hand[(await state_of(handle)).relationship_id] = handle
 
         async def both_held() -> bool:
-            return await slots(pool) == {rel: "emp-311" for rel in hand}
+            return await mentor_slots(pool) == {rel: "emp-311" for rel in hand}
 
         await eventually(both_held, "the hand proposals hold emp-311's slots")
 
         # Then the profiles are imported: emp-311 fits everybody best.
         await store.save_profiles(PROGRAMME, [
-            mentor("emp-311", 2, 5), mentor("m-2", 3, 3), mentor("m-gone", 3, 5),
-            mentee("emp-1042"), mentee("emp-1043"), mentee("emp-2000"), mentee("emp-gone"),
+            mentor_profile("emp-311", 2, 5), mentor_profile("m-2", 3, 3), mentor_profile("m-gone", 3, 5),
+            mentee_profile("emp-1042"), mentee_profile("emp-1043"), mentee_profile("emp-2000"), mentee_profile("emp-gone"),
         ])  # fmt: skip
         assert (await store.slots_taken(PROGRAMME)).get("emp-311") == 2  # what `profiles list` shows
 
@@ -159,7 +142,7 @@ async def test_a_hand_match_made_before_profiles_counts_and_keeps_the_round_away
         await close_all([*hand.values(), proposed])
 
         async def all_given_back() -> bool:
-            return await slots(pool) == {}
+            return await mentor_slots(pool) == {}
 
         await eventually(all_given_back, "closing gives every slot back")
 
@@ -215,7 +198,7 @@ async def test_the_migration_counts_relationships_matched_before_it(database_url
         async with pool.acquire() as connection:
             applied = await apply_migrations(connection, until=mine.version)  # later ones are not about load
         assert [m.version for m in applied] == [mine.version]
-        assert await slots(pool) == {"hand": "emp-311", "hand-2": "emp-311", "pool": "m-2"}
+        assert await mentor_slots(pool) == {"hand": "emp-311", "hand-2": "emp-311", "pool": "m-2"}
         assert await ProfileStore(pool).slots_taken(PROGRAMME) == {"emp-311": 2, "m-2": 1}
         rows = await pool.fetch("SELECT relationship_id, mentee_id FROM open_relationships WHERE programme_id = $1", PROGRAMME)
         assert sorted((r["relationship_id"], r["mentee_id"]) for r in rows) == [
@@ -233,8 +216,8 @@ async def test_a_mentee_with_an_open_relationship_is_left_out_unless_the_program
     store = activities.profiles
     await programme_with_coordinator(pool, left=("m-gone", "e-gone"))
     await store.save_profiles(PROGRAMME, [
-        mentor("m-1", 3, 5), mentor("m-2", 3, 3), mentor("m-gone", 3, 5),
-        mentee("e-busy"), mentee("e-free"), mentee("e-gone"),
+        mentor_profile("m-1", 3, 5), mentor_profile("m-2", 3, 3), mentor_profile("m-gone", 3, 5),
+        mentee_profile("e-busy"), mentee_profile("e-free"), mentee_profile("e-gone"),
     ])  # fmt: skip
     # e-busy is in a relationship with m-1, matched by hand.
     held = await activities.reserve_mentor_slot(
@@ -275,8 +258,8 @@ async def test_a_round_does_not_propose_pairs_that_changed_after_it_was_solved(p
     # Every pair is stopped before anything is sent, so no Temporal client is needed.
     activities = MatchingActivities(pool, cast(Client, object()), "unused")
     await programme_with_coordinator(pool)
-    await activities.profiles.save_profiles(PROGRAMME, [mentor("m-1", 1, 5), mentor("m-2", 2, 3),
-                                                        *(mentee(f"e-{k}") for k in range(3))])  # fmt: skip
+    await activities.profiles.save_profiles(PROGRAMME, [mentor_profile("m-1", 1, 5), mentor_profile("m-2", 2, 3),
+                                                        *(mentee_profile(f"e-{k}") for k in range(3))])  # fmt: skip
     request = RoundRequest(programme_id=PROGRAMME, round_id="r-1", week_of=WEEK)
     await activities.collect_round_members(request)
     assert (await activities.solve_round(request)).matched == 3
@@ -295,7 +278,7 @@ async def test_a_round_does_not_propose_pairs_that_changed_after_it_was_solved(p
         mentee_id: "mentee already in a relationship" if mentee_id == with_m1 else "left the directory"
         for mentee_id in pairs
     }
-    assert await slots(pool) == {"hand-1": "m-9"}
+    assert await mentor_slots(pool) == {"hand-1": "m-9"}
 
 
 # -- races ---------------------------------------------------------------------------------
@@ -346,25 +329,25 @@ async def _round_against_a_reservation_in_flight(
 
 async def test_a_round_waits_for_a_reservation_in_flight_and_counts_it(pool: asyncpg.Pool) -> None:
     activities = MatchingActivities(pool)
-    await activities.profiles.save_profiles(PROGRAMME, [mentor("m-1", 1), *(mentee(f"e-{k}") for k in range(3))])
+    await activities.profiles.save_profiles(PROGRAMME, [mentor_profile("m-1", 1), *(mentee_profile(f"e-{k}") for k in range(3))])
     # m-1 was reserved and given back before: only the mentor's lock can make the round wait.
     earlier = SlotRequest(programme_id=PROGRAMME, relationship_id="earlier", mentor_id="m-1", mentee_id="x-0")
     assert (await activities.reserve_mentor_slot(earlier)).outcome == "reserved"
     await activities.release_mentor_slot(SlotRelease(programme_id=PROGRAMME, relationship_id="earlier"))
     outcome, waited, matched = await _round_against_a_reservation_in_flight(activities, pool, "m-1")
     assert outcome == "reserved"
-    assert await slots(pool) == {"hand-1": "m-1"}, "m-1 was oversubscribed"
+    assert await mentor_slots(pool) == {"hand-1": "m-1"}, "m-1 was oversubscribed"
     assert waited and matched == 0
 
 
 async def test_a_hand_match_without_a_profile_counts_against_the_profile_imported_meanwhile(pool: asyncpg.Pool) -> None:
     activities = MatchingActivities(pool)
-    await activities.profiles.save_profiles(PROGRAMME, [mentee(f"e-{k}") for k in range(3)])
+    await activities.profiles.save_profiles(PROGRAMME, [mentee_profile(f"e-{k}") for k in range(3)])
     outcome, waited, matched = await _round_against_a_reservation_in_flight(
-        activities, pool, "m-new", import_meanwhile=mentor("m-new", 1)
+        activities, pool, "m-new", import_meanwhile=mentor_profile("m-new", 1)
     )
     assert outcome == "reserved_without_profile"
-    assert await slots(pool) == {"hand-1": "m-new"}, "m-new was oversubscribed"
+    assert await mentor_slots(pool) == {"hand-1": "m-new"}, "m-new was oversubscribed"
     assert waited and matched == 0
 
 
@@ -374,8 +357,8 @@ async def test_hand_reservations_pool_requests_and_rounds_racing_never_oversubsc
     # 15 slots; 6 hand proposals, 8 pool requests and 4 rounds of 5 mentees want them.
     capacities = {"m-0": 6, "m-1": 4, "m-2": 3, "m-3": 2}
     await activities.profiles.save_profiles(PROGRAMME, [
-        *(mentor(m, c, 5 - k) for k, (m, c) in enumerate(capacities.items())),
-        *(mentee(f"e-{k}") for k in range(40)),
+        *(mentor_profile(m, c, 5 - k) for k, (m, c) in enumerate(capacities.items())),
+        *(mentee_profile(f"e-{k}") for k in range(40)),
     ])  # fmt: skip
     await warm_up(pool, 50)
     for attempt in range(4):
@@ -419,8 +402,8 @@ async def test_hand_proposals_the_pool_and_rounds_racing_in_temporal_never_overs
     store = ProfileStore(pool)
     capacities = {"m-hot": 3, "m-cold": 2}
     await store.save_profiles(PROGRAMME, [
-        mentor("m-hot", 3, 5), mentor("m-cold", 2, 2),
-        *(mentee(f"p-{k}") for k in range(4)), *(mentee(f"r-{k}") for k in range(12)),
+        mentor_profile("m-hot", 3, 5), mentor_profile("m-cold", 2, 2),
+        *(mentee_profile(f"p-{k}") for k in range(4)), *(mentee_profile(f"r-{k}") for k in range(12)),
     ])  # fmt: skip
     round_ids = [f"r-{uuid.uuid4().hex[:8]}" for _ in range(4)]
     async with new_worker(env.client, pool) as worker:
@@ -457,7 +440,7 @@ async def test_hand_proposals_the_pool_and_rounds_racing_in_temporal_never_overs
 
             async def consistent() -> bool:
                 """Every proposed mentor's slot held by the relationship, no slot without one."""
-                held = await slots(pool)
+                held = await mentor_slots(pool)
                 candidates = {}
                 for handle in everyone:
                     state = await state_of(handle)

@@ -26,8 +26,7 @@ from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.codec_server import CodecServerConfig, start_codec_server
 from tests.conftest import TEST_KEYRING
-from tests.helpers import failed_workflow_tasks, new_worker
-from workflows.relationship import Relationship, RelationshipInput
+from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 
 CLI = [sys.executable, "-m", "mentorflow.cli"]
 
@@ -89,11 +88,8 @@ async def test_update_signal_and_send_answer_with_meaningful_exit_codes(
     )
     programme = await create_programme(pool)
     async with new_worker(dev_env.client, pool) as worker:
-        handle = await dev_env.client.start_workflow(
-            Relationship.run,
-            RelationshipInput(relationship_id="r-cli", programme_id=programme, mentee_id="emp-1042"),
-            id=f"relationship/{programme}/r-cli",
-            task_queue=worker.task_queue,
+        handle = await start_relationship(
+            dev_env.client, worker, programme_id=programme, relationship_id="r-cli", mentee_id="emp-1042", settings=None
         )
         workflow_id = handle.id
 
@@ -238,11 +234,8 @@ async def test_a_signal_with_no_argument_or_several_is_recorded_not_stuck(
 ) -> None:
     programme = await create_programme(pool)
     async with new_worker(dev_env.client, pool) as worker:
-        handle = await dev_env.client.start_workflow(
-            Relationship.run,
-            RelationshipInput(relationship_id="r-args", programme_id=programme, mentee_id="emp-1042"),
-            id=f"relationship/{programme}/r-args",
-            task_queue=worker.task_queue,
+        handle = await start_relationship(
+            dev_env.client, worker, programme_id=programme, relationship_id="r-args", mentee_id="emp-1042", settings=None
         )
         await handle.signal("raise_concern")
         await handle.signal("raise_concern", args=[{"command_id": "c-1", "actor_id": "emp-1042", "text": "a"}, {}])

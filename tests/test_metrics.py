@@ -9,34 +9,26 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client, WorkflowHandle
 
 from activities.directory import Directory
 from events.people import Participant
-from events.settings import ProgrammeSettings
 from mentorflow.client import connect
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.metrics import metrics_runtime
 from tests.conftest import DATA_CONVERTER
+from tests.helpers import cmd, start_relationship
+from tests.peers import free_port
 from tests.test_dev_server import dev_server
 from worker import run_worker
-from workflows.relationship import Relationship, RelationshipInput
+from workflows.relationship import Relationship
 
 _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 Samples = list[tuple[str, dict[str, str], float]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> Samples:
@@ -65,25 +57,6 @@ async def eventually(port: int, check: Callable[[Samples], bool], timeout: float
         await asyncio.sleep(0.2)
 
 
-def cmd(actor: str, **fields: Any) -> dict[str, Any]:
-    return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
-
-
-async def start(client: Client, task_queue: str, mentee: str) -> WorkflowHandle[Any, Any]:
-    relationship_id = f"rel-{uuid.uuid4().hex[:10]}"
-    return await client.start_workflow(
-        Relationship.run,
-        RelationshipInput(
-            relationship_id=relationship_id,
-            programme_id="prog-1",
-            mentee_id=mentee,
-            settings=ProgrammeSettings(coordinator_ids=("coord-1",)),
-        ),
-        id=f"relationship/prog-1/{relationship_id}",
-        task_queue=task_queue,
-    )
-
-
 async def delivered(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
     rows = await pool.fetch(
         "SELECT channel, template, count(*) AS n FROM notification_deliveries WHERE status = 'delivered' GROUP BY 1, 2"
@@ -110,8 +83,8 @@ async def test_the_worker_serves_temporal_and_mentorflow_metrics(
     worker = asyncio.create_task(run_worker(client, pool, task_queue, ready=ready, settings=settings))
     try:
         await asyncio.wait_for(ready.wait(), 30)
-        closing = await start(client, task_queue, "mentee-1")
-        waiting = await start(client, task_queue, "mentee-2")
+        closing = await start_relationship(client, task_queue, mentee_id="mentee-1")
+        waiting = await start_relationship(client, task_queue, mentee_id="mentee-2")
         # Two rejections by signal (out of phase; a bad payload), then a proposal that notifies.
         await closing.signal("sign_agreement", cmd("mentee-1", agreement_version=1))
         await closing.signal("propose_match", cmd("coord-1", mentor_id=42))

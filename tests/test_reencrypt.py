@@ -16,7 +16,8 @@ import activities.event_store
 import mentorflow.forgetting
 from activities.data_keys import ENCRYPTED, FORGOTTEN, DataKeyError, locations
 from activities.event_store import PostgresEventStore
-from events.model import CONFIDENTIAL_PATHS, AnyEvent, event_payload
+from events.model import CONFIDENTIAL_PATHS, AnyEvent
+from events.store import event_payload
 from events.sensitivity import FieldPath
 from mentorflow.forgetting import forget_relationship
 from mentorflow.reencrypt import Reencrypted, reencrypt_plain_text

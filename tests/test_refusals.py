@@ -24,12 +24,8 @@ from workflows.relationship import RelationshipInput
 from events.refusals import RefusalCode
 from events.settings import ProgrammeRequest, ProgrammeSettings
 from events.state import Phase, RelationshipState
-from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
+from tests.helpers import cmd, failed_workflow_tasks, matched, new_worker, running_relationship, start_relationship
 from workflows.relationship import Relationship
-
-
-def cmd(actor: str, command_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"command_id": command_id or f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
 
 
 def refusal_of(error: WorkflowUpdateFailedError) -> ApplicationError:
@@ -42,9 +38,7 @@ def refusal_of(error: WorkflowUpdateFailedError) -> ApplicationError:
 async def test_every_refusal_reaches_an_update_caller_as_a_non_retryable_code_with_details(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(time_skipping_env, pool) as handle:
         cases: list[tuple[str, dict[str, Any], RefusalCode]] = [
             ("sign_agreement", cmd("mentee-1", agreement_version=1), RefusalCode.WRONG_PHASE),
             ("propose_match", cmd("stranger-9", mentor_id="mentor-1"), RefusalCode.NOT_ALLOWED),
@@ -66,11 +60,8 @@ async def test_payloads_are_validated_exactly_as_their_schema_reads(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
     env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
-        await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1"))
-        await handle.execute_update("accept_match", cmd("mentee-1"))
-        await handle.execute_update("accept_match", cmd("mentor-1"))
+    async with running_relationship(env, pool) as handle:
+        await matched(handle)
         terms = {"objective": "Grow", "goals": [{"title": "Lead"}], "meeting_frequency": "monthly",
                  "meeting_minutes": 60, "term_months": 6}  # fmt: skip
         await handle.execute_update("propose_agreement", cmd("mentee-1", terms=terms))
@@ -94,9 +85,7 @@ async def test_payloads_are_validated_exactly_as_their_schema_reads(
 async def test_a_signal_is_refused_once_per_payload_and_a_corrected_resend_is_decided(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(time_skipping_env, pool) as handle:
         malformed = cmd("coord-1", command_id="hr-1", mentor_id=["not", "an", "id"])
         await handle.signal("propose_match", malformed)
         await handle.signal("propose_match", malformed)  # the same refused payload again
@@ -174,9 +163,7 @@ async def test_the_state_query_answers_from_the_first_moment_and_bad_starts_fail
 async def test_a_replay_reports_the_first_application_after_the_relationship_moved_on(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(time_skipping_env, pool) as handle:
         propose = cmd("coord-1", mentor_id="mentor-1")
         first = await handle.execute_update("propose_match", propose, id="send-1")
         await handle.execute_update("accept_match", cmd("mentee-1"))

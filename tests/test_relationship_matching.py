@@ -14,30 +14,11 @@ from activities.event_store import PostgresEventStore
 from activities.matching import MatchingActivities
 from events.model import MatchDeclined, MatchProposed
 from events.state import Phase, RelationshipState
-from pairing.profiles import MenteeProfile, MentorProfile
 from tests.conftest import TEST_KEYRING
-from tests.helpers import new_worker, start_relationship
+from tests.helpers import mentee_profile as mentee, mentor_profile as mentor, mentor_slots as slots, new_worker, start_relationship
 from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
 
 PROGRAMME = "prog-1"
-
-
-def mentor(participant_id: str, level: int) -> MentorProfile:
-    return MentorProfile.model_validate(
-        {"participant_id": participant_id, "capacity": 1, "languages": ["en"],
-         "strengths": [{"topic": "python", "level": level}, {"topic": "sql", "level": level}]}
-    )  # fmt: skip
-
-
-def mentee(participant_id: str) -> MenteeProfile:
-    return MenteeProfile.model_validate(
-        {"participant_id": participant_id, "languages": ["en"], "goals": [{"topic": "python"}, {"topic": "sql"}]}
-    )
-
-
-async def slots(pool: asyncpg.Pool) -> dict[str, str]:
-    rows = await pool.fetch("SELECT relationship_id, mentor_id FROM mentor_slots WHERE programme_id = $1", PROGRAMME)
-    return {row["relationship_id"]: row["mentor_id"] for row in rows}
 
 
 async def settled(handle: WorkflowHandle[Any, Any], ready: Callable[[RelationshipState], bool]) -> RelationshipState:
@@ -61,7 +42,7 @@ async def test_the_pool_proposes_the_best_free_mentor_and_capacity_follows_the_r
 ) -> None:
     env = time_skipping_env
     await MatchingActivities(pool).profiles.save_profiles(
-        PROGRAMME, [mentor("m-best", 5), mentor("m-next", 3), mentee("e-1"), mentee("e-2")]
+        PROGRAMME, [mentor("m-best", level=5), mentor("m-next", level=3), mentee("e-1"), mentee("e-2")]
     )
     async with new_worker(env.client, pool) as worker:
         first = await start_relationship(env.client, worker, mentee_id="e-1")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -312,11 +312,16 @@ def test_the_counter_examples_cover_every_kind_the_issue_names() -> None:
 # -- known differences (strict xfails: shown on every run; a fix makes them fail, remove them then) --
 
 
-def integer_fields() -> Iterator[tuple[str, tuple[Any, ...]]]:
+def fields_where(matches: Callable[[dict[str, Any]], bool]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Every message's fields whose subschema `matches`: (message, concrete path)."""
     for message in MESSAGES:
         for path in property_paths(SCHEMAS[message]):
-            if subschema(SCHEMAS[message], concrete(path)).get("type") == "integer":
+            if matches(subschema(SCHEMAS[message], concrete(path))):
                 yield message, concrete(path)
+
+
+def integer_fields() -> Iterator[tuple[str, tuple[Any, ...]]]:
+    return fields_where(lambda schema: schema.get("type") == "integer")
 
 
 @pytest.mark.xfail(
@@ -352,10 +357,7 @@ def test_read_command_names_only_the_field_at_fault() -> None:
 
 
 def time_fields() -> Iterator[tuple[str, tuple[Any, ...]]]:
-    for message in MESSAGES:
-        for path in property_paths(SCHEMAS[message]):
-            if subschema(SCHEMAS[message], concrete(path)).get("description") == "A wall-clock time, HH:MM[:SS].":
-                yield message, concrete(path)
+    return fields_where(lambda schema: schema.get("description") == "A wall-clock time, HH:MM[:SS].")
 
 
 def test_there_are_time_fields() -> None:
@@ -382,10 +384,7 @@ def test_a_time_of_day_means_the_same_to_both() -> None:
 
 
 def date_time_fields() -> Iterator[tuple[str, tuple[Any, ...]]]:
-    for message in MESSAGES:
-        for path in property_paths(SCHEMAS[message]):
-            if subschema(SCHEMAS[message], concrete(path)).get("format") == "date-time":
-                yield message, concrete(path)
+    return fields_where(lambda schema: schema.get("format") == "date-time")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,10 +25,12 @@ from temporalio.testing import ActivityEnvironment
 from activities.data_keys import FORGOTTEN, DataKeys, seal_payload
 from activities.database import create_pool
 from activities.event_store import EventStoreActivities, PostgresEventStore
-from activities.notifications import NotificationActivities, PostgresDeliveryLog, StaticContacts
+from activities.notifications import NotificationActivities, StaticContacts
+from activities.notifications_delivery_log import PostgresDeliveryLog
 from activities.store_and_notify import StoreAndNotifyActivities
 from events.decider import start_relationship
-from events.model import CONFIDENTIAL_PATHS, AnyEvent, ConcernRaised, MeetingHeld, event_payload
+from events.model import CONFIDENTIAL_PATHS, AnyEvent, ConcernRaised, MeetingHeld
+from events.store import event_payload
 from events.notifications import Notification
 from events.settings import ProgrammeSettings
 from events.store import (
@@ -55,18 +56,14 @@ from mentorflow.forgetting import forget_relationship
 from mentorflow.keyring import Keyring
 from migrations import apply_migrations
 from tests.conftest import start_dev_server
+from tests.helpers import HISTORY_START, envelope
 from tests.owners import owner
 
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+NOW = HISTORY_START
 KEYRING = Keyring.generate("kek-owners")
 SECRET = "my manager shouts at me; please keep this between us"
 VICTIM = owner("rel-1", "prog-1")  # relationship/prog-1/rel-1
 ATTACKER = owner("rel-1", "evilprog")  # relationship/evilprog/rel-1: the tester's start
-
-
-def envelope(stream_id: str, version: int) -> dict[str, Any]:
-    return {"stream_id": stream_id, "version": version, "event_id": str(uuid.uuid4()),
-            "occurred_at": NOW + timedelta(hours=version), "command_id": f"c-{version}"}  # fmt: skip
 
 
 def relationship(stream_id: str, programme_id: str, meetings: int = 13, text: str = SECRET) -> list[AnyEvent]:

@@ -13,19 +13,16 @@ import asyncpg
 import typer
 from rich.markup import escape
 
-from mentorflow.cli.shared import JsonOption, _connect, _with_database, app, out, reports_problems
+from mentorflow.cli.shared import JsonOption, _connect, _with_database, command_group, out, reports_problems
 from mentorflow.config import Settings
 
-audit_app = typer.Typer(help="Read-only checks of a running deployment.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
+audit_app = command_group("audit", "Read-only checks of a running deployment.")
 
 
 @audit_app.command("streams")
 @reports_problems
 def audit_streams_command(
-    store_only: Annotated[
-        bool, typer.Option("--store-only", help="Only the event store's own traces; do not ask Temporal.")
-    ] = False,
+    store_only: Annotated[bool, typer.Option("--store-only", help="Only the event store's own traces; do not ask Temporal.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List event streams that more than one workflow read or wrote. Read-only. Exit 1 if something was found."""

@@ -8,15 +8,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mentorflow.cli.shared import JsonOption, Problem, _connect, app, out, reports_problems, run
+from mentorflow.cli.shared import JsonOption, Problem, _connect, command_group, out, reports_problems, run
 from mentorflow.config import Settings
 
-deployment_app = typer.Typer(
-    help="Worker Deployment Versioning: which build of the worker gets the workflow tasks "
+deployment_app = command_group(
+    "deployment",
+    "Worker Deployment Versioning: which build of the worker gets the workflow tasks "
     "(MENTORFLOW_DEPLOYMENT_NAME, MENTORFLOW_BUILD_ID; see docs/deploying.md).",
-    no_args_is_help=True,
 )
-app.add_typer(deployment_app, name="deployment")
 
 
 @deployment_app.command("set-current")

@@ -6,10 +6,9 @@ from typing import Annotated
 
 import typer
 
-from mentorflow.cli.shared import Problem, app, reports_problems
+from mentorflow.cli.shared import Problem, command_group, reports_problems
 
-keys_app = typer.Typer(help="Encryption keys for Temporal payloads (MENTORFLOW_ENCRYPTION_KEYS).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
+keys_app = command_group("keys", "Encryption keys for Temporal payloads (MENTORFLOW_ENCRYPTION_KEYS).")
 
 
 @keys_app.command("generate")

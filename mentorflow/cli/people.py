@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from activities.directory import (
     Directory,
@@ -21,25 +20,14 @@ from activities.directory import (
 )
 from events.people import Participant
 from mentorflow.cli.shared import (
-    DIRECTORY_DATABASE_HELP,
-    JsonOption,
-    Problem,
-    _input_problem,
-    _parse_moment,
-    _with_directory,
-    app,
-    err,
-    out,
+    JsonOption, Problem, _input_problem, _parse_moment, _with_directory, command_group, details_table, err, out,
     reports_problems,
 )
 from mentorflow.directory_input import read_people
 
-people_app = typer.Typer(
-    help="The participant directory: names, email addresses, time zones, channels, who has left.\n\n"
-    + DIRECTORY_DATABASE_HELP,
-    no_args_is_help=True,
+people_app = command_group(
+    "people", "The participant directory: names, email addresses, time zones, channels, who has left.", on_database=True
 )
-app.add_typer(people_app, name="people")
 
 
 @people_app.command("add")
@@ -158,18 +146,13 @@ def show_person(
 ) -> None:
     """Show a participant's directory entry."""
 
-    async def load(directory: Directory) -> Participant | None:
-        return await directory.get_participant(participant_id)
-
-    participant = _with_directory(load)
+    participant = _with_directory(lambda directory: directory.get_participant(participant_id))
     if participant is None:
         raise Problem(f"participant {participant_id!r} is not in the directory")
     if as_json:
         print(participant.model_dump_json(indent=2))
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = details_table()
     channels = ", ".join(c.kind + (f"={c.address}" if c.address else "") for c in participant.channels)
     status = participant.status + (f" since {participant.left_at:%Y-%m-%d %H:%M} UTC" if participant.left_at else "")
     for label, value in [

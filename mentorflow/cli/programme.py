@@ -14,7 +14,6 @@ from rich.table import Table
 from activities.directory import (
     Directory,
     DirectoryError,
-    ProgrammeListing,
     SaveOutcome,
     StoredProgrammeInvalid,
     programme_from_data,
@@ -22,24 +21,14 @@ from activities.directory import (
 from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.cli.shared import (
-    DIRECTORY_DATABASE_HELP,
-    JsonOption,
-    Problem,
-    _input_problem,
-    _with_directory,
-    app,
-    launcher_name,
-    out,
+    JsonOption, Problem, _input_problem, _with_directory, command_group, details_table, launcher_name, out,
     reports_problems,
 )
 from mentorflow.directory_input import apply_setting_overrides, read_programme_document
 
-programme_app = typer.Typer(
-    help="Create and inspect programmes: the settings every relationship copies when it starts.\n\n"
-    + DIRECTORY_DATABASE_HELP,
-    no_args_is_help=True,
+programme_app = command_group(
+    "programme", "Create and inspect programmes: the settings every relationship copies when it starts.", on_database=True
 )
-app.add_typer(programme_app, name="programme")
 
 
 def _format_setting(value: object) -> str:
@@ -161,10 +150,7 @@ def show_programme(
     if as_json:
         print(programme.model_dump_json(indent=2))
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_column(style="dim")
+    table = details_table(notes=True)
     table.add_row("Programme", escape(programme.programme_id), "")
     table.add_row("Name", escape(programme.name), "")
     defaults = ProgrammeSettings()
@@ -180,10 +166,7 @@ def show_programme(
 def list_programmes(as_json: JsonOption = False) -> None:
     """List the programmes."""
 
-    async def load(directory: Directory) -> list[ProgrammeListing]:
-        return await directory.list_programmes()
-
-    listings = _with_directory(load)
+    listings = _with_directory(lambda directory: directory.list_programmes())
     if as_json:
         print(json.dumps([
             {"programme_id": p.programme_id, "name": p.name,

@@ -9,23 +9,11 @@ import asyncpg
 import typer
 from rich.markup import escape
 
-from mentorflow.cli.shared import (
-    DIRECTORY_DATABASE_HELP,
-    JsonOption,
-    Problem,
-    _with_database,
-    app,
-    err,
-    out,
-    reports_problems,
-)
+from mentorflow.cli.shared import JsonOption, Problem, _with_database, command_group, err, out, reports_problems
 
-projections_app = typer.Typer(
-    help="The read models behind `report`: how far they are, and rebuilding them from the events.\n\n"
-    + DIRECTORY_DATABASE_HELP,
-    no_args_is_help=True,
+projections_app = command_group(
+    "projections", "The read models behind `report`: how far they are, and rebuilding them from the events.", on_database=True
 )
-app.add_typer(projections_app, name="projections")
 
 
 def _progress_to_head(description: str) -> Any:

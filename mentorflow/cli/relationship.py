@@ -22,24 +22,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from events.state import RelationshipState
 from mentorflow.cli.shared import (
-    JsonOption,
-    Problem,
-    R,
-    _connect,
-    _with_directory,
-    app,
-    err,
-    launcher_name,
-    out,
-    reports_problems,
-    run,
+    JsonOption, Problem, R, _connect, _with_directory, command_group, details_table, err, launcher_name, out,
+    reports_problems, run,
 )
 from mentorflow.config import Settings
 from mentorflow.start_options import relationship_start_options, relationship_workflow_id
 from workflows.relationship import Relationship, RelationshipInput, describe_validation_error
 
-relationship_app = typer.Typer(help="Start, inspect and drive relationships.", no_args_is_help=True)
-app.add_typer(relationship_app, name="relationship")
+relationship_app = command_group("relationship", "Start, inspect and drive relationships.")
 
 
 def _new_id() -> str:
@@ -145,9 +135,7 @@ async def _answer(call: Coroutine[Any, Any, R], workflow_id: str, timeout: float
 
 
 def _summary(workflow_id: str, state: RelationshipState) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = details_table()
 
     def row(label: str, value: object) -> None:
         table.add_row(label, escape(str(value)))

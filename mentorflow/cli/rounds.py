@@ -17,16 +17,7 @@ from temporalio.service import RPCError
 
 from mentorflow.cli.profiles import _with_matching
 from mentorflow.cli.shared import (
-    JsonOption,
-    Problem,
-    ProgrammeOption,
-    _connect,
-    app,
-    err,
-    launcher_name,
-    out,
-    reports_problems,
-    run,
+    JsonOption, Problem, ProgrammeOption, _connect, command_group, err, launcher_name, out, reports_problems, run,
 )
 from mentorflow.config import Settings
 from mentorflow.start_options import round_start_options
@@ -35,12 +26,13 @@ from workflows.relationship import describe_validation_error
 if TYPE_CHECKING:
     from workflows.matching_round import MatchingRoundResult
 
-round_app = typer.Typer(
-    help="Programme matching rounds: match a whole cohort at once and propose every pair.",
-    no_args_is_help=True,
-)
-app.add_typer(round_app, name="round")
+round_app = command_group("round", "Programme matching rounds: match a whole cohort at once and propose every pair.")
 
+# The options of `round start` and `round run` (a `start --wait`).
+RoundOption = Annotated[str, typer.Option("--round", help="Round id; running the same round again proposes nothing twice.")]
+CoordinatorOption = Annotated[str, typer.Option("--coordinator", help="Who the proposals come from.")]
+ObjectiveOption = Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")]
+MenteesOption = Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")]
 RuleSetOption = Annotated[str | None, typer.Option("--rule-set", help="One of the programme's rule sets (default: its rules).")]
 
 
@@ -48,10 +40,10 @@ RuleSetOption = Annotated[str | None, typer.Option("--rule-set", help="One of th
 @reports_problems
 def start_round(
     programme: ProgrammeOption,
-    round_id: Annotated[str, typer.Option("--round", help="Round id; running the same round again proposes nothing twice.")],
-    coordinator: Annotated[str, typer.Option("--coordinator", help="Who the proposals come from.")] = "matching-round",
-    objective: Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")] = None,
-    mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
+    round_id: RoundOption,
+    coordinator: CoordinatorOption = "matching-round",
+    objective: ObjectiveOption = None,
+    mentees: MenteesOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the round to finish and print its result.")] = False,
     as_json: JsonOption = False,
     rule_set: RuleSetOption = None,
@@ -120,10 +112,10 @@ async def _with_round_progress(handle: WorkflowHandle[Any, Any]) -> MatchingRoun
 @round_app.command("run")
 def run_round(
     programme: ProgrammeOption,
-    round_id: Annotated[str, typer.Option("--round", help="Round id; running the same round again proposes nothing twice.")],
-    coordinator: Annotated[str, typer.Option("--coordinator", help="Who the proposals come from.")] = "matching-round",
-    objective: Annotated[str | None, typer.Option("--objective", help="max_total or max_matched (default: the programme's).")] = None,
-    mentees: Annotated[list[str] | None, typer.Option("--mentee", help="Only these mentees (repeat the option).")] = None,
+    round_id: RoundOption,
+    coordinator: CoordinatorOption = "matching-round",
+    objective: ObjectiveOption = None,
+    mentees: MenteesOption = None,
     as_json: JsonOption = False,
     rule_set: RuleSetOption = None,
 ) -> None:

