@@ -12,10 +12,12 @@ API key that may act as participants and coordinators (`POST …/commands/{name}
 keep-alive). Runs alternate direct, api, direct, … `--runs` times each, each on new
 relationships.
 
-Per run: commands/s (commands over the wall time from the first command to the last) and
-the p50/p99 of a command's latency (the call until its answer). The summary gives the
-median of the runs for each, and the ratios api/direct. Last stdout line: one JSON object;
-progress on stderr. Run: `python -m bench.api` (the test extras installed).
+Per run: commands/s (commands over the wall time from the first command to the last), the
+p50/p99 of a command's latency (the call until its answer) and the CPU time per command of
+the API process and of the worker process (user + system, from /proc/<pid>/stat before and
+after the run; the API's is zero in direct runs). The summary gives the median of the runs
+for each, and the ratios api/direct. Last stdout line: one JSON object; progress on stderr.
+Run: `python -m bench.api` (the test extras installed; Linux, for /proc).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.api_keys import ApiKeyStore
+from bench.load import AGREEMENT as TERMS, cpu_seconds, free_port, progress
 from activities.database import create_pool, migrate
 from activities.directory import Directory
 from events.people import Programme
@@ -51,24 +53,6 @@ from workflows.search_attributes import ALL_KEYS
 
 SECRET = "bench-api-secret-" + "5" * 32
 COORDINATOR, MENTOR = "coord-7", "emp-311"
-TERMS = {
-    "objective": "Become confident leading technical design",
-    "goals": [{"title": "Lead two design reviews"}, {"title": "Meet three staff engineers"}],
-    "meeting_frequency": "biweekly",
-    "meeting_minutes": 60,
-    "term_months": 12,
-}
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def script(mentee: str, introductions: int) -> list[tuple[str, dict[str, Any]]]:
@@ -117,7 +101,11 @@ class ThroughApi:
         assert response.status_code == 200 and response.json()["applied"], (message, response.text)
 
 
-async def run_once(sender: Direct | ThroughApi, relationships: int, concurrency: int, introductions: int) -> dict[str, float]:
+async def run_once(
+    sender: Direct | ThroughApi, relationships: int, concurrency: int, introductions: int, processes: dict[str, int]
+) -> dict[str, float]:
+    """One run; `processes` names the processes whose CPU time per command is measured."""
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     latencies: list[float] = []
     pending = [f"b-{uuid.uuid4().hex[:10]}" for _ in range(relationships)]
     first: list[float] = []
@@ -139,12 +127,16 @@ async def run_once(sender: Direct | ThroughApi, relationships: int, concurrency:
                 last = max(last, ended)
 
     await asyncio.gather(*(drive() for _ in range(concurrency)))
+    # Per command, the starts (one per relationship) counted in: they cost the processes too.
+    cpu = {f"{name}_cpu_ms_per_command": 1000 * (cpu_seconds(pid) - cpu_before[name]) / len(latencies)
+           for name, pid in processes.items()}  # fmt: skip
     latencies.sort()
     return {
         "commands": len(latencies),
         "commands_per_s": len(latencies) / (last - min(first)),
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        **cpu,
     }
 
 
@@ -212,15 +204,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                      timeout=60, limits=limits) as http:  # fmt: skip
             senders: dict[str, Direct | ThroughApi] = {"direct": Direct(client, task_queue, programme),
                                                         "api": ThroughApi(http, programme)}  # fmt: skip
+            processes = {"api": api.pid, "worker": worker.pid}
             progress("warming up")
             for sender in senders.values():
-                await run_once(sender, 2, 2, args.introductions)
+                await run_once(sender, 2, 2, args.introductions, processes)
             for round_ in range(args.runs):
                 for name, sender in senders.items():
-                    result = await run_once(sender, args.relationships, args.concurrency, args.introductions)
+                    result = await run_once(sender, args.relationships, args.concurrency, args.introductions, processes)
                     runs[name].append(result)
                     progress(f"run {round_ + 1} {name}: {result['commands_per_s']:.1f} commands/s, "
-                             f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")  # fmt: skip
+                             f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, CPU per command: "
+                             f"API {result['api_cpu_ms_per_command']:.2f} ms, "
+                             f"worker {result['worker_cpu_ms_per_command']:.2f} ms")  # fmt: skip
     finally:
         for process in (api, worker):
             process.terminate()
@@ -229,8 +224,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await pool.close()
         await env_server.shutdown()
         pg.cleanup()
+    metrics = ("commands_per_s", "p50_ms", "p99_ms", "api_cpu_ms_per_command", "worker_cpu_ms_per_command")
     medians = {
-        name: {metric: statistics.median(run[metric] for run in results) for metric in ("commands_per_s", "p50_ms", "p99_ms")}
+        name: {metric: statistics.median(run[metric] for run in results) for metric in metrics}
         for name, results in runs.items()
     }
     return {
@@ -242,6 +238,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_api_over_direct": {
             metric: medians["api"][metric] / medians["direct"][metric] for metric in ("commands_per_s", "p50_ms", "p99_ms")
         },
+        # The API process's own CPU time per command through it (median of the api runs).
+        "api_cpu_ms_per_command": medians["api"]["api_cpu_ms_per_command"],
     }
 
 

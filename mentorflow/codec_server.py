@@ -13,8 +13,10 @@ It answers only
 - browsers on the allowed Web UI origins (CORS, preflight included); a request from any
   other origin gets 403 and no CORS headers, so no other web page can read an answer.
 
-Tokens are compared in constant time and never logged (aiohttp's access log, which would
-show the path, is replaced by a line without it).
+Tokens are compared in constant time and never logged (uvicorn's access log, which would
+show the path, is off; the log lines of this module name no path).
+
+Served with Starlette on uvicorn (mentorflow/embedded_http.py), the same stack as the HTTP API.
 """
 
 from __future__ import annotations
@@ -22,16 +24,22 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 
 from mentorflow.codec import EncryptionCodec, PayloadDecodeError, PayloadTooLargeError
 from mentorflow.config import ConfigurationError, Settings
+from mentorflow.embedded_http import RunningServer, bind, start_serving
 from mentorflow.keyring import DecryptionError, Keyring, UnknownKeyError
 
 log = logging.getLogger("mentorflow.codec_server")
@@ -39,6 +47,11 @@ log = logging.getLogger("mentorflow.codec_server")
 # The Web UI decodes whole histories; Temporal's own limit per payload is 2 MB (base64: more).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
+# How much past the cap is still read (and dropped) before answering 413.
+DRAIN_LIMIT = 4 * 1024 * 1024
+
+# A started codec server: `.url`, `.host`, `.port`; `stop()` closes it.
+RunningCodecServer = RunningServer
 
 
 @dataclass(frozen=True)
@@ -57,8 +70,28 @@ class CodecServerConfig:
         object.__setattr__(self, "codec", EncryptionCodec(self.keyring, max_payload_bytes=self.max_payload_bytes))
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, or _TooLarge once it passes MAX_REQUEST_BYTES. The rest of a body not
+    much over the cap is read (and dropped) first, so that the client, still sending, gets the
+    answer rather than a reset connection."""
+    body, size = bytearray(), 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_REQUEST_BYTES:
+            body += chunk
+        elif size > MAX_REQUEST_BYTES + DRAIN_LIMIT:
+            break
+    if size > MAX_REQUEST_BYTES:
+        raise _TooLarge
+    return bytes(body)
 
 
 class CodecServer:
@@ -66,38 +99,63 @@ class CodecServer:
         self.config = config
         self._tokens = [token.encode() for token in config.tokens]
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._cors])
-        app.router.add_route("OPTIONS", "/{prefix:.*}", self._preflight)
-        app.router.add_route("POST", "/{prefix:.*}", self._convert)
-        return app
+    def app(self) -> ASGIApp:
+        async def http_error(request: Request, error: Exception) -> Response:
+            assert isinstance(error, HTTPException)
+            return _error(error.status_code, error.detail, error.headers)
+
+        app = Starlette(
+            routes=[Route("/{prefix:path}", self._route, methods=["POST", "OPTIONS"])],
+            exception_handlers={HTTPException: http_error},
+        )
+        return self._cors(app)
 
     # -- CORS ------------------------------------------------------------------------------
 
     def _origin_allowed(self, origin: str | None) -> bool:
         return origin is not None and origin in self.config.cors_origins
 
-    @web.middleware
-    async def _cors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_allowed(origin):
-            # A browser on another origin: refuse outright (no CORS headers, nothing decoded).
-            log.warning("codec server: refused a request from origin %s", origin[:200])
-            return web.json_response({"error": "origin not allowed"}, status=403)
-        response = await handler(request)
-        if origin is not None:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Vary"] = "Origin"
-        return response
+    def _cors(self, app: ASGIApp) -> ASGIApp:
+        """Refuse browsers on other origins outright; add the CORS headers for allowed ones."""
 
-    async def _preflight(self, request: web.Request) -> web.StreamResponse:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            origin = Request(scope).headers.get("Origin")
+            if origin is None:
+                await app(scope, receive, send)
+                return
+            if not self._origin_allowed(origin):
+                # A browser on another origin: refuse outright (no CORS headers, nothing decoded).
+                log.warning("codec server: refused a request from origin %s", origin[:200])
+                await _error(403, "origin not allowed")(scope, receive, send)
+                return
+
+            async def send_with_cors(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"access-control-allow-origin", origin.encode("latin-1")),
+                        (b"access-control-allow-credentials", b"true"),
+                        (b"vary", b"Origin"),
+                    ]
+                await send(message)
+
+            await app(scope, receive, send_with_cors)
+
+        return middleware
+
+    async def _route(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        return await self._convert(request)
+
+    def _preflight(self, request: Request) -> Response:
         if request.headers.get("Origin") is None:
             return _error(400, "not a CORS preflight (no Origin)")
-        return web.Response(
-            status=204,
+        return Response(
+            status_code=204,
             headers={
                 "Access-Control-Allow-Methods": "POST, OPTIONS",
                 "Access-Control-Allow-Headers": ALLOWED_HEADERS,
@@ -107,7 +165,7 @@ class CodecServer:
 
     # -- the protocol ----------------------------------------------------------------------
 
-    def _authenticated(self, request: web.Request, prefix: str) -> bool:
+    def _authenticated(self, request: Request, prefix: str) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
         candidates = []
@@ -122,8 +180,8 @@ class CodecServer:
                 matched |= hmac.compare_digest(candidate, token)
         return matched
 
-    async def _convert(self, request: web.Request) -> web.StreamResponse:
-        prefix, _, operation = request.match_info["prefix"].rpartition("/")
+    async def _convert(self, request: Request) -> Response:
+        prefix, _, operation = request.path_params["prefix"].rpartition("/")
         if operation not in {"encode", "decode"}:
             return _error(404, "POST to …/decode or …/encode")
         if not self._authenticated(request, prefix):
@@ -134,8 +192,12 @@ class CodecServer:
             log.warning("codec server: refused %s for namespace %r", operation, (namespace or "")[:200])
             return _error(403, f"namespace {namespace!r} is not served here")
         try:
-            body = await request.text()
+            body = (await _read_body(request)).decode("utf-8")
             payloads = json_format.Parse(body, Payloads(), ignore_unknown_fields=True)
+        except _TooLarge:
+            return _error(413, f"the request body is larger than {MAX_REQUEST_BYTES} bytes", {"Connection": "close"})
+        except ClientDisconnect:
+            return _error(400, "the request body ended early")
         except (json_format.ParseError, UnicodeDecodeError, ValueError) as error:
             return _error(400, f'the body is not {{"payloads": [...]}} in protobuf JSON: {error}')
         codec = self.config.codec
@@ -149,39 +211,17 @@ class CodecServer:
         except (UnknownKeyError, DecryptionError, PayloadDecodeError) as error:
             return _error(422, str(error))
         log.info("codec server: %s %d payloads for %s", operation, len(converted), namespace)
-        return web.Response(
-            text=json_format.MessageToJson(Payloads(payloads=converted)), content_type="application/json"
-        )
-
-
-class RunningCodecServer:
-    """A started codec server; `stop()` closes it."""
-
-    def __init__(self, runner: web.AppRunner) -> None:
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.host: str = host
-        self.port: int = port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
+        return Response(json_format.MessageToJson(Payloads(payloads=converted)), media_type="application/json")
 
 
 async def start_codec_server(config: CodecServerConfig, host: str = "127.0.0.1", port: int = 0) -> RunningCodecServer:
     """Listen on host:port (0: any free port) in the running event loop."""
-    runner = web.AppRunner(CodecServer(config).app(), access_log=None, shutdown_timeout=5)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        sock = bind(host, port, any_port_if_taken=False)
     except OSError as error:
-        await runner.cleanup()
-        raise OSError(error.errno, f"the codec server cannot listen on {host}:{port}: {error.strerror}") from None
-    return RunningCodecServer(runner)
+        raise OSError(error.errno, f"the codec server {error.strerror}") from None
+    # No access log: the Web UI's endpoint path carries the token.
+    return await start_serving(CodecServer(config).app(), sock, access_log=False, lifespan="off")
 
 
 def config_from_settings(settings: Settings) -> CodecServerConfig:
@@ -204,7 +244,10 @@ def config_from_settings(settings: Settings) -> CodecServerConfig:
 async def serve(settings: Settings, stack: AsyncExitStack) -> None:
     """`mentorflow codec-server`: listen on MENTORFLOW_CODEC_HOST:MENTORFLOW_CODEC_PORT until cancelled."""
     config = config_from_settings(settings)
-    running = await start_codec_server(config, settings.codec_host, settings.codec_port)
+    try:
+        running = await start_codec_server(config, settings.codec_host, settings.codec_port)
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        raise ConfigurationError(f"{error.strerror} (MENTORFLOW_CODEC_HOST, MENTORFLOW_CODEC_PORT)") from None
     stack.push_async_callback(running.stop)
     log.info(
         "codec server on %s for namespace %s; browser origins allowed: %s",

@@ -5,9 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 if TYPE_CHECKING:
     from temporalio.service import TLSConfig
@@ -16,6 +25,34 @@ if TYPE_CHECKING:
 
 class ConfigurationError(RuntimeError):
     pass
+
+
+def read_setting_file(variable: str, path: Path | str) -> str:
+    """The value of setting `variable` kept in the file `path` (a mounted secret), without the
+    line ending a file ends with; a ConfigurationError naming the variable when unreadable."""
+    try:
+        return Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except OSError as error:
+        raise ConfigurationError(f"{variable}: cannot read {path}: {error.strerror}") from None
+
+
+def _check_origins(value: str) -> str:
+    for origin in value.split():
+        scheme, _, rest = origin.partition("://")
+        if scheme not in {"http", "https"} or not rest or "/" in rest:
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.org (no path)")
+    return value
+
+
+def _check_public_url(value: str) -> str:
+    scheme, _, rest = value.partition("://")
+    if scheme not in {"http", "https"} or not rest or any(c in value for c in "?#") or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a base URL like https://mentoring.example.org")
+    return value.rstrip("/")
+
+
+# Space-separated browser origins (scheme://host[:port], no path), as CORS compares them.
+Origins = Annotated[str, AfterValidator(_check_origins)]
 
 
 class Settings(BaseModel):
@@ -72,6 +109,9 @@ class Settings(BaseModel):
     # space-separated, while rotating. Without one they are written to the log instead.
     webhook_secret: SecretStr | None = None
     webhook_timeout: float = Field(default=10, gt=0)
+    # Where people reach the pages of `mentorflow api` (e.g. https://mentoring.example.org):
+    # emails carry signed links under it (docs/people.md). Unset: emails carry no links.
+    public_url: Annotated[str, AfterValidator(_check_public_url)] | None = None
     # AES-256 keys for Temporal payloads (and wrapping event-store data keys): space-separated
     # "key-id:BASE64" entries, the active key first, older keys kept for decryption.
     encryption_keys: SecretStr | None = None
@@ -88,7 +128,7 @@ class Settings(BaseModel):
     codec_host: str = "127.0.0.1"
     codec_port: int = Field(default=8234, ge=1, le=65535)
     codec_tokens: SecretStr | None = None
-    codec_cors_origins: str = ""
+    codec_cors_origins: Origins = ""
 
     @field_validator("deployment_name", "build_id")
     @classmethod
@@ -111,7 +151,7 @@ class Settings(BaseModel):
     @field_validator("webhook_secret")
     @classmethod
     def _signing_secrets(cls, value: SecretStr | None) -> SecretStr | None:
-        from activities.notifications import webhook_key
+        from activities.notifications_webhook import webhook_key
 
         if value is not None:
             for secret in value.get_secret_value().split():
@@ -140,15 +180,6 @@ class Settings(BaseModel):
                 return None
             if any(len(token) < 32 for token in tokens):
                 raise ValueError("each token needs at least 32 characters (e.g. `openssl rand -hex 32`)")
-        return value
-
-    @field_validator("codec_cors_origins")
-    @classmethod
-    def _origins(cls, value: str) -> str:
-        for origin in value.split():
-            scheme, _, rest = origin.partition("://")
-            if scheme not in {"http", "https"} or not rest or "/" in rest:
-                raise ValueError(f"{origin!r} is not an origin like https://temporal.example.org (no path)")
         return value
 
     def keyring(self, *, dev_key_file: bool = False) -> Keyring:
@@ -185,10 +216,7 @@ class Settings(BaseModel):
             if direct and path:
                 raise ConfigurationError(f"{name} and {name}_FILE are both set: give one")
             if path:
-                try:
-                    values[field] = Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
-                except OSError as error:
-                    raise ConfigurationError(f"{name}_FILE: cannot read {path}: {error.strerror}") from None
+                values[field] = read_setting_file(f"{name}_FILE", path)
             elif direct:
                 values[field] = direct
         try:

@@ -84,3 +84,18 @@ def npm_install(directory: Path, arguments: Sequence[str], purpose: str, timeout
     if attempt.returncode != 0:
         fail(f"{purpose}: `npm install` in {directory} failed (exit {attempt.returncode}; it needs the npm "
              f"registry): {_last_line(attempt.stderr or attempt.stdout)}")  # fmt: skip
+
+
+def ensure_node_runtime(minimum_major: int, minimum_minor: int = 0) -> str:
+    """`node` alone (no npm), at least version `minimum_major`.`minimum_minor`: installed
+    with apt-get (Debian's nodejs) when missing; else fail the test with one line."""
+    ensure_debian_packages(["node"], ["nodejs"], "this test (Node.js)")
+    node = shutil.which("node")
+    assert node is not None
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    parts = (version.removeprefix("v").split(".") + ["", ""])[:2]
+    if not all(part.isdigit() for part in parts) or (int(parts[0]), int(parts[1])) < (minimum_major, minimum_minor):
+        wanted = f"{minimum_major}.{minimum_minor}" if minimum_minor else str(minimum_major)
+        fail(f"this test needs Node.js {wanted} or later; {node} is {version or 'of no known version'}: "
+             f"install a newer nodejs (https://nodejs.org/en/download, or your system's packages)")  # fmt: skip
+    return node

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from mentorflow.cli import app
 from mentorflow.client import converter_for, data_converter
 from events.refusals import PLAIN_PAYLOAD_REFUSED
 from mentorflow.codec import ENCODING, KEY_ID_METADATA, EncryptionCodec, PayloadTooLargeError
+from mentorflow import codec_server as codec_server_module
 from mentorflow.codec_server import CodecServerConfig, RunningCodecServer, start_codec_server
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.keyring import Keyring, UnknownKeyError, format_key, generate_key
@@ -435,6 +437,48 @@ async def test_the_codec_server_answers_browsers_only_on_the_web_ui_origin(codec
         # Not a browser (no Origin): no CORS headers at all.
         cli = await http.post("/decode", content=body([encrypted]), headers=headers())
         assert cli.status_code == 200 and "Access-Control-Allow-Origin" not in cli.headers
+
+
+async def test_the_codec_server_answers_what_is_not_its_protocol_with_json_errors(
+    codec_server: RunningCodecServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec_server_module, "MAX_REQUEST_BYTES", 10_000)
+    [encrypted] = await EncryptionCodec(TEST_KEYRING).encode([plain({"note": SENTINEL})])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 1000
+
+    async with httpx.AsyncClient(base_url=codec_server.url) as http:
+        # A body over the server's own cap (declared, or sent in chunks): 413 before decoding.
+        declared = await http.post("/decode", content=b" " * 20_000 + body([encrypted]).encode(), headers=headers())
+        chunked = await http.post("/decode", content=chunks(), headers=headers())
+        for refused in (declared, chunked):
+            assert refused.status_code == 413 and "larger than 10000 bytes" in refused.json()["error"], refused.text
+        # Only POST (and the preflight), only …/decode and …/encode; errors are JSON too.
+        wrong_method = await http.get("/decode", headers=headers())
+        assert wrong_method.status_code == 405 and wrong_method.json()["error"]
+        elsewhere = await http.post("/convert", content=body([encrypted]), headers=headers())
+        assert elsewhere.status_code == 404 and "…/decode" in elsewhere.json()["error"]
+        not_a_preflight = await http.options("/decode")
+        assert not_a_preflight.status_code == 400
+        # Under the cap, the same server decodes.
+        decoded = await http.post("/decode", content=body([encrypted]), headers=headers())
+        assert decoded.status_code == 200 and SENTINEL.encode() in base64.b64decode(decoded.json()["payloads"][0]["data"])
+
+
+def test_the_codec_server_command_says_in_one_line_that_its_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"MENTORFLOW_ENCRYPTION_KEYS": TEST_KEYRING.format(), "MENTORFLOW_CODEC_TOKENS": TOKEN,
+               "MENTORFLOW_CODEC_PORT": str(taken.getsockname()[1])}  # fmt: skip
+        result = CliRunner().invoke(app, ["codec-server"], env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: configuration: the codec server cannot listen on 127.0.0.1:{env['MENTORFLOW_CODEC_PORT']}: "
+        "Address already in use (MENTORFLOW_CODEC_HOST, MENTORFLOW_CODEC_PORT)"
+    ]
 
 
 async def test_the_temporal_cli_reads_history_through_the_codec_server(

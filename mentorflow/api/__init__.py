@@ -14,6 +14,8 @@ kept between requests but caches of data that never changes (a relationship's co
 - `openapi.py`: the contract's JSON Schemas as the command endpoints' request bodies
 - `routes/`: one module per resource
 - `commands.py`: `mentorflow api` and `mentorflow api-keys …`
+- `serving.py`: the API inside `./run dev` and tests (uvicorn in the running loop, through
+  `mentorflow/embedded_http.py`, which serves the codec server too: one HTTP stack)
 
 docs/api.md describes it for its users.
 """

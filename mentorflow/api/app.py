@@ -172,6 +172,7 @@ async def credential_of(request: Request) -> Credential:
 def create_app(context: ApiContext | None = None, *, api_settings: ApiSettings | None = None) -> FastAPI:
     from mentorflow.api.openapi import install_openapi
     from mentorflow.api.routes import directory, programmes, relationships
+    from mentorflow.pages.routes import router as pages_router
 
     api = context.api if context is not None else api_settings or ApiSettings.from_env()
 
@@ -200,6 +201,7 @@ def create_app(context: ApiContext | None = None, *, api_settings: ApiSettings |
     app.include_router(relationships.router)
     app.include_router(programmes.router)
     app.include_router(directory.router)
+    app.include_router(pages_router)  # the pages people open from their emails (docs/people.md)
 
     @app.get("/v1/problems/{code}", tags=["problems"], summary="What a problem code means")
     async def problem_type(code: str) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Serving the API inside a process that runs other things too (`mentorflow dev`, tests,
-benchmarks): uvicorn on a socket of our own, in the running event loop, without touching
-the process's signal handlers.
+benchmarks): `serving` (mentorflow/embedded_http.py) runs uvicorn on a socket of our own, in
+the running event loop, without touching the process's signal handlers.
 
 `start_dev_api` is what `./run dev` calls: the API on 127.0.0.1 (MENTORFLOW_API_PORT, 8080 by
 default, or a free port if that one is taken), a server secret and one API key for every
@@ -9,67 +9,25 @@ programme that may act as anyone (never as an internal actor) kept in the state 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import secrets
-import socket
-from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import uvicorn
 from temporalio.client import Client
 
 from activities.api_keys import ApiKeyStore
 from mentorflow.api.app import ApiContext, create_app
 from mentorflow.api.settings import ApiSettings
 from mentorflow.config import Settings
+from mentorflow.embedded_http import bind, serving
+
+__all__ = ["DevApi", "bind", "serving", "start_dev_api"]
 
 DEV_SECRET_FILE = "api-key-secret"
 DEV_KEY_FILE = "api-key"
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handling: the process it runs in handles signals itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on `host:port`, or on a free port when `port` is taken (or 0)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.bind((host, 0))
-    sock.listen(128)
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve `app` in this event loop until the block ends; yields the base URL."""
-    sock = bind(host, port)
-    server = _EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="on", server_header=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the API server stopped as it started")
-            await asyncio.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        sock.close()
 
 
 @dataclass(frozen=True)

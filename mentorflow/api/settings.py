@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from mentorflow.config import ConfigurationError
+from mentorflow.config import ConfigurationError, Origins, read_setting_file
 
 MIN_SECRET_LENGTH = 32
 
@@ -39,7 +39,7 @@ class ApiSettings(BaseModel):
     rate_limit: float = Field(default=20, ge=0)
     rate_burst: int = Field(default=40, ge=1)
     # Browser origins allowed to call the API (space-separated); none: no CORS headers at all.
-    cors_origins: str = ""
+    cors_origins: Origins = ""
     # Reverse proxies whose X-Forwarded-* headers are believed (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str = "127.0.0.1"
 
@@ -50,24 +50,12 @@ class ApiSettings(BaseModel):
             raise ValueError("must be an https:// URL (plain http only on loopback, for tests)")
         return value
 
-    @field_validator("cors_origins")
-    @classmethod
-    def _origins(cls, value: str) -> str:
-        for origin in value.split():
-            scheme, _, rest = origin.partition("://")
-            if scheme not in {"http", "https"} or not rest or "/" in rest:
-                raise ValueError(f"{origin!r} is not an origin like https://portal.example.org (no path)")
-        return value
-
     def key_secret_bytes(self) -> bytes:
         """The server secret; fails naming the variables when there is none."""
         if self.key_secret is not None:
             secret = self.key_secret.get_secret_value()
         elif self.key_secret_file is not None:
-            try:
-                secret = self.key_secret_file.read_text(encoding="utf-8").strip()
-            except OSError as error:
-                raise ConfigurationError(f"MENTORFLOW_API_KEY_SECRET_FILE: {error.strerror or error}") from None
+            secret = read_setting_file("MENTORFLOW_API_KEY_SECRET_FILE", self.key_secret_file)
         else:
             raise ConfigurationError(
                 "MENTORFLOW_API_KEY_SECRET (or MENTORFLOW_API_KEY_SECRET_FILE) is not set: API keys are stored "

@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request
-from pydantic import TypeAdapter, ValidationError
+from fastapi import Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from activities.api_audit import AuditRow
 from events.commands import Identifier
-from events.refusals import RefusalCode
+from events.refusals import RefusalCode, field_problems, invalid_payload
+from mentorflow.api.app import credential_of
+from mentorflow.api.auth import Credential
 from mentorflow.api.problems import ApiProblem, invalid
+
+M = TypeVar("M", bound=BaseModel)
+
+# The authenticated caller, for every route that needs one.
+CredentialDep = Annotated[Credential, Depends(credential_of)]
+
+
+@dataclass(frozen=True)
+class AuditPaging:
+    """The audit resources' paging: rows older than `before`, `limit` at a time."""
+
+    before: int | None
+    limit: int
+
+
+def audit_paging(
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> AuditPaging:
+    return AuditPaging(before, limit)
+
+
+AuditPagingDep = Annotated[AuditPaging, Depends(audit_paging)]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -46,3 +74,25 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("payload", "should be a JSON object")
     return body
+
+
+def validated(model: type[M], body: dict[str, Any]) -> M:
+    """`body` as `model`, or 422 invalid_payload naming every field at fault."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        rejection = invalid_payload(field_problems(error, known=frozenset(model.model_fields)))
+        raise ApiProblem.from_rejection(rejection) from None
+
+
+def audit_page(rows: Sequence[AuditRow], paging: AuditPaging) -> JSONResponse:
+    """A page of the audit record; `next_before` asks for the next one (null on the last)."""
+    return JSONResponse({"audit": [row.to_json() for row in rows],
+                         "next_before": rows[-1].audit_id if len(rows) == paging.limit else None})  # fmt: skip
+
+
+def found(resource: BaseModel | None, missing: str) -> JSONResponse:
+    """The resource as JSON, or 404 not_found saying what is `missing`."""
+    if resource is None:
+        raise ApiProblem(RefusalCode.NOT_FOUND, missing)
+    return JSONResponse(resource.model_dump(mode="json"))

@@ -4,23 +4,17 @@ holds personal data (names, email addresses), so only coordinator keys for every
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from activities.directory import DirectoryError, check_participant
 from events.people import Participant
-from events.refusals import RefusalCode, field_problems, invalid_payload
-from mentorflow.api.app import context_of, credential_of
-from mentorflow.api.auth import Credential
+from mentorflow.api.app import context_of
 from mentorflow.api.openapi import COMPONENTS, json_response
-from mentorflow.api.problems import ApiProblem, invalid, problem_responses
-from mentorflow.api.routes import json_object, path_id
+from mentorflow.api.problems import invalid, problem_responses
+from mentorflow.api.routes import CredentialDep, found, json_object, path_id, validated
 
 router = APIRouter(prefix="/v1/people", tags=["people"])
-CredentialDep = Annotated[Credential, Depends(credential_of)]
 
 
 @router.get(
@@ -32,9 +26,7 @@ async def get_person(request: Request, credential: CredentialDep, participant_id
     participant_id = path_id(participant_id, "participant")
     credential.require_coordinator_key()
     participant = await context_of(request).directory.get_participant(participant_id)
-    if participant is None:
-        raise ApiProblem(RefusalCode.NOT_FOUND, f"participant {participant_id} is not in the directory")
-    return JSONResponse(participant.model_dump(mode="json"))
+    return found(participant, f"participant {participant_id} is not in the directory")
 
 
 @router.put(
@@ -53,10 +45,7 @@ async def put_person(request: Request, credential: CredentialDep, participant_id
     if body["participant_id"] != participant_id:
         raise invalid("participant_id", "must be the path's")
     try:
-        participant = check_participant(Participant.model_validate(body))
-    except ValidationError as error:
-        known = frozenset(Participant.model_fields)
-        raise ApiProblem.from_rejection(invalid_payload(field_problems(error, known=known))) from None
+        participant = check_participant(validated(Participant, body))
     except DirectoryError as error:
         field, _, message = str(error).partition(": ")
         raise invalid(field, message or str(error)) from None

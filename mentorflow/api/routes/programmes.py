@@ -4,24 +4,24 @@ API's audit record of a programme. For API keys only (people's tokens act on rel
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.projections import ProjectionFollower
 from events.commands import INTERNAL_ACTORS, ROUND_ACTOR, Identifier
 from events.people import Programme
-from events.refusals import RefusalCode, field_problems, invalid_payload
+from events.refusals import RefusalCode
 from events.settings import ProgrammeSettings
-from mentorflow.api.app import context_of, credential_of
+from mentorflow.api.app import context_of
 from mentorflow.api.auth import Credential
 from mentorflow.api.openapi import COMPONENTS, json_response
 from mentorflow.api.problems import ApiProblem, not_allowed, problem_responses
-from mentorflow.api.routes import json_object, path_id
+from mentorflow.api.routes import AuditPagingDep, CredentialDep, audit_page, found, json_object, path_id, validated
 from mentorflow.api.temporal import bounded
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.rounds import round_workflow_id
@@ -30,17 +30,12 @@ from workflows.matching_round import MatchingRound, MatchingRoundInput, Matching
 from mentorflow.start_options import round_start_options
 
 router = APIRouter(prefix="/v1/programmes", tags=["programmes"])
-CredentialDep = Annotated[Credential, Depends(credential_of)]
 Role = Literal["mentor", "mentee"]
 
 
 def _keys_only(credential: Credential) -> None:
     if credential.is_person:
         raise not_allowed("programmes are read and changed with API keys; a person's token acts on relationships")
-
-
-def _invalid(error: ValidationError, known: frozenset[str]) -> ApiProblem:
-    return ApiProblem.from_rejection(invalid_payload(field_problems(error, known=known)))
 
 
 # -- programmes ---------------------------------------------------------------------------------
@@ -67,9 +62,7 @@ async def get_programme(request: Request, credential: CredentialDep, programme_i
     programme_id = path_id(programme_id, "programme")
     credential.require_programme(programme_id)
     programme = await context_of(request).directory.get_programme(programme_id)
-    if programme is None:
-        raise ApiProblem(RefusalCode.NOT_FOUND, f"programme {programme_id} does not exist")
-    return JSONResponse(programme.model_dump(mode="json"))
+    return found(programme, f"programme {programme_id} does not exist")
 
 
 class ProgrammeBody(BaseModel):
@@ -94,11 +87,8 @@ async def put_programme(request: Request, credential: CredentialDep, programme_i
     context = context_of(request)
     programme_id = path_id(programme_id, "programme")
     credential.require_coordinator_key(programme_id)
-    body = await json_object(request)
-    try:
-        programme = Programme.model_validate({"programme_id": programme_id, **ProgrammeBody.model_validate(body).model_dump()})
-    except ValidationError as error:
-        raise _invalid(error, frozenset(ProgrammeBody.model_fields)) from None
+    body = validated(ProgrammeBody, await json_object(request))
+    programme = Programme(programme_id=programme_id, name=body.name, settings=body.settings)
     if credential.programmes is not None and await context.directory.get_programme(programme_id) is None:
         raise not_allowed("only an API key for every programme (*) may create a programme")
     outcome = await context.directory.create_or_update_programme(programme)
@@ -128,9 +118,7 @@ async def get_profile(
     programme_id, participant_id = path_id(programme_id, "programme"), path_id(participant_id, "participant")
     credential.require_programme(programme_id)
     profile = await context_of(request).profiles.get_profile(programme_id, role, participant_id)
-    if profile is None:
-        raise ApiProblem(RefusalCode.NOT_FOUND, f"no {role} profile of {participant_id} in programme {programme_id}")
-    return JSONResponse(profile.model_dump(mode="json"))
+    return found(profile, f"no {role} profile of {participant_id} in programme {programme_id}")
 
 
 @router.put(
@@ -150,11 +138,9 @@ async def put_profile(
     if body["participant_id"] != participant_id or body["role"] != role:
         raise ApiProblem(RefusalCode.INVALID_PAYLOAD, "invalid payload: participant_id and role are the path's",
                          [{"field": "participant_id", "message": "must be the path's"}])  # fmt: skip
-    model = MentorProfile if role == "mentor" else MenteeProfile
-    try:
-        profile = model.model_validate(body)
-    except ValidationError as error:
-        raise _invalid(error, frozenset(model.model_fields)) from None
+    profile: MentorProfile | MenteeProfile = (
+        validated(MentorProfile, body) if role == "mentor" else validated(MenteeProfile, body)
+    )
     counts = await context.profiles.save_profiles(programme_id, [profile])
     outcome = "created" if counts.inserted else "updated" if counts.updated else "unchanged"
     return JSONResponse({**profile.model_dump(mode="json"), "outcome": outcome})
@@ -188,11 +174,7 @@ async def start_round(request: Request, credential: CredentialDep, programme_id:
     context = context_of(request)
     programme_id = path_id(programme_id, "programme")
     credential.require_coordinator_key(programme_id)
-    body = await json_object(request)
-    try:
-        start = StartRound.model_validate(body)
-    except ValidationError as error:
-        raise _invalid(error, frozenset(StartRound.model_fields)) from None
+    start = validated(StartRound, await json_object(request))
     if start.coordinator_id in INTERNAL_ACTORS and start.coordinator_id != ROUND_ACTOR:
         raise not_allowed(f"actor {start.coordinator_id} is the system itself: no credential may act as it")
     if await context.directory.get_programme(programme_id) is None:
@@ -267,14 +249,9 @@ async def get_report(request: Request, credential: CredentialDep, programme_id: 
     responses=problem_responses(401, 403, 429),
 )
 async def get_programme_audit(
-    request: Request,
-    credential: CredentialDep,
-    programme_id: str,
-    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    request: Request, credential: CredentialDep, programme_id: str, paging: AuditPagingDep
 ) -> JSONResponse:
     programme_id = path_id(programme_id, "programme")
     credential.require_coordinator_key(programme_id)
-    rows = await context_of(request).audit.list(programme_id, before=before, limit=limit)
-    return JSONResponse({"audit": [row.to_json() for row in rows],
-                         "next_before": rows[-1].audit_id if len(rows) == limit else None})  # fmt: skip
+    rows = await context_of(request).audit.list(programme_id, before=paging.before, limit=paging.limit)
+    return audit_page(rows, paging)

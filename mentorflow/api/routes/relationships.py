@@ -9,11 +9,12 @@ import binascii
 import hashlib
 import hmac
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -22,22 +23,31 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.event_store import _COLUMNS as EVENT_COLUMNS, _FROM as EVENTS_FROM
 from events.commands import COMMAND_TYPES, INTERNAL_ACTORS, Identifier, read_command
 from events.model import Health
-from events.refusals import FieldProblem, RefusalCode, Rejection, field_problems, invalid_payload
+from events.refusals import FieldProblem, RefusalCode, Rejection
 from events.relationship_io import RELATIONSHIP_WORKFLOW, CommandResult, RelationshipInput, relationship_workflow_id
 from events.state import Phase, RelationshipState
 from events.store import StreamOwnedByAnother, StreamOwner
-from mentorflow.api.app import ApiContext, context_of, credential_of
+from mentorflow.api.app import ApiContext, context_of
 from mentorflow.api.auth import Credential, check_actor, needs_coordinators
 from mentorflow.api.openapi import body_of, json_response
 from mentorflow.api.problems import ApiProblem, invalid, not_allowed, problem_responses
-from mentorflow.api.routes import ID_PATTERN, is_identifier, json_object, path_id
+from mentorflow.api.routes import (
+    ID_PATTERN,
+    AuditPagingDep,
+    CredentialDep,
+    audit_page,
+    is_identifier,
+    json_object,
+    path_id,
+    validated,
+)
 from mentorflow.api.temporal import bounded, rpc_problem, unavailable
 from mentorflow.operations import visibility_query
 from mentorflow.start_options import relationship_start_options
 from workflows import search_attributes as sa
 
 router = APIRouter(prefix="/v1/relationships", tags=["relationships"])
-CredentialDep = Annotated[Credential, Depends(credential_of)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
 IdQuery = Query(pattern=ID_PATTERN, max_length=128)
 BASE = "/{programme_id}/{relationship_id}"
 
@@ -89,11 +99,7 @@ def _started(start: StartRelationship, run_id: str | None, created: bool) -> dic
 )
 async def start_relationship(request: Request, credential: CredentialDep) -> JSONResponse:
     context = context_of(request)
-    body = await json_object(request)
-    try:
-        start = StartRelationship.model_validate(body)
-    except ValidationError as error:
-        raise ApiProblem.from_rejection(invalid_payload(field_problems(error, known=frozenset(StartRelationship.model_fields))))
+    start = validated(StartRelationship, await json_object(request))
     audit = {"programme_id": start.programme_id, "relationship_id": start.relationship_id, "message": "start",
              "command_id": None, "actor_id": credential.person_id}  # fmt: skip
     try:
@@ -339,30 +345,39 @@ async def get_audit(
     credential: CredentialDep,
     programme_id: str,
     relationship_id: str,
-    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    paging: AuditPagingDep,
 ) -> JSONResponse:
     context = context_of(request)
     programme_id, relationship_id = path_id(programme_id, "programme"), path_id(relationship_id, "relationship")
     credential.require_coordinator_key(programme_id)
-    rows = await context.audit.list(programme_id, relationship_id=relationship_id, before=before, limit=limit)
-    return JSONResponse({"audit": [row.to_json() for row in rows],
-                         "next_before": rows[-1].audit_id if len(rows) == limit else None})  # fmt: skip
+    rows = await context.audit.list(programme_id, relationship_id=relationship_id, before=paging.before, limit=paging.limit)
+    return audit_page(rows, paging)
 
 
 # -- commands ------------------------------------------------------------------------------------------
 
 
-async def send_command(
-    request: Request,
-    credential: Credential,
-    programme_id: str,
-    relationship_id: str,
-    message: str,
-    idempotency_key: str | None,
-) -> JSONResponse:
+@dataclass(frozen=True)
+class CommandTarget:
+    """Where a command goes, from its path, and its Idempotency-Key header."""
+
+    programme_id: str
+    relationship_id: str
+    idempotency_key: str | None
+
+
+def command_target(programme_id: str, relationship_id: str, idempotency_key: IdempotencyKey = None) -> CommandTarget:
+    return CommandTarget(programme_id, relationship_id, idempotency_key)
+
+
+TargetDep = Annotated[CommandTarget, Depends(command_target)]
+
+
+async def send_command(request: Request, credential: Credential, target: CommandTarget, message: str) -> JSONResponse:
     context = context_of(request)
-    programme_id, relationship_id = path_id(programme_id, "programme"), path_id(relationship_id, "relationship")
+    programme_id = path_id(target.programme_id, "programme")
+    relationship_id = path_id(target.relationship_id, "relationship")
+    idempotency_key = target.idempotency_key
     known = message if message in COMMAND_TYPES else "(unknown message)"  # the path is sender text
     audit: dict[str, Any] = {"programme_id": programme_id, "relationship_id": relationship_id, "message": known,
                              "command_id": idempotency_key if is_identifier(idempotency_key) else None,
@@ -431,14 +446,8 @@ def _with_idempotency_key(payload: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _command_endpoint(message: str) -> Any:
-    async def endpoint(
-        request: Request,
-        credential: CredentialDep,
-        programme_id: str,
-        relationship_id: str,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
-    ) -> JSONResponse:
-        return await send_command(request, credential, programme_id, relationship_id, message, idempotency_key)
+    async def endpoint(request: Request, credential: CredentialDep, target: TargetDep) -> JSONResponse:
+        return await send_command(request, credential, target, message)
 
     endpoint.__name__ = f"send_{message}"
     return endpoint
@@ -466,13 +475,6 @@ for _message, _model in COMMAND_TYPES.items():
 
 
 @router.post(BASE + "/commands/{message}", include_in_schema=False)
-async def send_unknown(
-    request: Request,
-    credential: CredentialDep,
-    programme_id: str,
-    relationship_id: str,
-    message: str,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
-) -> JSONResponse:
-    return await send_command(request, credential, programme_id, relationship_id, message, idempotency_key)
+async def send_unknown(request: Request, credential: CredentialDep, target: TargetDep, message: str) -> JSONResponse:
+    return await send_command(request, credential, target, message)
 
