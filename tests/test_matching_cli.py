@@ -111,3 +111,31 @@ def test_bad_settings_and_bad_attributes_are_refused_naming_the_rule_and_the_lin
     assert imported.exit_code == 2
     assert "line 2 (e-1): attributes.grade: must be a number (a number attribute)" in imported.output
     assert "line 3 (e-2): attributes.shoe_size: not declared in the programme's matching settings" in imported.output
+
+
+async def test_round_show_says_why_a_mentee_was_left_unmatched(cli_env: Path, pool: Any) -> None:
+    from datetime import date
+
+    from activities.matching import MatchingActivities, RoundRequest
+    from tests.conftest import TEST_KEYRING
+
+    (cli_env / "programme.yaml").write_text(PROGRAMME_FILE)
+    assert invoke("profiles", "settings", "--programme", PROGRAMME, "--set", str(cli_env / "programme.yaml")).exit_code == 0
+    activities = MatchingActivities(pool, keyring=TEST_KEYRING)
+    from pairing.importing import parse_profiles
+
+    text = PROFILES + "e-2,mentee,,DWP,9,policy,\n"
+    settings = await activities.profiles.get_settings(PROGRAMME)
+    await activities.profiles.save_profiles(PROGRAMME, [p for _, p in parse_profiles(text, "csv", settings=settings).profiles])
+    request = RoundRequest(programme_id=PROGRAMME, round_id="r-1", week_of=date(2027, 1, 11))
+    await activities.collect_round_members(request)
+    assert (await activities.solve_round(request)).mentees_matched == 1
+
+    shown = invoke("round", "show", "--programme", PROGRAMME, "--round", "r-1")
+    assert shown.exit_code == 0, shown.output
+    assert "Round r-1: 1 of 2 mentees matched (1 pair) with 3 mentors (max_total)" in shown.stdout
+    assert ("unmatched e-2: of 3 mentors ruled out: 3 rule 'one or two grades above', 1 rule 'other organisation'"
+            in shown.stdout)  # fmt: skip
+    report = json.loads(invoke("round", "show", "--programme", PROGRAMME, "--round", "r-1", "--json").stdout)
+    assert report["unmatched"] == [{"mentee_id": "e-2", "mentors": 3, "allowed": 0, "excluded": {
+        "rule 'one or two grades above'": 3, "rule 'other organisation'": 1}}]  # fmt: skip

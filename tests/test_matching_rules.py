@@ -364,3 +364,22 @@ e-4,mentee,,,,,
     # Without the programme's settings, attributes come through as given (checked when scored).
     loose = parse_profiles(json_text, "json")
     assert loose.profiles[0][1].attributes == {"grade": 2.0, "shoe_size": 9.0}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ruled_cohorts())
+def test_exclusion_counts_agree_with_each_pair_on_every_rule(
+    cohort: tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings, list[Any]],
+) -> None:
+    mentees, mentors, matching, _ = cohort
+    counts = exclusion_counts(mentees, mentors, matching, WEEK, block_rows=2)
+    matrix = score_matrix(mentees, mentors, matching, WEEK)
+    for i, mentee in enumerate(mentees):
+        pairs = [score_pair(mentee, mentor, matching, WEEK) for mentor in mentors]
+        for rule in matching.rules:
+            if rule.require is not None:
+                broken = sum(1 for p in pairs if p.rules[rule.name] == "broken")
+                assert counts[i].get(f"rule {rule.name!r}", 0) == broken, (i, rule.name, counts[i])
+        # A mentor no reason rules out is allowed.
+        if not counts[i]:
+            assert (matrix[i] >= 0).all()

@@ -148,7 +148,7 @@ def show_round(
     mentees_matched = solution.get("mentees_matched", solution["matched"])
     rules = f", rule set {solution['rule_set']}" if solution.get("rule_set") else ""
     out.print(f"Round {escape(round_id)}: {mentees_matched} of {solution['mentees']} mentees matched "
-              f"({solution['matched']} pairs) with {solution['mentors']} mentors ({solution['objective']}{escape(rules)}), "
+              f"({solution['matched']} pair{'' if solution['matched'] == 1 else 's'}) with {solution['mentors']} mentors ({solution['objective']}{escape(rules)}), "
               f"mean score {solution['mean_score']}")  # fmt: skip
     table = Table()
     for column in ("mentee", "mentor", "score", "why", "proposal"):
