@@ -146,3 +146,25 @@ def test_round_show_says_why_a_mentee_was_left_unmatched(cli_env: Path, database
     report = json.loads(invoke("round", "show", "--programme", PROGRAMME, "--round", "r-1", "--json").stdout)
     assert report["unmatched"] == [{"mentee_id": "e-2", "mentors": 3, "allowed": 0, "excluded": {
         "rule 'one or two grades above'": 3, "rule 'other organisation'": 1}}]  # fmt: skip
+
+
+def test_programme_create_takes_the_matching_section_of_a_programme_file(cli_env: Path) -> None:
+    bad = cli_env / "bad.yaml"
+    bad.write_text(PROGRAMME_FILE.replace("min: 1, max: 2", "min: 3, max: 2"))
+    refused = invoke("programme", "create", "--file", str(bad))
+    assert refused.exit_code == 2
+    assert "rules.1: rule 'one or two grades above': min (3) is above max (2)" in refused.output
+    assert invoke("programme", "show", PROGRAMME).exit_code != 0, "a refused file creates nothing"
+
+    good = cli_env / "programme.yaml"
+    good.write_text(PROGRAMME_FILE)
+    created = invoke("programme", "create", "--file", str(good), "--json")
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["outcome"] == "created"
+    shown = json.loads(invoke("profiles", "settings", "--programme", PROGRAMME).stdout)
+    assert [rule["name"] for rule in shown["rules"]][:2] == ["other organisation", "one or two grades above"]
+    assert invoke("programme", "create", "--file", str(good), "--json").stdout.count('"unchanged"') == 1
+
+    good.write_text(PROGRAMME_FILE.replace("points: 10", "points: 12"))
+    updated = json.loads(invoke("programme", "create", "--file", str(good), "--json").stdout)
+    assert (updated["outcome"], updated["changed"]) == ("updated", ["matching"])

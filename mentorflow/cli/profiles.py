@@ -38,10 +38,9 @@ app.add_typer(profiles_app, name="profiles")
 RoleOption = Annotated[str | None, typer.Option("--role", help="mentor or mentee (for rows that do not say).")]
 
 
-def _with_matching(action: Callable[[Any], Coroutine[Any, Any, R]]) -> R:
-    """Run `action` with the matching activities on the configured database, migrated first;
-    with the keys (MENTORFLOW_ENCRYPTION_KEYS, or `mentorflow dev`'s) when there are any, which
-    confidential profile attributes need."""
+def matching_on(pool: Any) -> Any:
+    """The matching activities on `pool`, with the keys (MENTORFLOW_ENCRYPTION_KEYS, or
+    `mentorflow dev`'s) when there are any, which confidential profile attributes need."""
     from activities.matching import MatchingActivities
     from mentorflow.config import ConfigurationError, Settings
 
@@ -49,7 +48,25 @@ def _with_matching(action: Callable[[Any], Coroutine[Any, Any, R]]) -> R:
         keyring = Settings.from_env().keyring(dev_key_file=True)
     except ConfigurationError:
         keyring = None
-    return _with_database(lambda pool: action(MatchingActivities(pool, keyring=keyring)))
+    return MatchingActivities(pool, keyring=keyring)
+
+
+def _with_matching(action: Callable[[Any], Coroutine[Any, Any, R]]) -> R:
+    """Run `action` with the matching activities on the configured database, migrated first."""
+    return _with_database(lambda pool: action(matching_on(pool)))
+
+
+def read_matching_settings(document: Any) -> Any:
+    """`document` as the programme's matching settings; a Problem naming the rule when it is not."""
+    from pairing.importing import describe_errors
+    from pairing.settings import MatchingSettings
+
+    if not isinstance(document, dict):
+        raise Problem("matching settings: expected an object of NAME: VALUE", exit_code=2)
+    try:
+        return MatchingSettings.model_validate(document)
+    except ValidationError as error:
+        raise Problem(f"matching settings: {describe_errors(error)}", exit_code=2) from None
 
 
 def _role(role: str | None) -> Any:
@@ -285,8 +302,6 @@ def _settings_document(source: str) -> Any:
             raise Problem(f"matching settings: neither JSON nor YAML ({error})", exit_code=2) from None
     if isinstance(document, dict) and "programme_id" in document:
         document = document.get("matching") or {}
-    if not isinstance(document, dict):
-        raise Problem("matching settings: expected an object of NAME: VALUE", exit_code=2)
     return document
 
 
@@ -300,15 +315,7 @@ def matching_settings(
     objective (max_total or max_matched), minimum score, hard constraints, attributes, rules
     and rule sets (docs/matching.md). --set takes JSON or YAML, inline or a file; a programme
     file (programme_id, name, settings) gives its `matching` section."""
-    from pairing.importing import describe_errors
-    from pairing.settings import MatchingSettings
-
-    replacement = None
-    if new is not None:
-        try:
-            replacement = MatchingSettings.model_validate(_settings_document(new))
-        except ValidationError as error:
-            raise Problem(f"matching settings: {describe_errors(error)}", exit_code=2) from None
+    replacement = None if new is None else read_matching_settings(_settings_document(new))
 
     async def apply(matching: Any) -> Any:
         changed = None if replacement is None else await matching.profiles.save_settings(programme, replacement)

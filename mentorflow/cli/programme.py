@@ -21,9 +21,10 @@ from activities.directory import (
 from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.cli.shared import (
-    JsonOption, Problem, _input_problem, _with_directory, command_group, details_table, launcher_name, out,
-    reports_problems,
+    JsonOption, Problem, _input_problem, _with_database, _with_directory, command_group, details_table, launcher_name,
+    out, reports_problems,
 )
+from mentorflow.cli.profiles import matching_on, read_matching_settings
 from mentorflow.directory_input import apply_setting_overrides, read_programme_document
 
 programme_app = command_group(
@@ -45,7 +46,7 @@ def create_programme(
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="The programme as YAML or JSON: programme_id, name, settings "
-                     "(see examples/programme.yaml; `programme show ID --json` writes one)."),
+                     "and optionally matching (see examples/programme.yaml; `programme show ID --json` writes one)."),
     ] = None,
     programme_id: Annotated[str | None, typer.Option("--id", help="The programme id (overrides the file's).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="The programme's name (overrides the file's).")] = None,
@@ -60,7 +61,8 @@ def create_programme(
     """Create a programme, or update the one with that id; saving the same thing again changes nothing.
 
     With --file, the file describes the whole programme: a setting it leaves out takes its
-    default. Without --file, --id names the programme: an existing one keeps its settings
+    default; a `matching` section replaces the programme's matching settings (the same as
+    `profiles settings --set FILE`; without one they stay as they are). Without --file, --id names the programme: an existing one keeps its settings
     and --set changes only the ones named; a new one starts from the defaults.
     Relationships already running keep the settings they started with.
     """
@@ -77,6 +79,12 @@ def create_programme(
         document["name"] = name
     if not document.get("programme_id"):
         raise Problem("name the programme: --file FILE or --id ID", exit_code=2)
+    matching = None
+    if "matching" in document:
+        try:
+            matching = read_matching_settings(document.pop("matching"))
+        except Problem as problem:
+            raise Problem(f"{source}: {problem}", exit_code=2) from None
     settings = document.get("settings")
     if settings is None:
         settings = {}
@@ -89,7 +97,8 @@ def create_programme(
     except DirectoryError as error:
         raise _input_problem(source, error) from None
 
-    async def save(directory: Directory) -> tuple[Programme, SaveOutcome, list[str]]:
+    async def save(pool: Any) -> tuple[Programme, SaveOutcome, list[str]]:
+        directory = Directory(pool)
         try:
             before = await directory.get_programme(str(document["programme_id"]))
         except StoredProgrammeInvalid:
@@ -106,6 +115,9 @@ def create_programme(
             raise _input_problem(source, error) from None
         outcome = await directory.create_or_update_programme(programme)
         changed = []
+        if matching is not None and await matching_on(pool).profiles.save_settings(programme.programme_id, matching):
+            changed.append("matching")
+            outcome = "updated" if outcome == "unchanged" else outcome
         if before is not None:
             if before.name != programme.name:
                 changed.append("name")
@@ -115,7 +127,7 @@ def create_programme(
             ]  # fmt: skip
         return programme, outcome, changed
 
-    programme, outcome, changed = _with_directory(save)
+    programme, outcome, changed = _with_database(save)
     if as_json:
         print(json.dumps({"outcome": outcome, "programme_id": programme.programme_id, "changed": changed}))
         return
