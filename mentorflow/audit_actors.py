@@ -20,7 +20,7 @@ import asyncpg
 from events.commands import DIRECTORY_ACTOR, MATCHING_ACTOR, ROUND_ACTOR
 
 # (event type, the payload field naming the actor) for every event an internal actor causes.
-_ACTOR_FIELDS = {
+ACTOR_FIELDS = {
     "MatchProposed": "proposed_by",
     "MatchDeclined": "declined_by",
     "ClosureBegun": "closed_by",
@@ -80,7 +80,7 @@ async def forged_internal_commands(pool: asyncpg.Pool) -> list[ForgedCommand]:
                                                 ELSE 'closed_by' END) = ANY($2::text[])
          ORDER BY e.stream_id, e.version
         """,
-        sorted(_ACTOR_FIELDS),
+        sorted(ACTOR_FIELDS),
         sorted({DIRECTORY_ACTOR, MATCHING_ACTOR, ROUND_ACTOR}),
     )
     found = []

@@ -18,6 +18,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
+from activities.audit_trail import CredentialCount
 from activities.projections import ProjectionStatus
 from events.model import Health
 from events.projections import (
@@ -56,12 +57,28 @@ async def _rows(connection: asyncpg.Connection, row: type[RowT], alias: str, sou
     return [row.model_validate(dict(record)) for record in records]
 
 
-def report_json(report: ProgrammeReport, statuses: Sequence[ProjectionStatus], generated_at: datetime) -> dict[str, Any]:
+def report_json(
+    report: ProgrammeReport,
+    statuses: Sequence[ProjectionStatus],
+    generated_at: datetime,
+    senders: Sequence[CredentialCount] | None = None,
+) -> dict[str, Any]:
+    """`senders`: the audit view (activities/audit_trail.py), as `commands_by_credential`."""
+    audit = {} if senders is None else {"commands_by_credential": [count.to_json() for count in senders]}
     return {
         **report.model_dump(mode="json"),
+        **audit,
         "generated_at": generated_at.isoformat(),
         "projections": {s.name: {"position": s.position, "head": s.head, "behind": s.behind} for s in statuses},
     }
+
+
+_AUDIT_TITLE = "Commands by credential (who sent them: the HTTP API's record)"
+_AUDIT_HEADERS = ("sent by", "via", "commands", "relationships")
+
+
+def _audit_rows(senders: Sequence[CredentialCount]) -> list[list[str]]:
+    return [[c.sent_by.describe(), c.sent_by.via, str(c.commands), str(c.relationships)] for c in senders]
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -79,8 +96,10 @@ def _numbers_right(table: Table, first: int = 1) -> Table:
     return table
 
 
-def report_renderable(report: ProgrammeReport, statuses: Sequence[ProjectionStatus]) -> Group:
-    """The dashboard as rich tables."""
+def report_renderable(
+    report: ProgrammeReport, statuses: Sequence[ProjectionStatus], senders: Sequence[CredentialCount] | None = None
+) -> Group:
+    """The dashboard as rich tables (and the audit view, given `senders`)."""
     parts: list[Any] = [f"[bold]Programme {escape(report.programme_id)}[/bold]: {report.relationships} relationship{'' if report.relationships == 1 else 's'}"]
     behind = max((s.behind for s in statuses), default=0)
     if behind:
@@ -119,6 +138,12 @@ def report_renderable(report: ProgrammeReport, statuses: Sequence[ProjectionStat
     for reason, count in report.closure_reasons.items():
         closures.add_row(reason, str(count))
     parts.append(_numbers_right(closures) if report.closure_reasons else "[dim]No relationship has closed yet.[/dim]")
+
+    if senders is not None:
+        audit = Table(*_AUDIT_HEADERS, title=_AUDIT_TITLE, title_justify="left")
+        for row in _audit_rows(senders):
+            audit.add_row(*(escape(cell) for cell in row))
+        parts.append(_numbers_right(audit, first=2) if senders else "[dim]No commands yet.[/dim]")
     return Group(*parts)
 
 
@@ -230,7 +255,12 @@ def _goal_chart(report: ProgrammeReport) -> str:
     return _svg("goals-chart", label, 420, 34, shapes) + f"<p>{_e(label)}</p>"
 
 
-def report_html(report: ProgrammeReport, statuses: Sequence[ProjectionStatus], generated_at: datetime) -> str:
+def report_html(
+    report: ProgrammeReport,
+    statuses: Sequence[ProjectionStatus],
+    generated_at: datetime,
+    senders: Sequence[CredentialCount] | None = None,
+) -> str:
     """One self-contained page (XHTML-compatible markup, inline SVG, no scripts or links)."""
     behind = max((s.behind for s in statuses), default=0)
     warning = (f'<p class="warn">The read models are {behind} events behind the event store.</p>'
@@ -249,6 +279,9 @@ def report_html(report: ProgrammeReport, statuses: Sequence[ProjectionStatus], g
     meetings_table = _table(["month", "held", "missed"], [[m.month, m.held, m.missed] for m in report.meetings_per_month])
     feedback_table = _table(
         ["month", "answers", "average"], [[m.month, m.responses, f"{m.average_score:.2f}"] for m in report.feedback_per_month]
+    )
+    audit = "" if senders is None else (
+        f'<section id="audit"><h2>{_e(_AUDIT_TITLE)}</h2>\n{_table(_AUDIT_HEADERS, _audit_rows(senders))}</section>'
     )
     title = f"Programme {report.programme_id}: mentoring report"
     return f"""<!DOCTYPE html>
@@ -278,6 +311,7 @@ def report_html(report: ProgrammeReport, statuses: Sequence[ProjectionStatus], g
 {feedback_table}</section>
 <section id="closures"><h2>Closure reasons</h2>
 {_closure_chart(report)}</section>
+{audit}
 </body>
 </html>
 """

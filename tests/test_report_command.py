@@ -26,7 +26,7 @@ from events.projections import FEEDBACK, MEETINGS, RELATIONSHIPS, ProgrammeRepor
 from mentorflow.cli import app
 from mentorflow.config import Settings
 from mentorflow.reports import report_html
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING
 from tests.owners import owner
 from tests.projection_stories import Driver, interleaved, stories
 from worker import run_worker
@@ -70,9 +70,11 @@ def test_report_json_catches_up_and_matches_the_computed_report(stored: int, dri
     assert result.exit_code == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed.pop("projections") == {
-        name: {"position": stored, "head": stored, "behind": 0} for name in ("relationships", "meetings", "feedback")
+        name: {"position": stored, "head": stored, "behind": 0} for name in ("relationships", "meetings", "feedback", "digest")
     }
     assert datetime.fromisoformat(printed.pop("generated_at")).tzinfo is not None
+    # The audit view (tests/test_audit_trail.py): stored without the API, nothing names a credential.
+    assert {row["via"] for row in printed.pop("commands_by_credential")} <= {"direct", "internal"}
     assert printed == expected_report(drivers, "prog-1").model_dump(mode="json")
     assert printed["relationships"] == 4 and printed["closure_reasons"] == {"closed_by_mentee": 1, "unmatched": 1}
 
@@ -132,19 +134,19 @@ def test_everything_in_the_page_is_escaped(drivers: list[Driver]) -> None:
 def test_projections_status_and_rebuild(stored: int, monkeypatch: pytest.MonkeyPatch) -> None:
     before = json.loads(invoke("projections", "status", "--json").stdout)
     assert [(s["projection"], s["position"], s["behind"]) for s in before] == [
-        ("relationships", 0, stored), ("meetings", 0, stored), ("feedback", 0, stored)
+        ("relationships", 0, stored), ("meetings", 0, stored), ("feedback", 0, stored), ("digest", 0, stored)
     ]
     report = invoke("report", "--programme", "prog-1", "--json").stdout
     unknown = invoke("projections", "rebuild", "--projection", "goals")
     assert unknown.exit_code == 2
-    assert "unknown projection 'goals'; the projections are relationships, meetings, feedback" in unknown.stderr
+    assert "unknown projection 'goals'; the projections are relationships, meetings, feedback, digest" in unknown.stderr
 
     screen = io.StringIO()
     monkeypatch.setattr(cli_module, "err", Console(file=screen, force_terminal=True, width=100))
     rebuilt = invoke("projections", "rebuild", "--json")
     assert rebuilt.exit_code == 0, rebuilt.stderr
     assert json.loads(rebuilt.stdout)["events"] == stored
-    assert "rebuilding relationships, meetings, feedback" in screen.getvalue()  # the progress bar
+    assert "rebuilding relationships, meetings, feedback, digest" in screen.getvalue()  # the progress bar
 
     one = invoke("projections", "rebuild", "--projection", "feedback")
     assert one.exit_code == 0 and "Rebuilt feedback" in one.stdout

@@ -68,9 +68,11 @@ def _named_types() -> dict[str, tuple[Any, str]]:
     from pairing.profiles import MenteeProfile, MentorProfile
     from workflows.matching_round import MatchingRoundResult, RoundProgress
     from events.relationship_io import CommandResult
+    from mentorflow.api.schemas import EventsPage
 
     return {
         "CommandResult": (CommandResult, "serialization"),
+        "EventsPage": (EventsPage, "serialization"),
         "RelationshipState": (RelationshipState, "serialization"),
         "Programme": (Programme, "validation"),
         "Participant": (Participant, "validation"),

@@ -5,7 +5,7 @@ fetches the rows; this prints them)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -160,27 +160,37 @@ def relationship_history(
     "events",
     epilog=WATCH_EXIT_CODES,
     help="The relationship's event stream in the event store (PostgreSQL): version, type and time "
-    "of each event; payloads are not shown.\n\n" + DIRECTORY_DATABASE_HELP,
+    "of each event, its command and who sent it (the HTTP API's credential, \"sent directly\" when "
+    "the API has no record of it, or \"internal\"; see docs/api.md, \"Audit\"); payloads are not "
+    "shown.\n\n" + DIRECTORY_DATABASE_HELP,
 )
 @reports_problems
 def relationship_events(
     relationship: Annotated[str, typer.Argument(help="The workflow id (relationship/PROGRAMME/ID) or the relationship id.")],
     as_json: JsonOption = False,
 ) -> None:
-    from mentorflow.operations import OperationError, stream_events, stream_id_of
+    import asyncpg
+
+    from activities.audit_trail import SentBy, sent_by_of_event, stream_senders
+    from mentorflow.operations import OperationError, StoredEventRow, stream_events, stream_id_of
 
     try:
         stream_id = stream_id_of(relationship)
     except OperationError as error:
         raise Problem(str(error), exit_code=2) from None
-    rows = _with_database(lambda pool: stream_events(pool, stream_id))
+
+    async def read(pool: asyncpg.Pool) -> tuple[Sequence[StoredEventRow], dict[str | None, SentBy]]:
+        return await stream_events(pool, stream_id), await stream_senders(pool, stream_id)
+
+    rows, senders = _with_database(read)
     if not rows:
         raise Problem(f"no events for relationship {stream_id} in the event store")
+    sent_by = [sent_by_of_event(row.event_type, row.command_id, senders) for row in rows]
     if as_json:
-        print(json.dumps([row.to_json() for row in rows]))
+        print(json.dumps([row.to_json() | {"sent_by": by.model_dump()} for row, by in zip(rows, sent_by)]))
         return
-    table = Table("Version", "Event", "Occurred (UTC)", "Command", box=None, header_style="bold")
-    for row in rows:
+    table = Table("Version", "Event", "Occurred (UTC)", "Command", "Sent by", box=None, header_style="bold")
+    for row, by in zip(rows, sent_by):
         table.add_row(str(row.version), escape(row.event_type), f"{row.occurred_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-                      escape(row.command_id or ""))  # fmt: skip
+                      escape(row.command_id or ""), escape(by.describe()))  # fmt: skip
     out.print(table)

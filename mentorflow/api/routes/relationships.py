@@ -20,6 +20,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.audit_trail import sent_by_of_event, stream_senders
 from activities.event_store import _COLUMNS as EVENT_COLUMNS, _FROM as EVENTS_FROM
 from events.commands import COMMAND_TYPES, INTERNAL_ACTORS, Identifier, read_command
 from events.model import Health
@@ -294,8 +295,11 @@ async def get_state(request: Request, credential: CredentialDep, programme_id: s
     description="In order of version, `limit` at a time after `after_version`; `next_after_version` is the "
     "next page's `after_version` (null on the last page). Confidential text is decrypted for credentials "
     "that may act (keys acting as participants or coordinators, people's tokens) and reads `[encrypted]` "
-    "for read-only keys; a forgotten relationship's reads `[forgotten]` for everyone.",
-    responses=problem_responses(401, 403, 404, 429, 503),
+    "for read-only keys; a forgotten relationship's reads `[forgotten]` for everyone. Each event's `sent_by` "
+    "says who sent the command behind it: the API's credential, `direct` (no API record: sent with a Temporal "
+    "client) or `internal` (docs/api.md, \"Audit\").",
+    responses={200: json_response("EventsPage", "A page of events, each with `sent_by`"),
+               **problem_responses(401, 403, 404, 429, 503)},  # fmt: skip
 )
 async def get_events(
     request: Request,
@@ -326,7 +330,10 @@ async def get_events(
     )  # fmt: skip
     if not rows and after_version == 0:
         raise missing
-    events = [store.event_from_row(row).model_dump(mode="json") for row in rows]
+    senders = await stream_senders(context.pool, relationship_id, [row["command_id"] for row in rows if row["command_id"]])
+    events = [store.event_from_row(row).model_dump(mode="json")
+              | {"sent_by": sent_by_of_event(row["event_type"], row["command_id"], senders).model_dump()}
+              for row in rows]  # fmt: skip
     return JSONResponse({
         "events": events,
         "next_after_version": rows[-1]["version"] if len(rows) == limit else None,
