@@ -20,18 +20,22 @@ from temporalio.worker import (
 )
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from activities.digest import DigestActivities
 from activities.directory import Directory, DirectoryActivities
 from activities.event_store import EventStoreActivities, PostgresEventStore
 from activities.matching import MatchingActivities
 from activities.notifications import DirectoryContacts, NotificationActivities, channels_from_settings
 from activities.notifications_channels import NotificationChannel
+from activities.notifications_daytime import Clock, StoredDeliveryWindows
 from activities.notifications_delivery_log import PostgresDeliveryLog
 from activities.projections import ProjectionFollower
 from activities.store_and_notify import StoreAndNotifyActivities
+from mentorflow.action_links import LinkMaker
 from mentorflow.codec import EncryptionCodec
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.keyring import Keyring
 from mentorflow.metrics import MetricsInterceptor, report_relationships_by_phase, runtime_of
+from workflows.digest import CoordinatorDigests, ensure_digest_schedule
 from workflows.matching_round import MatchingRound
 from workflows.relationship import Relationship
 
@@ -45,11 +49,14 @@ def build_worker(
     *,
     channels: Sequence[NotificationChannel] | None = None,
     settings: Settings | None = None,
-    workflows: Sequence[type] = (Relationship, MatchingRound),
+    workflows: Sequence[type] = (Relationship, MatchingRound, CoordinatorDigests),
+    notification_clock: Clock | None = None,
 ) -> Worker:
     """`channels` see every notification besides the recipients' own channels (tests record with one).
 
-    `workflows`: tests run other implementations of the same workflow types (tests/workflow_variants.py)."""
+    `workflows`: tests run other implementations of the same workflow types (tests/workflow_variants.py).
+    `notification_clock`: when a notification attempt runs, for daytime delivery (tests pass the
+    time-skipping server's clock)."""
     settings = settings or Settings.from_env()
     store = EventStoreActivities(PostgresEventStore(pool, store_keyring(client, settings)))
     notifications = NotificationActivities(
@@ -57,6 +64,9 @@ def build_worker(
         contacts=DirectoryContacts(Directory(pool)),
         channels=channels_from_settings(settings),
         taps=channels or (),
+        windows=StoredDeliveryWindows(pool),
+        clock=notification_clock,
+        links=action_links(client, settings),
     )
     together = StoreAndNotifyActivities(store, notifications)
     directory = DirectoryActivities(Directory(pool), trust_start_settings=settings.trust_start_settings)
@@ -79,6 +89,7 @@ def build_worker(
             directory.check_participants,
             directory.get_contacts,
             *matching.all_activities(),
+            *DigestActivities(pool).all_activities(),
         ],
         interceptors=[MetricsInterceptor()],
         deployment_config=deployment_config(settings),
@@ -121,6 +132,12 @@ def worker_client(client: Client, settings: Settings) -> Client:
     config = client.config()
     config["data_converter"] = dataclasses.replace(client.data_converter, payload_codec=codec.refusing_plain())
     return Client(**config)
+
+
+def action_links(client: Client, settings: Settings) -> LinkMaker | None:
+    """Signed links in emails, to the pages under MENTORFLOW_PUBLIC_URL (docs/people.md)."""
+    keyring = store_keyring(client, settings) if settings.public_url else None
+    return LinkMaker(keyring, settings.public_url) if keyring is not None and settings.public_url else None
 
 
 def store_keyring(client: Client, settings: Settings) -> Keyring | None:
@@ -174,6 +191,8 @@ async def run_worker(
             tasks.create_task(report_relationships_by_phase(client, meter, settings.metrics_phase_interval))
         # Read models for `mentorflow report`; workers take turns (activities/projections.py).
         tasks.create_task(ProjectionFollower(pool).follow(), name="projection follower")
+        # The coordinators' digest runs from one schedule; whichever worker starts first creates it.
+        await ensure_digest_schedule(client, task_queue)
         if ready is not None:
             ready.set()
         await asyncio.Future()  # until cancelled

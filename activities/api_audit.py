@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-CredentialKind = Literal["api_key", "token"]
+# A link: a signed action link from an email (mentorflow/pages/); its person and purpose.
+CredentialKind = Literal["api_key", "token", "link"]
 _COLUMNS = (
     "audit_id, recorded_at, credential_kind, credential_id, credential_name, programme_id, relationship_id, "
     "message, command_id, actor_id, outcome, http_status"
@@ -23,9 +24,9 @@ _COLUMNS = (
 @dataclass(frozen=True)
 class AuditEntry:
     credential_kind: CredentialKind
-    # The key id, or the token's subject.
+    # The key id, the token's subject, or the link's person.
     credential_id: str
-    # The key's name, or the token's issuer.
+    # The key's name, the token's issuer, or the link's purpose.
     credential_name: str
     programme_id: str
     relationship_id: str

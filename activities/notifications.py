@@ -26,6 +26,12 @@ The same holds when the connection breaks while waiting for the server's answer 
 message it received in full. The warning "was interrupted while sending" in the log
 marks every such resend.
 
+Daytime. A message that is not urgent (`events.daytime.NOT_URGENT`: reminders, agenda,
+review and feedback requests, nudges) waits while its recipient's local time is outside their
+relationship's delivery window (`activities/notifications_daytime.py`), never past the moment
+it is about (a meeting's start). Everything else in the batch goes at once; then the
+activity fails with `NotificationsHeld`, which Temporal retries when the first window opens.
+
 Failures. A channel that is down (refused connection, timeout, SMTP 4xx, HTTP 408, 425,
 429 or 5xx, a bad SMTP login) fails only its own deliveries: everything else in the batch
 is still delivered, then the activity raises a retryable `ApplicationError`, and
@@ -61,12 +67,15 @@ from activities.notifications_channels import (
     LogDeliveryChannel,
     NotificationChannel,
 )
+from activities.notifications_daytime import Clock, DeliveryWindows, activity_clock
 from activities.notifications_delivery_log import DeliveryKey, DeliveryLog
 from activities.notifications_email import EmailChannel, SmtpConfig
 from activities.notifications_webhook import WebhookChannel, WebhookUnavailable
-from activities.templates import render
+from activities.templates import RenderedMessage, render
+from events.daytime import NOT_URGENT, deadline_of, deliver_at
 from events.notifications import Notification
 from events.people import ChannelKind, Participant
+from mentorflow.action_links import LinkMaker, links_for
 from mentorflow.metrics import count_notifications
 
 if TYPE_CHECKING:
@@ -145,7 +154,10 @@ def channels_from_settings(settings: Settings) -> list[DeliveryChannel]:
 
 # -- the activity ------------------------------------------------------------------------
 
-Outcome = Literal["sent", "settled", "rejected", "failed", "busy", "waiting"]
+Outcome = Literal["sent", "settled", "rejected", "failed", "busy", "waiting", "held"]
+
+# The shortest wait for a window to open: a retry due in less goes on the backoff's own clock.
+MIN_HOLD = timedelta(seconds=1)
 
 
 @dataclass
@@ -160,6 +172,8 @@ class _Job:
     meant_for: str = "log"  # the recipient's channel kind (the log may stand in for it)
     outcome: Outcome = "waiting"
     problem: str = ""
+    # Held for the recipient's daytime: when their delivery window opens.
+    held_until: datetime | None = None
 
     def key(self) -> DeliveryKey:
         return DeliveryKey(self.notification.notification_id, self.channel, self.destination)
@@ -178,8 +192,17 @@ class NotificationActivities:
         contacts: ContactBook | None,
         channels: Sequence[DeliveryChannel] = (LogDeliveryChannel(),),
         taps: Sequence[NotificationChannel] = (),
+        windows: DeliveryWindows | None = None,
+        clock: Clock | None = None,
+        links: LinkMaker | None = None,
     ):
+        """`windows`: each relationship's delivery window (daytime delivery); None delivers
+        everything at once. `clock`: when an attempt runs (tests set the test server's)."""
         self._deliveries = deliveries
+        # Signed action links in emails (docs/people.md); None: emails carry no links.
+        self._links = links
+        self._windows = windows
+        self._clock = clock or activity_clock
         self._contacts = contacts
         self._channels: dict[str, DeliveryChannel] = {channel.kind: channel for channel in channels}
         self._log_channel: DeliveryChannel = self._channels.get("log") or LogDeliveryChannel()
@@ -189,27 +212,58 @@ class NotificationActivities:
     async def send_notifications(self, notifications: list[Notification]) -> int:
         """Deliver what can be delivered; raise a retryable error if anything is left to send.
 
-        Returns how many messages this attempt sent.
+        Returns how many messages this attempt sent. A message that waits for its recipient's
+        daytime is not sent: the error then asks Temporal to try again when the first such
+        window opens (see `_held`).
         """
         people = await self._people(notifications)
         jobs = self._plan(notifications, people)
+        now = await self._clock()
+        await self._hold_for_daytime(jobs, now)
         token = str(uuid.uuid4())
         groups: dict[tuple[str, str], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.channel, job.destination), []).append(job)
+            if job.outcome != "held":
+                groups.setdefault((job.channel, job.destination), []).append(job)
         await asyncio.gather(*(self._run_in_order(group, token, people) for group in groups.values()))
         count_notifications((job.channel, job.notification.template, job.outcome) for job in jobs)
 
         left = [job for job in jobs if job.outcome in ("failed", "busy", "waiting")]
+        held = [job for job in jobs if job.outcome == "held"]
         sent = sum(1 for job in jobs if job.outcome == "sent")
         if left:
             problems = "; ".join(f"{job.describe()}: {job.problem or job.outcome}" for job in left[:10])
+            waiting = f"; {len(held)} more wait for their recipients' daytime" if held else ""
             raise ApplicationError(
                 f"{len(left)} of {len(jobs)} deliveries are still to be sent and will be retried "
-                f"({sent} sent in this attempt): {problems}",
+                f"({sent} sent in this attempt{waiting}): {problems}",
                 type="NotificationsPending",
             )
+        if held:
+            raise _held(held, len(jobs), sent, now)
         return sent
+
+    async def _hold_for_daytime(self, jobs: Sequence[_Job], now: datetime) -> None:
+        """Mark `held` each delivery of a non-urgent message whose recipient's local time is
+        outside their relationship's delivery window (events/daytime.py). Taps see every
+        notification at once: they are not a person."""
+        waiting = [job for job in jobs if job.recipient is not None and job.notification.template in NOT_URGENT]
+        if self._windows is None or not waiting:
+            return
+        windows = await self._windows.windows(sorted({job.notification.relationship_id for job in waiting}))
+        for job in waiting:
+            assert job.recipient is not None
+            notification = job.notification
+            at = deliver_at(
+                now,
+                job.recipient.timezone,
+                windows.get(notification.relationship_id),
+                template=notification.template,
+                deliver_by=deadline_of(notification.data),
+            )
+            if at > now:
+                job.outcome, job.held_until = "held", at
+                job.problem = f"waits for the recipient's daytime, until {at.isoformat()}"
 
     async def _people(self, notifications: Sequence[Notification]) -> dict[str, Participant]:
         if self._contacts is None or not notifications:
@@ -314,7 +368,7 @@ class NotificationActivities:
                             notification=job.notification,
                             recipient=job.recipient,
                             address=job.address,
-                            message=render(job.notification, job.recipient, people),
+                            message=self._with_links(job, render(job.notification, job.recipient, people)),
                             delivery_id=_delivery_id(key),
                             first_attempt_at=claim.first_attempt_at or datetime.now(UTC),
                             people=people,
@@ -333,6 +387,39 @@ class NotificationActivities:
             return
         job.outcome = "sent"
         await self._deliveries.delivered(key)
+
+    def _with_links(self, job: _Job, message: RenderedMessage) -> RenderedMessage:
+        """An email with its signed action links (mentorflow/action_links.py `links_for`); the
+        programme is the sending relationship's, from its workflow id `relationship/P/R`."""
+        specs = links_for(job.notification.template, job.notification.data)
+        if self._links is None or job.meant_for != "email" or not specs or not activity.in_activity():
+            return message
+        parts = (activity.info().workflow_id or "").split("/")
+        if len(parts) != 3 or parts[0] != "relationship" or parts[2] != job.notification.relationship_id:
+            return message
+        now = datetime.now(UTC)
+        for paragraph in self._links.paragraphs(job.notification.recipient_id, parts[1], parts[2], specs, now=now):
+            message = message.with_note(paragraph)
+        return message
+
+
+def _held(held: Sequence[_Job], total: int, sent: int, now: datetime) -> ApplicationError:
+    """The error that brings the held deliveries back when the first window opens.
+
+    A regular activity is retried after `next_retry_delay`, whatever the retry policy's
+    backoff and maximum interval (tests/test_daytime_delivery.py); the delivery log keeps
+    what this attempt sent from going out again. A local activity (the workflow's quick
+    first try) does not wait: its failure hands the notifications straight to the retrying
+    regular activity (workflows/outbox.py `Deliveries`)."""
+    opens = min(job.held_until or now for job in held)
+    first = ", ".join(f"{job.describe()} until {job.held_until.isoformat() if job.held_until else '?'}" for job in held[:5])
+    message = (
+        f"{len(held)} of {total} deliveries wait for their recipients' daytime ({sent} sent in this attempt); "
+        f"the first window opens at {opens.isoformat()}: {first}"
+    )
+    if activity.in_activity() and activity.info().is_local:
+        return ApplicationError(message, type="NotificationsHeld", non_retryable=True)
+    return ApplicationError(message, type="NotificationsHeld", next_retry_delay=max(opens - now, MIN_HOLD))
 
 
 def _digest(address: str) -> str:

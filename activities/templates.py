@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from string import Template
@@ -37,12 +37,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from icalendar import Calendar, Event, vCalAddress, vText
 
+from activities.digest_text import digest_text
 from events.notifications import Notification
 from events.people import Participant
 
 log = logging.getLogger("mentorflow.notifications")
 
 SIGNATURE = "Your mentoring programme"
+
+# Messages composed section by section rather than filled in: (data, context) -> (subject, body).
+COMPOSED: dict[str, Callable[[Mapping[str, str], Mapping[str, str]], tuple[str, str]]] = {
+    "coordinator_digest": digest_text,
+}
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,18 @@ TEMPLATES: dict[str, MessageTemplate] = {
         f"{_MEETING} was due, but nobody has recorded it. If you met, please record the "
         "meeting; if not, agree on a new time.",
     ),
+    "meeting_reported_not_held": MessageTemplate(
+        f"{_MEETING} did not take place",
+        "The $party reported that mentoring meeting $meeting_number did not take place, so it "
+        "counts as missed. If you did meet, please correct the report; if not, agree on a new time.",
+        ("It was planned for $meeting_planned_for.",),
+    ),
+    "meeting_report_corrected": MessageTemplate(
+        f"{_MEETING}: report corrected",
+        "The $party corrected the report of mentoring meeting $meeting_number: it is now "
+        "recorded as $outcome.",
+        ("It was planned for $meeting_planned_for.",),
+    ),
     # Goals
     "milestone_celebration": MessageTemplate(
         "Milestone reached: $goal_title",
@@ -236,6 +254,11 @@ TEMPLATES: dict[str, MessageTemplate] = {
         "The term is ending: time to review what you achieved against each goal and decide "
         "how to finish. Please submit your review by $respond_by.",
     ),
+    "on_demand_review_opened": MessageTemplate(
+        "Mentoring review requested",
+        "A review of your mentoring relationship was asked for: time to review progress against "
+        "each goal and decide how to go on. Please submit your review by $respond_by.",
+    ),
     "review_completed": MessageTemplate(
         "Mentoring review completed",
         "The $kind review is complete. The outcome: $outcome.",
@@ -293,8 +316,14 @@ def render(
     context = _context(notification, recipient, people, zone)
     meeting = meeting_invite(notification)
     template = TEMPLATES.get(notification.template)
+    compose = COMPOSED.get(notification.template)
     subject = body = None
-    if template is not None:
+    if compose is not None:
+        try:
+            subject, body = compose(notification.data, context)
+        except (KeyError, ValueError) as error:
+            log.warning("message %s could not be composed (%s); using the generic text", notification.template, error)
+    elif template is not None:
         try:
             subject = Template(template.subject).substitute(context)
             body = Template(template.body).substitute(context)
@@ -313,7 +342,8 @@ def render(
     paragraphs = [f"Hello {recipient.display_name},", body]
     if meeting is not None:
         paragraphs.append(f"When: {format_span(meeting.start, meeting.end, zone)}")
-    paragraphs.append(f"{SIGNATURE}\n(relationship {notification.relationship_id})")
+    # A composed message is about a programme, not one relationship.
+    paragraphs.append(SIGNATURE if compose else f"{SIGNATURE}\n(relationship {notification.relationship_id})")
     # A meeting that is over gets no calendar entry (asking whether it took place, say).
     invite = meeting if meeting is not None and meeting.end > datetime.now(UTC) else None
     return RenderedMessage(subject, tuple(paragraphs), invite, from_template)

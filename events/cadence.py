@@ -19,7 +19,9 @@ the next decision if there is room, and otherwise left for the final review.
 **Reports.** A report names its meeting (`meeting_number`) or is matched by `held_at` to
 the meeting planned nearest to it (cancelled ones aside): the scheduled meeting, one
 counted as missed (a correction), or one already recorded as held — refused as a
-`conflict`, so a second report of the same meeting never counts twice.
+`conflict`, so a second report of the same meeting never counts twice. A meeting a party
+reported as not held is refused too: that report is changed by `correct_meeting_report`
+(events/meetings.py), not by a contrary one.
 
 **The legacy rules (1, `LEGACY_CADENCE_RULES`)** are those from before: the next meeting
 due one rhythm after the later of the last meeting held and the last planned (the first a
@@ -167,7 +169,7 @@ def _legacy_meeting_reported(state: RelationshipState, command: RecordMeeting) -
     if number is not None and (scheduled is None or number != scheduled.meeting_number):
         if number not in state.missed_meeting_numbers:
             return refuse(RefusalCode.NOT_FOUND, f"meeting {number} is neither the next meeting nor one marked missed")
-        return number, True
+        return _unless_reported(state, number, "meeting_number")
     assert scheduled is not None, "a relationship in its cadence always has a next meeting"
     return scheduled.meeting_number, False
 
@@ -177,7 +179,7 @@ def _by_number(state: RelationshipState, number: int) -> tuple[int, bool] | Reje
     if scheduled is not None and scheduled.meeting_number == number:
         return number, False
     if number in state.missed_meeting_numbers:
-        return number, True
+        return _unless_reported(state, number, "meeting_number")
     past = next((m for m in state.past_meetings if m.meeting_number == number), None)
     if past is not None:
         return _already(past, "meeting_number")
@@ -201,8 +203,22 @@ def _by_time(state: RelationshipState, held_at: datetime) -> tuple[int, bool] | 
     if isinstance(nearest, ScheduledMeeting):
         return nearest.meeting_number, False
     if nearest.outcome == "missed":
-        return nearest.meeting_number, True
+        return _unless_reported(state, nearest.meeting_number, "held_at")
     return _already(nearest, "held_at")
+
+
+def _unless_reported(state: RelationshipState, number: int, field: str) -> tuple[int, bool] | Rejection:
+    """A meeting counted missed, to be recorded as held (a correction) — unless a party
+    reported it as not held: then only `correct_meeting_report` changes that."""
+    past = next((m for m in state.past_meetings if m.meeting_number == number), None)
+    if past is None or past.reported_by is None:
+        return number, True
+    return refuse(
+        RefusalCode.CONFLICT,
+        f"meeting {number} was reported as not held by the {past.reported_by}; "
+        "if it did take place, send correct_meeting_report",
+        FieldProblem(field=field, message=f"is meeting {number}, which a party reported as not held"),
+    )
 
 
 def _already(past: PastMeeting, field: str) -> Rejection:

@@ -306,6 +306,30 @@ class RescheduleMeeting(Command):
     starts_at: Moment
 
 
+class ReportMeetingNotHeld(Command):
+    """A party says meeting `meeting_number` did not take place: the scheduled meeting, once
+    its start has passed, then counts as missed at once (as it would have when its report
+    was overdue); a meeting already counted as missed keeps that count and gets the party's
+    word. One recorded as held is corrected with `correct_meeting_report` instead."""
+
+    message_name: ClassVar[str] = "report_meeting_not_held"
+    meeting_number: int = Field(ge=1)
+    reason: Confidential = ""
+
+
+class CorrectMeetingReport(Command):
+    """A party corrects what was reported about a past meeting: `outcome` "held" (it did
+    take place: at `held_at`, for `duration_minutes`; by default the meeting's planned start
+    and the agreed length) or "not_held" (it did not, after all)."""
+
+    message_name: ClassVar[str] = "correct_meeting_report"
+    meeting_number: int = Field(ge=1)
+    outcome: Literal["held", "not_held"]
+    held_at: Moment | None = None
+    duration_minutes: int | None = Field(default=None, ge=1, le=480)
+    reason: Confidential = ""
+
+
 class RecordGoalProgress(Command):
     message_name: ClassVar[str] = "record_goal_progress"
     goal_id: Identifier
@@ -388,6 +412,12 @@ class SubmitReview(Command):
     # With outcome "extend": by how many months (bounded by the programme).
     extension_months: int | None = Field(default=None, ge=1, le=24)
     comment: Confidential = ""
+
+
+class NudgeRelationship(Command):
+    """A coordinator sends again the reminder of what the relationship waits for."""
+
+    message_name: ClassVar[str] = "nudge_relationship"
 
 
 class CloseRelationship(Command):

@@ -10,26 +10,35 @@ a skipped hour opens when the clock resumes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 # Template names of the messages that wait for daytime (issue #15): reminders, agenda
-# requests, review and feedback requests, nudges, digests. Everything else — a match to answer,
-# a concern, a cancellation, a closure — goes out when it happens.
+# requests, review and feedback requests, nudges, the coordinators' digest
+# (tests/test_daytime.py checks every name here is one the core sends). Everything else — a
+# match to answer, a concern, a cancellation, a closure — goes out when it happens.
 NOT_URGENT = frozenset(
     {
         "meeting_reminder",
         "agreement_reminder",
         "agenda_request",
         "feedback_request",
+        # events/notifications.py: f"{kind}_review_opened" for each ReviewKind.
         "midpoint_review_opened",
         "final_review_opened",
+        "on_demand_review_opened",
         "nudge",
         "coordinator_digest",
     }
 )
+
+# The parameters that say when what a message is about happens, first found first: a
+# message never waits past it (a reminder for a meeting at 07:30 goes out at 05:00 rather
+# than at 08:00, after the meeting; a request due before the window opens goes at once).
+DEADLINE_PARAMETERS = ("meeting_start", "respond_by", "agreement_due_at")
 
 
 class DeliveryWindow(BaseModel):
@@ -40,6 +49,14 @@ class DeliveryWindow(BaseModel):
     opens: time = time(8, 0)
     closes: time = time(20, 0)
 
+    @field_validator("opens", "closes", mode="before")
+    @classmethod
+    def _written_as_a_time(cls, value: object) -> object:
+        # YAML reads an unquoted 20:00 as the number 1200 (base 60), which would be 00:20.
+        if isinstance(value, int | float):
+            raise ValueError('write the time as "HH:MM" in quotes (unquoted, YAML reads 20:00 as a number)')
+        return value
+
     @model_validator(mode="after")
     def _not_empty(self) -> DeliveryWindow:
         if self.opens == self.closes:
@@ -47,6 +64,9 @@ class DeliveryWindow(BaseModel):
         if self.opens.tzinfo or self.closes.tzinfo:
             raise ValueError("delivery window: times are local to each recipient, without an offset")
         return self
+
+    def __str__(self) -> str:  # as `programme show` lists it
+        return f"{self.opens:%H:%M}–{self.closes:%H:%M}"
 
     def holds(self, clock: time) -> bool:
         if self.opens < self.closes:
@@ -99,3 +119,19 @@ def deliver_at(
     if deliver_by is not None and opening >= deliver_by:
         return moment
     return opening
+
+
+def deadline_of(parameters: Mapping[str, str]) -> datetime | None:
+    """When what a message is about happens (`DEADLINE_PARAMETERS`), from its parameters; None
+    when it names no such moment (or not one that reads as an ISO 8601 time with an offset)."""
+    for name in DEADLINE_PARAMETERS:
+        text = parameters.get(name)
+        if not text:
+            continue
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            continue
+        if moment.tzinfo is not None:
+            return moment
+    return None

@@ -252,8 +252,9 @@ def decide(state: RelationshipState, command: Command, now: datetime) -> Decisio
     if state.phase is Phase.CLOSED:
         return refuse(RefusalCode.WRONG_PHASE, f"the relationship is closed ({state.closure_reason})")
     if state.phase is Phase.CLOSING and not isinstance(command, _WHILE_CLOSING):
-        accepted = ", ".join(model.message_name for model in _WHILE_CLOSING)
-        return refuse(RefusalCode.WRONG_PHASE, f"the relationship is closing; only {accepted} is accepted")
+        names = [model.message_name for model in _WHILE_CLOSING]
+        accepted = " and ".join(names) + (" are" if len(names) > 1 else " is")
+        return refuse(RefusalCode.WRONG_PHASE, f"the relationship is closing; only {accepted} accepted")
     spec = COMMANDS.get(type(command))
     if spec is None:
         return refuse(RefusalCode.UNKNOWN_MESSAGE, f"unknown command {command.message_name}")

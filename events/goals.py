@@ -166,7 +166,7 @@ def _revised(event: GoalRevised, state: RelationshipState) -> Changes:
 
 @stage.evolves(FeedbackRequested)
 def _feedback_requested(event: FeedbackRequested, state: RelationshipState) -> Changes:
-    return {"feedback_round": event.feedback_round}
+    return {"feedback_round": event.feedback_round, "feedback_requested_after": event.after_meeting}
 
 
 @stage.evolves(FeedbackSubmitted)

@@ -1,17 +1,25 @@
 """A relationship's health, derived from its meetings, feedback and concerns (004: notice
 it before it "fizzles out"): nudges while it is quiet, at risk, stalled, and closed once it
-has stalled for long enough."""
+has stalled for long enough. A coordinator may nudge too (`nudge_relationship`): the
+reminder of whatever the relationship waits for goes out again."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from events.decision import Changes, Emitter, Stage
+from events.commands import NudgeRelationship, Party
+from events.decision import OPEN_PHASES, Changes, Emitter, Pause, Sender, Stage
 from events.ending import close
-from events.model import ClosureReason, Health, HealthChanged, NudgeIssued
-from events.state import RelationshipState
+from events.model import ClosureReason, Health, HealthChanged, NudgeIssued, NudgeReminder, RelationshipNudged
+from events.refusals import RefusalCode, Rejection, refuse
+from events.state import Phase, RelationshipState
 
 stage = Stage("health")
+
+# A coordinator's nudge goes out at most this often (per relationship): a reminder a day is
+# a reminder; more is noise that teaches people to ignore them.
+NUDGE_EVERY = timedelta(days=1)
 
 
 def quiet_since(state: RelationshipState) -> datetime | None:
@@ -50,6 +58,58 @@ def reassess_health(emit: Emitter) -> None:
         emit(HealthChanged, health=health, previous=state.health, reasons=reasons)
 
 
+@stage.command(
+    NudgeRelationship,
+    phases=(*OPEN_PHASES, Phase.CLOSING),
+    senders=frozenset({Sender.COORDINATOR}),
+    who="a coordinator",
+    refusal="actor {actor} is not a coordinator of this programme",
+    pause=Pause.NOT_PAUSED,
+    condition="when something waits for the parties, at most once a day",
+)
+def nudge_relationship(command: NudgeRelationship, emit: Emitter, party: None) -> Rejection | None:
+    state = emit.current
+    last = state.coordinator_nudged_at
+    if last is not None and emit.now < last + NUDGE_EVERY:
+        again = (last + NUDGE_EVERY).isoformat()
+        return refuse(RefusalCode.LIMIT, f"the relationship was nudged less than a day ago; nudge again from {again}")
+    waiting = waiting_reminder(state, emit.now)
+    if isinstance(waiting, Rejection):
+        return waiting
+    reminder, parties = waiting
+    emit(RelationshipNudged, nudged_by=command.actor_id, reminder=reminder, parties=parties)
+    return None
+
+
+def waiting_reminder(state: RelationshipState, now: datetime) -> tuple[NudgeReminder, tuple[Party, ...]] | Rejection:
+    """What the relationship waits for from its parties, and from which of them: the answers
+    to the match proposal, the signatures, the review's answers, the reflections, or the
+    next meeting (its report, once it has begun). Refused when nothing waits for them."""
+    if state.phase is Phase.MATCHING:
+        if state.candidate is None:
+            return _nothing_waits("no mentor is proposed yet (propose one with propose_match)")
+        return "match_proposal", _yet_to(state.candidate.accepted_by)
+    if state.phase is Phase.AGREEMENT:
+        return "agreement", _yet_to(state.agreement.signed_by if state.agreement else ())
+    if state.phase is Phase.REVIEW and state.review is not None:
+        return "review", _yet_to(state.review.submissions)
+    if state.phase is Phase.CLOSING:
+        return "reflection", _yet_to(state.reflections_from)
+    meeting = state.next_meeting
+    if meeting is None:
+        return _nothing_waits("no meeting is scheduled (the term has no room for another)")
+    return ("meeting" if meeting.starts_at > now else "meeting_report"), ("mentee", "mentor")
+
+
+def _yet_to(done: Iterable[Party]) -> tuple[Party, ...]:
+    finished = set(done)
+    return tuple(party for party in ("mentee", "mentor") if party not in finished)
+
+
+def _nothing_waits(why: str) -> Rejection:
+    return refuse(RefusalCode.NOT_FOUND, f"nothing waits for the parties to remind them of: {why}")
+
+
 @stage.deadline("nudge")
 def nudge(emit: Emitter) -> None:
     since = quiet_since(emit.current)
@@ -81,3 +141,8 @@ def _health_changed(event: HealthChanged, state: RelationshipState) -> Changes:
 @stage.evolves(NudgeIssued)
 def _nudged(event: NudgeIssued, state: RelationshipState) -> Changes:
     return {"nudged_quiet_since": event.quiet_since}
+
+
+@stage.evolves(RelationshipNudged)
+def _nudged_by_coordinator(event: RelationshipNudged, state: RelationshipState) -> Changes:
+    return {"coordinator_nudged_at": event.occurred_at}

@@ -9,7 +9,6 @@ never rewritten: when a shape changes, bump `schema_version` and register an upc
 from __future__ import annotations
 
 import typing
-from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -18,27 +17,10 @@ from events.commands import AgreementTerms, Goal, GoalAssessment, Party, ReviewO
 from events.refusals import FieldProblem, RefusalCode, code_of_stored_reason
 from events.sensitivity import ConfidentialText, FieldPath, NotConfidential, confidential_paths
 from events.settings import MeetingFrequency, ProgrammeSettings
-
-ReviewKind = Literal["midpoint", "final", "on_demand"]
-
-
-class Health(StrEnum):
-    HEALTHY = "healthy"
-    AT_RISK = "at_risk"
-    STALLED = "stalled"
-
-
-class ClosureReason(StrEnum):
-    UNMATCHED = "unmatched"
-    AGREEMENT_EXPIRED = "agreement_expired"
-    CLOSED_BY_MENTOR = "closed_by_mentor"
-    CLOSED_BY_MENTEE = "closed_by_mentee"
-    CLOSED_BY_COORDINATOR = "closed_by_coordinator"
-    PARTICIPANT_LEFT = "participant_left"
-    STALLED = "stalled"
-    REVIEW_DECIDED_CLOSE = "review_decided_close"
-    TERM_COMPLETED = "term_completed"
-
+from events.summary import ClosureReason as ClosureReason
+from events.summary import Health as Health
+from events.summary import RelationshipSummary as RelationshipSummary
+from events.summary import ReviewKind as ReviewKind
 
 # Text in events is confidential by default (`ConfidentialText`: encrypted in the store with
 # the relationship's key, `[forgotten]` after `mentorflow forget`). `NotConfidential` is kept
@@ -49,35 +31,6 @@ class ClosureReason(StrEnum):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RelationshipSummary(_Frozen):
-    """The final account of a relationship: stored with its last event, sent to everyone
-    concerned, and returned as the workflow's result. Counts and ids only."""
-
-    relationship_id: NotConfidential
-    programme_id: NotConfidential
-    mentee_id: NotConfidential
-    mentor_id: NotConfidential | None
-    closure_reason: ClosureReason
-    started_at: AwareDatetime
-    activated_at: AwareDatetime | None
-    closed_at: AwareDatetime
-    duration_days: int
-    meetings_held: int
-    meetings_missed: int
-    meetings_cancelled: int
-    late_cancellations: int
-    meeting_minutes_total: int
-    goals_total: int
-    goals_achieved: int
-    goal_progress: dict[NotConfidential, int]
-    # Average feedback score per feedback round, oldest first.
-    feedback_trend: tuple[float, ...]
-    concerns_raised: int
-    reviews_completed: tuple[ReviewKind, ...]
-    extensions: int
-    reflections_from: tuple[Party, ...]
 
 
 class CommandStamp(_Frozen):
@@ -238,6 +191,28 @@ class MeetingMissed(Event):
     starts_at: AwareDatetime
 
 
+class MeetingReportedNotHeld(Event):
+    """A party said the meeting did not take place (a `MeetingMissed` counts it, if nothing had)."""
+
+    type: Literal["MeetingReportedNotHeld"] = "MeetingReportedNotHeld"
+    meeting_number: int
+    party: Party
+    reported_by: NotConfidential
+    reason: ConfidentialText = ""
+
+
+class MeetingReportCorrected(Event):
+    """A party corrected the report of a past meeting; the `MeetingHeld` (a correction) or
+    `MeetingMissed` before it in the same decision counts the meeting anew."""
+
+    type: Literal["MeetingReportCorrected"] = "MeetingReportCorrected"
+    meeting_number: int
+    outcome: Literal["held", "not_held"]
+    party: Party
+    corrected_by: NotConfidential
+    reason: ConfidentialText = ""
+
+
 # -- goals, feedback, concerns, records -------------------------------------------------
 
 
@@ -353,6 +328,21 @@ class NudgeIssued(Event):
     quiet_since: AwareDatetime
 
 
+NudgeReminder = Literal["match_proposal", "agreement", "meeting", "meeting_report", "review", "reflection"]
+
+
+class RelationshipNudged(Event):
+    """A coordinator had the reminder of what the relationship waits for sent again."""
+
+    type: Literal["RelationshipNudged"] = "RelationshipNudged"
+    nudged_by: NotConfidential
+    # What was waiting: the match proposal's answers, the agreement's signatures, the next
+    # meeting, the report of a meeting that has begun, the review's answers, the reflections.
+    reminder: NudgeReminder
+    # Who was reminded: the parties that still have to act.
+    parties: tuple[Party, ...]
+
+
 # -- review -----------------------------------------------------------------------------
 
 
@@ -461,6 +451,8 @@ AnyEvent = Annotated[
         MeetingCancelled,
         MeetingRescheduled,
         MeetingMissed,
+        MeetingReportedNotHeld,
+        MeetingReportCorrected,
         GoalProgressRecorded,
         MilestoneReached,
         GoalAchieved,
@@ -476,6 +468,7 @@ AnyEvent = Annotated[
         RelationshipResumed,
         HealthChanged,
         NudgeIssued,
+        RelationshipNudged,
         ReviewOpened,
         ReviewSubmitted,
         ReviewCompleted,

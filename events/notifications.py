@@ -39,6 +39,8 @@ from events.model import (
     MatchProposed,
     MeetingCancelled,
     MeetingMissed,
+    MeetingReportCorrected,
+    MeetingReportedNotHeld,
     MeetingReminderIssued,
     MeetingRescheduled,
     MeetingScheduled,
@@ -46,6 +48,7 @@ from events.model import (
     NudgeIssued,
     RelationshipActivated,
     RelationshipClosed,
+    RelationshipNudged,
     RelationshipPaused,
     RelationshipResumed,
     ReviewCompleted,
@@ -229,6 +232,42 @@ def _meeting(state: RelationshipState, number: int, starts_at: Any, ends_at: Any
     }
 
 
+def _planned_for(state: RelationshipState, number: int) -> dict[str, str]:
+    """A past meeting named by its number and planned start (no invite: it is over)."""
+    planned = [m.starts_at for m in state.past_meetings if m.meeting_number == number]
+    return {"meeting_number": str(number), **({"meeting_planned_for": planned[0].isoformat()} if planned else {})}
+
+
+def _missed(event: MeetingMissed, state: RelationshipState) -> list[Audience]:
+    # Counted missed because nobody reported it: both are asked what happened. A party's
+    # report or correction counted it: that report's own notice tells the other party.
+    if event.command_id is not None:
+        return []
+    return [("meeting_missed_check", _both(state), _meeting(state, event.meeting_number, event.starts_at))]
+
+
+def _nudged(event: RelationshipNudged, state: RelationshipState) -> Audience:
+    """The reminder of what waits, again, in the words it first went out in."""
+    candidate, mentor = state.candidate, state.mentor_id or (state.candidate.mentor_id if state.candidate else None)
+    recipients = tuple(r for p in event.parties if (r := state.mentee_id if p == "mentee" else mentor))
+    data: dict[str, str] = {"nudged_by_id": event.nudged_by}
+    if event.reminder == "match_proposal" and candidate is not None:
+        data |= {"mentor_id": candidate.mentor_id, "respond_by": candidate.expires_at.isoformat()}
+        return "match_proposed", recipients, data
+    if event.reminder == "agreement" and state.agreement_due_at is not None:
+        days_left = max(0, (state.agreement_due_at - event.occurred_at).days)
+        return "agreement_reminder", recipients, {**data, "days_left": str(days_left),
+                                                  "agreement_due_at": state.agreement_due_at.isoformat()}  # fmt: skip
+    if event.reminder in ("meeting", "meeting_report") and (meeting := state.next_meeting) is not None:
+        template = "meeting_reminder" if event.reminder == "meeting" else "meeting_missed_check"
+        return template, recipients, {**data, **_meeting(state, meeting.meeting_number, meeting.starts_at, meeting.ends_at)}
+    if event.reminder == "review" and (review := state.review) is not None:
+        return f"{review.kind}_review_opened", recipients, {**data, "respond_by": review.respond_by.isoformat()}
+    assert event.reminder == "reflection" and state.reflections_due_at is not None and state.closure_reason is not None
+    data |= {"reason": state.closure_reason.value, "respond_by": state.reflections_due_at.isoformat()}
+    return "reflection_request", recipients, data
+
+
 def _agenda_recipients(state: RelationshipState) -> tuple[str, ...]:
     policy = state.agreement.terms.agenda_policy if state.agreement else "mentee_shares"
     return (state.mentee_id,) if policy == "mentee_shares" else _both(state)
@@ -293,7 +332,17 @@ _RULES: dict[type, Rule] = {
             "cancelled_by": e.party,
         },
     ),
-    MeetingMissed: lambda e, s: ("meeting_missed_check", _both(s), _meeting(s, e.meeting_number, e.starts_at)),
+    MeetingMissed: _missed,
+    MeetingReportedNotHeld: lambda e, s: (
+        "meeting_reported_not_held",
+        _other_than(s, e.reported_by),
+        {**_planned_for(s, e.meeting_number), "party": e.party},
+    ),
+    MeetingReportCorrected: lambda e, s: (
+        "meeting_report_corrected",
+        _other_than(s, e.corrected_by),
+        {**_planned_for(s, e.meeting_number), "outcome": e.outcome, "party": e.party},
+    ),
     MilestoneReached: lambda e, s: (
         "milestone_celebration",
         _both(s),
@@ -339,6 +388,7 @@ _RULES: dict[type, Rule] = {
     RelationshipResumed: lambda e, s: ("relationship_resumed", _both(s), {"term_ends_at": e.term_ends_at.isoformat()}),
     HealthChanged: _health,
     NudgeIssued: lambda e, s: ("nudge", _both(s), {"quiet_since": e.quiet_since.isoformat()}),
+    RelationshipNudged: _nudged,
     ReviewOpened: lambda e, s: (f"{e.kind}_review_opened", _both(s), {"respond_by": e.respond_by.isoformat()}),
     ReviewCompleted: lambda e, s: ("review_completed", _both(s), {"kind": e.kind, "outcome": e.outcome}),
     TermExtended: lambda e, s: (

@@ -24,6 +24,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from events.digest import DigestRow, apply_digest_row
 from events.model import (
     AgreementProposed,
     AnyEvent,
@@ -39,11 +40,11 @@ from events.model import (
     MeetingMissed,
     RelationshipActivated,
     RelationshipClosed,
-    RelationshipStarted,
     ReviewCompleted,
     ReviewOpened,
 )
 from events.state import Phase
+from events.stream_rows import stream_row
 
 Key = tuple[str | int, ...]
 
@@ -86,7 +87,7 @@ class FeedbackRow(_Row):
     submitted_at: AwareDatetime
 
 
-RowT = TypeVar("RowT", bound=_Row)
+RowT = TypeVar("RowT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -132,20 +133,7 @@ def _relationship_key(event: AnyEvent) -> Key | None:
 
 
 def _apply_relationship(row: RelationshipRow | None, event: AnyEvent) -> RelationshipRow | None:
-    if isinstance(event, RelationshipStarted):
-        if row is not None:
-            return None
-        return RelationshipRow(
-            relationship_id=event.stream_id,
-            programme_id=event.programme_id,
-            mentee_id=event.mentee_id,
-            started_at=event.occurred_at,
-            version=event.version,
-        )
-    # A stream whose start we never saw, or an event this row already reflects.
-    if row is None or event.version <= row.version:
-        return None
-    return row.model_copy(update={**_relationship_changes(row, event), "version": event.version})
+    return stream_row(RelationshipRow, row, event, _relationship_changes)
 
 
 def _relationship_changes(row: RelationshipRow, event: AnyEvent) -> dict[str, Any]:
@@ -201,7 +189,9 @@ def _apply_meeting(row: MeetingRow | None, event: AnyEvent) -> MeetingRow | None
             at=event.held_at,
             duration_minutes=event.duration_minutes,
         )
-    if isinstance(event, MeetingMissed) and row is None:
+    # Counted missed by its deadline (a held row stays: that correction came later), or by a
+    # party's report or correction (`correct_meeting_report` turns a held meeting missed).
+    if isinstance(event, MeetingMissed) and (row is None or event.command_id is not None):
         return MeetingRow(
             relationship_id=event.stream_id, meeting_number=event.meeting_number, status="missed", at=event.starts_at
         )
@@ -248,7 +238,18 @@ FEEDBACK: Projection[FeedbackRow] = Projection(
     apply=_apply_feedback,
 )
 
-PROJECTIONS: tuple[Projection[Any], ...] = (RELATIONSHIPS, MEETINGS, FEEDBACK)
+# -- the coordinators' digest (its rows and rules: events/digest.py) -------------------------
+
+DIGEST: Projection[DigestRow] = Projection(
+    name="digest",
+    table="digest_relationships",
+    row_type=DigestRow,
+    key_columns=("relationship_id",),
+    row_key=_relationship_key,
+    apply=apply_digest_row,
+)
+
+PROJECTIONS: tuple[Projection[Any], ...] = (RELATIONSHIPS, MEETINGS, FEEDBACK, DIGEST)
 PROJECTIONS_BY_NAME: Mapping[str, Projection[Any]] = {p.name: p for p in PROJECTIONS}
 
 

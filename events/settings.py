@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from events.daytime import DeliveryWindow
 from events.sensitivity import NotConfidential
 
 MeetingFrequency = Literal["weekly", "biweekly", "monthly"]
@@ -60,6 +61,13 @@ class ProgrammeSettings(BaseModel):
 
     # closure
     reflection_days: int = Field(default=14, ge=1, le=90)
+
+    # Coordinators get a digest of what needs them every this many days; None: none (issue #15).
+    digest_every_days: int | None = Field(default=7, ge=1, le=90)
+
+    # Non-urgent messages reach each recipient inside this local window (events/daytime.py);
+    # None: at any time.
+    delivery_window: DeliveryWindow | None = DeliveryWindow()
 
     coordinator_ids: tuple[NotConfidential, ...] = ()
 

@@ -85,6 +85,11 @@ class PastMeeting(_Frozen):
     meeting_number: int
     starts_at: AwareDatetime
     outcome: MeetingOutcome
+    # Held: when and for how long, as reported (None in records kept before these were).
+    held_at: AwareDatetime | None = None
+    duration_minutes: int | None = None
+    # The party whose report the outcome is (None: counted missed because nobody reported it).
+    reported_by: Party | None = None
 
 
 class GoalProgress(_Frozen):
@@ -199,6 +204,9 @@ class RelationshipState(_Frozen):
     goals: dict[str, GoalProgress] = {}
     pending_goal_revisions: dict[str, PendingGoalRevision] = {}
     feedback_round: int = 0
+    # How many meetings had been held when the latest feedback round was requested: a round
+    # is requested once per count, however corrections move the count back and forth.
+    feedback_requested_after: int = 0
     feedback_scores: tuple[FeedbackScore, ...] = ()
     low_feedback_parties: tuple[Party, ...] = ()
     open_concerns: dict[str, OpenConcern] = {}
@@ -211,6 +219,8 @@ class RelationshipState(_Frozen):
     health_reasons: tuple[str, ...] = ()
     stalled_at: AwareDatetime | None = None
     nudged_quiet_since: AwareDatetime | None = None
+    # When a coordinator last had the waiting reminder sent again (`nudge_relationship`).
+    coordinator_nudged_at: AwareDatetime | None = None
 
     # review
     review: OpenReview | None = None

@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -151,3 +152,101 @@ def new_link(
         raise ValueError("a link's lifetime must be positive")
     # Tokens carry whole seconds; the link says exactly what its token will.
     return ActionLink(person_id, programme_id, relationship_id, purpose, (now + lifetime).replace(microsecond=0), subject)
+
+
+# -- which links a message carries ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One link of a message: its words, what it is for, what it is about, and what the page
+    should start with (`query`: a choice already made in the email, e.g. ``score=4``)."""
+
+    label: str
+    purpose: Purpose
+    subject: str = ""
+    query: str = ""
+
+
+# Messages only the coordinators get: the parties' own links make no sense there.
+COORDINATOR_TEMPLATES = frozenset({"low_feedback", "concern_raised", "relationship_closed_early", "coordinator_digest"})
+# Messages after which there is nothing left to do in the relationship.
+FINAL_TEMPLATES = frozenset({"relationship_summary", "relationship_closed"})
+
+
+def links_for(template: str, data: Mapping[str, str]) -> tuple[LinkSpec, ...]:
+    """The links a message of `template` with `data` carries: what it asks its reader to do,
+    then "My relationship" and "Raise a concern privately" (every message to a party)."""
+    if template in COORDINATOR_TEMPLATES:
+        return ()
+    asked: list[LinkSpec] = []
+    meeting = data.get("meeting_number", "")
+    if template == "match_proposed" and data.get("mentor_id"):
+        asked.append(LinkSpec("Accept or decline the match", Purpose.MATCH_ANSWER, data["mentor_id"]))
+    elif template in ("agreement_proposed", "agreement_reminder"):
+        asked.append(LinkSpec("Read and sign the agreement", Purpose.SIGN_AGREEMENT, data.get("agreement_version", "")))
+    elif template == "meeting_missed_check" and meeting:
+        asked.append(LinkSpec("We met", Purpose.MEETING_OUTCOME, meeting, "choice=met"))
+        asked.append(LinkSpec("We didn't meet", Purpose.MEETING_OUTCOME, meeting, "choice=not_met"))
+        asked.append(LinkSpec("We moved it", Purpose.MEETING_OUTCOME, meeting, "choice=moved"))
+    elif template in ("meeting_scheduled", "meeting_rescheduled", "meeting_reminder", "agenda_request") and meeting:
+        asked.append(LinkSpec("We moved it", Purpose.MEETING_OUTCOME, meeting, "choice=moved"))
+    elif template == "feedback_request" and data.get("feedback_round"):
+        asked.extend(
+            LinkSpec(f"{score} of 5", Purpose.FEEDBACK, data["feedback_round"], f"score={score}") for score in range(1, 6)
+        )
+    elif template == "goal_revision_to_acknowledge" and data.get("revision_id"):
+        asked.append(LinkSpec("Read and acknowledge the change", Purpose.GOAL_REVISION, data["revision_id"]))
+    elif template.endswith("_review_opened"):
+        asked.append(LinkSpec("Write your review", Purpose.REVIEW, template.removesuffix("_review_opened")))
+    elif template == "reflection_request":
+        asked.append(LinkSpec("Write your closing reflection", Purpose.REFLECTION))
+    if template in FINAL_TEMPLATES:
+        return tuple(asked)
+    return (
+        *asked,
+        LinkSpec("My relationship", Purpose.MY_RELATIONSHIP),
+        LinkSpec("Raise a concern privately", Purpose.CONCERN),
+    )
+
+
+@dataclass(frozen=True)
+class LinkMaker:
+    """Makes the signed URLs of a message's links: under the public URL of the pages
+    (MENTORFLOW_PUBLIC_URL), signed with the keyring's active key."""
+
+    keyring: Keyring
+    public_url: str
+    lifetime: timedelta = DEFAULT_LIFETIME
+
+    def urls(
+        self, person_id: str, programme_id: str, relationship_id: str, specs: tuple[LinkSpec, ...], *, now: datetime
+    ) -> list[tuple[str, str]]:
+        """(label, URL) for each spec."""
+        made = []
+        for spec in specs:
+            link = new_link(person_id, programme_id, relationship_id, spec.purpose, now=now, subject=spec.subject,
+                            lifetime=self.lifetime)  # fmt: skip
+            url = f"{self.public_url}/p/{sign(self.keyring, link)}"
+            made.append((spec.label, f"{url}?{spec.query}" if spec.query else url))
+        return made
+
+    def paragraphs(
+        self, person_id: str, programme_id: str, relationship_id: str, specs: tuple[LinkSpec, ...], *, now: datetime
+    ) -> list[str]:
+        """The links as paragraphs of a plain-text email: what the message asks, then the
+        links every message carries."""
+        urls = self.urls(person_id, programme_id, relationship_id, specs, now=now)
+        asked = [f"{label}: {url}" for (label, url), spec in zip(urls, specs, strict=True) if spec.purpose not in _ALWAYS]
+        always = [f"{label}: {url}" for (label, url), spec in zip(urls, specs, strict=True) if spec.purpose in _ALWAYS]
+        paragraphs = []
+        if asked:
+            scores = specs[0].purpose is Purpose.FEEDBACK
+            lead = "Your score, 1 (poorly) to 5 (very well):" if scores else "Answer here (each link opens a page to confirm):"
+            paragraphs.append("\n".join([lead, *asked]))
+        if always:
+            paragraphs.append("\n".join(always))
+        return paragraphs
+
+
+_ALWAYS = frozenset({Purpose.MY_RELATIONSHIP, Purpose.CONCERN})

@@ -114,6 +114,22 @@ NOTES: dict[tuple[str, str], Notes] = {
             "starts_at": "2027-03-25T16:00:00+01:00",
         },
     ),
+    ("Relationship", "report_meeting_not_held"): Notes(
+        purpose="Says that a meeting did not take place. The scheduled meeting, once it has begun, counts as missed "
+        "at once (health, misses in a row and the next meeting follow, as when nobody reports it in time); a "
+        "meeting already counted missed gets the party's word. The other party is told and may correct it. "
+        "A meeting recorded as held is refused (`conflict`): send `correct_meeting_report`.",
+        example={"command_id": "mail-m3-didnt-meet-emp-1042", "actor_id": "emp-1042", "meeting_number": 3,
+                 "reason": "My mentor was ill."},  # fmt: skip
+    ),
+    ("Relationship", "correct_meeting_report"): Notes(
+        purpose="Corrects the report of a past meeting: `outcome` `held` (at `held_at`, for `duration_minutes`; "
+        "by default its planned start and the agreed length) or `not_held`. Counts, health, the misses in a row "
+        "and the last meeting become what the right report would have made them (a feedback round already asked "
+        "for stays). Either party, within 30 days of the meeting's planned start.",
+        example={"command_id": "mail-m3-we-met-emp-1042", "actor_id": "emp-1042", "meeting_number": 3,
+                 "outcome": "held", "duration_minutes": 45, "reason": "Clicked the wrong button."},  # fmt: skip
+    ),
     ("Relationship", "record_goal_progress"): Notes(
         purpose="Records progress on a goal of the agreement; 100 marks it achieved.",
         example={
@@ -187,6 +203,13 @@ NOTES: dict[tuple[str, str], Notes] = {
             "goal_assessments": [{"goal_id": "review", "progress_percent": 80}],
             "comment": "Two more months to finish the second goal.",
         },
+    ),
+    ("Relationship", "nudge_relationship"): Notes(
+        purpose="Sends again the reminder of what the relationship waits for, to whoever has yet to act: the match "
+        "proposal's answers, the agreement's signatures, the next meeting (or, once it has begun, its report), the "
+        "review's answers, the closing reflections. Refused (`not_found`) when nothing waits for the parties, and "
+        "(`limit`) within a day of the last nudge.",
+        example={"command_id": "digest-2027-w11-rel-42", "actor_id": "coord-7"},
     ),
     ("Relationship", "close_relationship"): Notes(
         purpose="Ends the relationship early. One that was active goes to the closing phase (both are asked for a "

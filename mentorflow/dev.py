@@ -323,8 +323,10 @@ async def serve(settings: Settings, console: Console, stack: AsyncExitStack, *, 
     client = await server.wait_until_ready(address, converter_for(settings, sends_commands=False), runtime=runtime)
     await server.wait_for_web_ui()
 
-    worker = await start_worker(stack, client, pool, settings.task_queue, settings)
     api = await start_dev_api(stack, settings, client, pool, state_dir)
+    # Emails (in the log without SMTP) carry signed links to the API's pages (docs/people.md).
+    settings = settings.model_copy(update={"public_url": settings.public_url or api.url})
+    worker = await start_worker(stack, client, pool, settings.task_queue, settings)
     version_note = await make_worker_version_current(client, settings)
 
     namespace = escape(settings.temporal_namespace)

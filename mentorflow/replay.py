@@ -22,11 +22,12 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from workflows.digest import CoordinatorDigests
 from workflows.matching_round import MatchingRound
 from workflows.relationship import Relationship
 
-WORKFLOWS: Sequence[type] = (Relationship, MatchingRound)
-WORKFLOW_TYPES = ("Relationship", "MatchingRound")
+WORKFLOWS: Sequence[type] = (Relationship, MatchingRound, CoordinatorDigests)
+WORKFLOW_TYPES = ("Relationship", "MatchingRound", "CoordinatorDigests")
 TYPE_FILTER = "WorkflowType IN (" + ", ".join(f"'{name}'" for name in WORKFLOW_TYPES) + ")"
 
 Verdict = Literal["ok", "nondeterministic", "failed"]

@@ -82,6 +82,8 @@ REFERENCES = {
     ("record_meeting", "meeting_number"),
     ("cancel_meeting", "meeting_number"),
     ("reschedule_meeting", "meeting_number"),
+    ("report_meeting_not_held", "meeting_number"),
+    ("correct_meeting_report", "meeting_number"),
     ("record_goal_progress", "goal_id"),
     ("record_goal_progress", "milestones_reached.*"),
     ("acknowledge_goal_revision", "revision_id"),
@@ -93,6 +95,7 @@ REFERENCES = {
 # Values another field depends on: any other value is refused with this reason.
 COUPLED = {
     ("submit_review", "outcome"): "extension_months only goes with outcome extend",
+    ("correct_meeting_report", "outcome"): "held_at only goes with outcome held",
 }
 # A changed value the schema accepts but a generic rule cannot make (a time zone).
 ALTERNATIVES = {"timezone": "Asia/Kolkata"}
@@ -185,6 +188,16 @@ def in_on_demand_review() -> Relationship:
     return relationship
 
 
+def missed_meeting(relationship: Relationship) -> Relationship:
+    """The first meeting counted missed: nobody reported it in time."""
+    meeting = relationship.state.next_meeting
+    assert meeting is not None
+    grace = timedelta(hours=relationship.state.settings.missed_meeting_grace_hours, minutes=1)
+    relationship.advance(to=meeting.ends_at + grace)
+    assert relationship.state.missed_meeting_numbers == (meeting.meeting_number,)
+    return relationship
+
+
 def next_meeting_number(relationship: Relationship) -> int:
     assert relationship.state.next_meeting is not None
     return relationship.state.next_meeting.meeting_number
@@ -217,6 +230,17 @@ CASES = [
     }),
     Case("reschedule_meeting", active, lambda r: {
         "actor_id": MENTEE, "meeting_number": next_meeting_number(r), "starts_at": at(r, days=3, minutes=17),
+    }),
+    Case("report_meeting_not_held", lambda: meeting_time(active()), lambda r: {
+        "actor_id": MENTOR, "meeting_number": next_meeting_number(r), "reason": "not-held-reason-5c6",
+    }),
+    Case("correct_meeting_report", lambda: missed_meeting(active()), lambda r: {
+        "actor_id": MENTEE,
+        "meeting_number": r.state.missed_meeting_numbers[0],
+        "outcome": "held",
+        "held_at": (r.state.past_meetings[0].starts_at + timedelta(minutes=9)).astimezone(ZoneInfo("Asia/Tokyo")).isoformat(),
+        "duration_minutes": 43,
+        "reason": "correction-reason-5c7",
     }),
     Case("record_goal_progress", active, lambda r: {
         "actor_id": MENTOR, "goal_id": "g1", "progress_percent": 37, "milestones_reached": ["m1"],
@@ -260,6 +284,7 @@ CASES = [
         "extension_months": 2,
         "comment": "review-comment-5c3",
     }),
+    Case("nudge_relationship", active, lambda r: {"actor_id": COORDINATOR}),
     Case("close_relationship", active, lambda r: {"actor_id": MENTOR, "note": "close-note-5c4"}),
     # Someone who was only proposed leaves: the proposal is declined on their behalf.
     Case("participant_left", matching, lambda r: {"actor_id": DIRECTORY_ACTOR, "participant_id": MENTOR},

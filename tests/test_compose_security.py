@@ -17,7 +17,8 @@ Docker does not run where these tests run. What they check:
   /v1/, to the HTTP API (mentorflow-api), which authenticates every request itself: it gets
   the caller's Authorization untouched, never the session cookie or the codec token.
 
-Run for real where the programs are installed (skipped otherwise): nginx with the gateway's
+Run for real (nginx is installed with apt-get when missing, as the Web UI test installs its
+browser; where it cannot be, the test fails with one line): nginx with the gateway's
 configuration in front of stand-ins for oauth2-proxy and the UI and the real codec server,
 and in front of a stand-in API served by uvicorn with the API's proxy settings;
 PostgreSQL with the compose file's TLS settings and pg_hba.conf, asyncpg with the workers'
@@ -49,7 +50,7 @@ import yaml
 from mentorflow.api.settings import ApiSettings
 from mentorflow.config import Settings
 from mentorflow.keyring import Keyring
-from tests.test_deployment import (
+from tests.compose_files import (
     API,
     COMPOSE_FILE,
     ROOT,
@@ -89,9 +90,10 @@ DATABASES = {"postgresql": TEMPORAL_NETWORK, "mentorflow-db": {"mentorflow-migra
 # purpose, and so reachable from the other three too (it authenticates every caller).
 GATEWAY_PEERS = {OAUTH2_PROXY, UI, CODEC, API}
 # The gateway's routes that do NOT ask oauth2-proxy for a session, and why: path -> service.
-# oauth2-proxy's own pages, and the HTTP API, whose callers bring API keys or SSO tokens (not
-# browser sessions) and which checks every request's credential itself (docs/api.md).
-WITHOUT_SESSION_CHECK = {"/oauth2/": OAUTH2_PROXY, "= /oauth2/auth": OAUTH2_PROXY, "/v1/": API}
+# oauth2-proxy's own pages, the HTTP API, whose callers bring API keys or SSO tokens (not
+# browser sessions) and which checks every request's credential itself (docs/api.md), and
+# people's pages, whose signed link is the credential the API checks (docs/people.md).
+WITHOUT_SESSION_CHECK = {"/oauth2/": OAUTH2_PROXY, "= /oauth2/auth": OAUTH2_PROXY, "/v1/": API, "/p/": API}
 
 # A variable whose value is a secret. Its *_FILE form (a path) is what the compose file may set.
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|PWD|SECRET|TOKENS?|ENCRYPTION_KEYS|API_KEY|PRIVATE_KEY)$")
@@ -180,6 +182,14 @@ def oauth2_flags() -> dict[str, str]:
         assert name not in flags, f"oauth2-proxy gets --{name} twice"
         flags[name] = value
     return flags
+
+
+@pytest.fixture(scope="module")
+def nginx() -> None:
+    """The real nginx, for the gateway tests: installed with apt-get when missing."""
+    from tests.system_packages import ensure_debian_packages
+
+    ensure_debian_packages(["nginx"], ["nginx"], "the gateway test (nginx -t and nginx in front of stand-ins)")
 
 
 # nginx's configuration, as nested blocks ---------------------------------------------------------
@@ -936,7 +946,7 @@ def test_the_api_key_commands_the_docs_give_exist() -> None:
         assert documented in document.read_text(encoding="utf-8"), f"{document.name} does not say how to make a key in compose"
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed here")
+@pytest.mark.usefixtures("nginx")
 def test_gateway_nginx_conf_is_accepted_by_nginx(made: Path, tmp_path: Path) -> None:
     """`nginx -t` on the gateway's configuration, with its paths moved into a temporary folder."""
     conf = NGINX_CONF.read_text(encoding="utf-8")
@@ -1020,7 +1030,7 @@ async def running_gateway(made: Path, tmp_path: Path, port: int, upstreams: dict
         log.close()
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed here")
+@pytest.mark.usefixtures("nginx")
 async def test_the_gateway_lets_only_signed_in_users_reach_the_ui_and_the_codec_server(made: Path, tmp_path: Path) -> None:
     from aiohttp import ClientSession, web
     from google.protobuf import json_format
@@ -1111,7 +1121,7 @@ async def test_the_gateway_lets_only_signed_in_users_reach_the_ui_and_the_codec_
     assert json.dumps(token)[1:-1] in (tmp_path / "codec-auth.conf").read_text()
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed here")
+@pytest.mark.usefixtures("nginx")
 async def test_the_gateway_forwards_v1_to_the_api_with_the_callers_credential_and_no_session(made: Path, tmp_path: Path) -> None:
     """nginx as shipped in front of a stand-in API served as `mentorflow api` serves it: uvicorn
     with the compose file's MENTORFLOW_API_FORWARDED_ALLOW_IPS and the API's own body limit

@@ -51,10 +51,17 @@ from events.sensitivity import confidential_paths
 from events.settings import ProgrammeSettings
 from mentorflow.client import dev_server_flags
 from mentorflow.dev import _die_with_parent
-from tests.conftest import DATA_CONVERTER, TEST_KEYRING, project_root
-from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship, what_temporal_has
+from tests.session import DATA_CONVERTER, TEST_KEYRING, project_root
+from tests.helpers import (
+    RecordingChannel,
+    cmd,
+    failed_workflow_tasks,
+    new_worker,
+    start_relationship,
+    state_of,
+    what_temporal_has,
+)
 from tests.peers import free_port
-from tests.test_workflow import cmd, state_of
 
 SENTINEL = f"SENTINEL{uuid.uuid4().hex}"
 
@@ -93,6 +100,7 @@ PLANTED = {
     ("resolve_concern", "resolution"), ("record_introduction", "note"), ("pause_relationship", "reason"),
     ("submit_review", "comment"), ("submit_review", "goal_assessments.*.comment"),
     ("close_relationship", "note"), ("submit_reflection", "text"),
+    ("report_meeting_not_held", "reason"), ("correct_meeting_report", "reason"),
     # Shared between the parties (SHARED).
     ("propose_match", "explanation"), ("propose_agreement", "terms.objective"),
     ("propose_agreement", "terms.goals.*.title"), ("propose_agreement", "terms.goals.*.measure"),
@@ -102,8 +110,9 @@ PLANTED = {
     ("propose_goal_revision", "goal.milestones.*.title"), ("record_introduction", "introduced_to"),
     ("share_resource", "title"), ("share_resource", "url"),
 }  # fmt: skip
-# The planted values the event store keeps: every one (close_relationship's note too).
-STORED_SECRETS = 14
+# The planted values the event store keeps: every one (close_relationship's note too) but
+# report_meeting_not_held's, which is only sent refused (no meeting of that number).
+STORED_SECRETS = 15
 # Two explanations; objective, 2 goal titles, a measure, a milestone, not-private, exit plan;
 # the revision proposed and acknowledged (title, measure, milestone, twice); introduced to;
 # resource title and URL.
@@ -208,6 +217,10 @@ async def drive_through_every_phase(handle: WorkflowHandle[Any, Any]) -> list[st
     await send("record_meeting", cmd("mentee-1", held_at=state.activated_at.isoformat(), duration_minutes=45,
                                      notes=secret("meeting notes")))  # fmt: skip
     await send("submit_feedback", cmd("mentee-1", feedback_round=1, score=4, comment=secret("feedback comment")))
+    await send("correct_meeting_report", cmd("mentor-1", meeting_number=1, outcome="not_held",
+                                             reason=secret("correction reason")))  # fmt: skip
+    await send("correct_meeting_report", cmd("mentee-1", meeting_number=1, outcome="held",
+                                             held_at=state.activated_at.isoformat(), duration_minutes=45))  # fmt: skip
     state = await state_of(handle)
     assert state.next_meeting is not None
     await send("cancel_meeting", cmd("mentor-1", meeting_number=state.next_meeting.meeting_number,
@@ -236,6 +249,7 @@ async def drive_through_every_phase(handle: WorkflowHandle[Any, Any]) -> list[st
     for name, payload in (
         ("raise_concern", cmd("mentee-1", text=secret("too long") * 400)),
         ("submit_reflection", cmd("mentee-1", text=secret("reflection out of phase"))),
+        ("report_meeting_not_held", cmd("mentee-1", meeting_number=99, reason=secret("not held reason"))),
         ("record_introduction", cmd("mentor-1", introduced_to="emp-78", gossip=secret("no such field"))),
     ):
         with pytest.raises(WorkflowUpdateFailedError) as refused:
@@ -337,7 +351,9 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
     assert {n.recipient_id for n in channel.sent if any(SHARED in value for value in n.data.values())} == \
         {"mentee-1", "mentor-0", "mentor-1"}  # fmt: skip
     rejected = [e for e in stored if e.type == "CommandRejected"]
-    assert len(rejected) == 3 and all("invalid payload" in e.reason or "phase" in e.reason for e in rejected)
+    assert len(rejected) == 4 and all(
+        "invalid payload" in e.reason or "phase" in e.reason or "no meeting" in e.reason for e in rejected
+    )
     assert rows.count('"$enc"') == STORED_SECRETS + STORED_SHARED
 
     # Forgetting: the data key is gone, and so is every run of the workflow in Temporal.

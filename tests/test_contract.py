@@ -20,7 +20,7 @@ from events.decider import SPECS
 from mentorflow.cli import app
 from mentorflow.contract import CONTRACT_WORKFLOWS, INDEX_FILE, build_contract, compare, write
 from mentorflow.contract_notes import NOTES, notes_for
-from tests.conftest import project_root
+from tests.session import project_root
 
 ROOT = project_root()
 CONTRACT_DIR = ROOT / "contract"

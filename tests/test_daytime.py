@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from events.daytime import NOT_URGENT, DeliveryWindow, deliver_at
+from typing import get_args
+
+from activities.templates import COMPOSED, TEMPLATES
+from events.daytime import NOT_URGENT, DeliveryWindow, deadline_of, deliver_at
+from events.model import ReviewKind
+from events.settings import ProgrammeSettings
 
 DAY = DeliveryWindow()
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
@@ -72,6 +77,34 @@ def test_an_empty_or_zoned_window_is_refused_with_a_reason() -> None:
 
 def test_an_unknown_zone_counts_as_utc() -> None:
     assert deliver_at(utc(2027, 3, 2, 3, 0), "Mars/Olympus", DAY, template="nudge") == utc(2027, 3, 2, 8, 0)
+
+
+def test_every_message_that_waits_is_one_the_core_sends() -> None:
+    assert NOT_URGENT <= set(TEMPLATES) | set(COMPOSED), sorted(NOT_URGENT - set(TEMPLATES) - set(COMPOSED))
+    # events/notifications.py names a review's message after its kind: every kind waits.
+    assert {f"{kind}_review_opened" for kind in get_args(ReviewKind)} <= NOT_URGENT
+    # What must be answered or known at once never waits.
+    assert not {"match_proposed", "concern_raised", "meeting_cancelled", "relationship_summary"} & NOT_URGENT
+
+
+def test_a_message_never_waits_past_the_moment_it_is_about() -> None:
+    meeting = {"meeting_start": "2027-03-02T06:30:00+00:00", "respond_by": "2027-03-09T12:00:00+00:00"}
+    assert deadline_of(meeting) == utc(2027, 3, 2, 6, 30)  # the meeting, not the answer
+    assert deadline_of({"respond_by": "2027-03-09T12:00:00+00:00"}) == utc(2027, 3, 9, 12)
+    assert deadline_of({"agreement_due_at": "2027-03-03T00:00:00+00:00"}) == utc(2027, 3, 3)
+    assert deadline_of({"meeting_start": "soon", "quiet_since": "2027-02-01T00:00:00+00:00"}) is None
+    assert deadline_of({"meeting_start": "2027-03-02T06:30:00"}) is None  # no offset: not a moment
+
+
+def test_the_window_is_a_programme_setting_on_by_default() -> None:
+    assert ProgrammeSettings().delivery_window == DeliveryWindow(opens=time(8), closes=time(20))
+    assert ProgrammeSettings(delivery_window=None).delivery_window is None
+    night = ProgrammeSettings.model_validate({"delivery_window": {"opens": "22:00", "closes": "06:00"}})
+    assert night.delivery_window == DeliveryWindow(opens=time(22), closes=time(6))
+    assert str(night.delivery_window) == "22:00–06:00"
+    # YAML reads an unquoted 20:00 as 1200: refused rather than taken as 00:20.
+    with pytest.raises(ValidationError, match="in quotes"):
+        ProgrammeSettings.model_validate({"delivery_window": {"opens": "08:00", "closes": 1200}})
 
 
 ZONES = st.sampled_from(["UTC", BERLIN, NEW_YORK, "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Chatham"])

@@ -5,12 +5,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 
-from events.commands import RaiseConcern, RecordMeeting, SubmitFeedback
+from events.commands import (
+    AcceptMatch, NudgeRelationship, PauseRelationship, ProposeAgreement, ProposeMatch, RaiseConcern, RecordMeeting,
+    RequestReview, SignAgreement, SubmitFeedback, SubmitReflection, SubmitReview,
+)  # fmt: skip
 from events.deadlines import next_deadline
-from events.health import assess_health
-from events.model import ClosureBegun, ClosureReason, Health, HealthChanged, MeetingHeld, NudgeIssued
+from events.health import NUDGE_EVERY, assess_health
+from events.model import (
+    ClosureBegun, ClosureReason, Health, HealthChanged, MeetingHeld, NudgeIssued, RelationshipNudged,
+)  # fmt: skip
 from events.state import Phase
-from tests.domain_story import COORDINATOR, MENTEE, MENTOR, SECRET, T0, active, closed, programme, types
+from tests.domain_story import (
+    COORDINATOR, MENTEE, MENTOR, SECRET, T0, Story, active, closed, closing, programme, terms, types,
+)  # fmt: skip
 
 # --- health -------------------------------------------------------------------------------
 
@@ -117,3 +124,67 @@ def test_health_combines_its_reasons() -> None:
     assert change.previous is Health.AT_RISK and change.health is Health.AT_RISK
     # Health outside the cadence is left as it is.
     assert assess_health(closed().state, T0 + timedelta(days=999))[0] is Health.HEALTHY
+
+
+# --- a coordinator's nudge ---------------------------------------------------------------
+
+
+def nudges(story: Story) -> list[tuple[str, tuple[str, ...]]]:
+    """What the latest nudge told: its template, to whom."""
+    [nudged] = [e for e in story.history[-3:] if isinstance(e, RelationshipNudged)]
+    told = story.notifications_of([nudged])
+    return [(n.template, n.recipient_id) for n in told]
+
+
+def test_a_coordinator_nudges_whoever_the_relationship_waits_for_at_most_once_a_day() -> None:
+    story = Story()
+    assert story.refuse(NudgeRelationship, COORDINATOR) == (
+        "nothing waits for the parties to remind them of: no mentor is proposed yet (propose one with propose_match)"
+    )
+    story.do(ProposeMatch, COORDINATOR, mentor_id=MENTOR)
+    story.do(AcceptMatch, MENTOR)
+    [nudged] = story.do(NudgeRelationship, COORDINATOR)
+    assert isinstance(nudged, RelationshipNudged) and (nudged.reminder, nudged.parties) == ("match_proposal", ("mentee",))
+    assert nudges(story) == [("match_proposed", MENTEE)]
+    assert story.state.coordinator_nudged_at == story.now
+    refused = story.refuse(NudgeRelationship, COORDINATOR)
+    assert refused.startswith("the relationship was nudged less than a day ago; nudge again from ")
+    assert "is not a coordinator" in story.refuse(NudgeRelationship, MENTEE)
+
+    story.do(AcceptMatch, MENTEE)
+    story.do(ProposeAgreement, MENTEE, terms=terms())
+    story.do(SignAgreement, MENTOR, agreement_version=1)
+    story.advance(NUDGE_EVERY)
+    story.do(NudgeRelationship, COORDINATOR)
+    assert nudges(story) == [("agreement_reminder", MENTEE)]
+
+
+def test_a_nudge_in_the_cadence_reminds_of_the_next_meeting_or_asks_for_its_report() -> None:
+    story = active()
+    meeting = story.meeting
+    story.do(NudgeRelationship, COORDINATOR)
+    assert nudges(story) == [("meeting_reminder", MENTEE), ("meeting_reminder", MENTOR)]
+    [reminder, _] = story.notifications_of([e for e in story.history if isinstance(e, RelationshipNudged)])
+    assert reminder.data["meeting_start"] == meeting.starts_at.isoformat() and reminder.data["nudged_by_id"] == COORDINATOR
+    story.advance(to=meeting.starts_at + timedelta(hours=2))
+    story.do(NudgeRelationship, COORDINATOR)
+    assert nudges(story) == [("meeting_missed_check", MENTEE), ("meeting_missed_check", MENTOR)]
+    assert story.state.next_meeting is not None and story.state.next_meeting.starts_at == meeting.starts_at
+
+
+def test_a_nudge_reminds_of_a_review_and_of_reflections_but_not_while_paused() -> None:
+    story = active()
+    story.do(RequestReview, MENTEE)
+    story.do(SubmitReview, MENTOR, outcome="continue")
+    story.do(NudgeRelationship, COORDINATOR)
+    assert nudges(story) == [("on_demand_review_opened", MENTEE)]
+    story.do(SubmitReview, MENTEE, outcome="continue")
+    story.advance(NUDGE_EVERY)
+    story.do(PauseRelationship, MENTEE, until=story.now + timedelta(days=5))
+    assert "not allowed while the relationship is paused" in story.refuse(NudgeRelationship, COORDINATOR)
+
+    story = closing()
+    story.do(SubmitReflection, MENTOR, text="what I saw")
+    story.do(NudgeRelationship, COORDINATOR)
+    assert nudges(story) == [("reflection_request", MENTEE)]
+    assert "is closed" in closed().refuse(NudgeRelationship, COORDINATOR)

@@ -8,19 +8,22 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from events.commands import CancelMeeting, PartyAvailability, RecordMeeting, RescheduleMeeting
+from events.commands import (
+    CancelMeeting, CorrectMeetingReport, PartyAvailability, RecordMeeting, ReportMeetingNotHeld, RescheduleMeeting,
+)  # fmt: skip
 from events.deadlines import next_deadline
 from events.cadence import FIRST_MEETING_WITHIN, MIN_SCHEDULING_LEAD
+from events.meetings import REPORT_CORRECTABLE_FOR
 from events.model import (
-    AgendaRequested, Health, HealthChanged, MeetingCancelled, MeetingHeld, MeetingMissed, MeetingReminderIssued,
-    MeetingRescheduled, MeetingScheduled,
+    AgendaRequested, FeedbackRequested, Health, HealthChanged, MeetingCancelled, MeetingHeld, MeetingMissed, MeetingReminderIssued,
+    MeetingReportCorrected, MeetingReportedNotHeld, MeetingRescheduled, MeetingScheduled,
 )
 from events.notifications import Notification
 from events.scheduling import SEARCH_DAYS, next_slot
 from events.settings import FREQUENCY_DAYS, FREQUENCY_ORDER
 from events.state import Phase
 from tests.domain_story import (
-    MENTEE, MENTEE_IN_KOLKATA, MENTOR, MENTOR_IN_NEW_YORK, MONDAY, SECRET, STREAM, T0, active, available, in_review,
+    COORDINATOR, MENTEE, MENTEE_IN_KOLKATA, MENTOR, MENTOR_IN_NEW_YORK, MONDAY, SECRET, STREAM, T0, active, available, in_review,
     in_window, programme, types, window,
 )
 
@@ -364,3 +367,148 @@ def test_meetings_may_still_be_recorded_during_a_review() -> None:
     story.meet(actor=MENTOR)
     assert story.state.meetings_held == before + 1
     assert story.state.phase is Phase.REVIEW and story.state.next_meeting is not None
+
+
+# --- a party says a meeting did not take place, and reports are corrected -------------------
+
+
+def test_a_meeting_reported_not_held_counts_as_missed_at_once_and_the_next_is_planned() -> None:
+    story = active(programme(missed_meetings_at_risk=1))
+    meeting = story.meeting
+    story.advance(to=meeting.starts_at - timedelta(minutes=1))
+    refused = story.refuse(ReportMeetingNotHeld, MENTEE, meeting_number=1)
+    assert refused.startswith("meeting 1 has not begun") and "cancel_meeting" in refused
+    story.advance(to=meeting.starts_at + timedelta(minutes=20))
+    events = story.do(ReportMeetingNotHeld, MENTEE, meeting_number=1, reason=f"{SECRET} they did not show up")
+    # What the deadline would have done, plus the party's word: the next meeting planned,
+    # one miss in a row (here enough to be at risk).
+    assert types(events) == ["MeetingMissed", "MeetingReportedNotHeld", "MeetingScheduled", "HealthChanged"]
+    state = story.state
+    assert (state.meetings_missed, state.missed_meeting_numbers, state.consecutive_missed) == (1, (1,), 1)
+    assert state.health_reasons == ("missed_meetings",) and story.meeting.meeting_number == 2
+    [past] = state.past_meetings
+    assert (past.outcome, past.reported_by) == ("missed", "mentee")
+    # The other party hears of it (not the "did it take place?" question); never the reason.
+    told = story.notifications_of(events)
+    [notice] = [n for n in told if n.template == "meeting_reported_not_held"]
+    assert notice.recipient_id == MENTOR and notice.data["party"] == "mentee"
+    assert notice.data["meeting_planned_for"] == meeting.starts_at.isoformat()
+    assert not [n for n in told if n.template == "meeting_missed_check"]
+    assert SECRET not in str([n.model_dump() for n in told])
+    # Said again, by either party: already so.
+    assert "already reported as not held (by the mentee)" in story.refuse(ReportMeetingNotHeld, MENTOR, meeting_number=1)
+    # A contrary report does not overturn it: the correction does.
+    refused = story.refuse(RecordMeeting, MENTOR, held_at=meeting.starts_at, duration_minutes=60, meeting_number=1)
+    assert "reported as not held by the mentee" in refused and "correct_meeting_report" in refused
+    assert "reported as not held" in story.refuse(RecordMeeting, MENTOR, held_at=meeting.starts_at, duration_minutes=60)
+
+
+def test_a_meeting_the_deadline_counted_missed_takes_a_partys_word_once() -> None:
+    story = active()
+    meeting = story.meeting
+    story.advance(to=meeting.ends_at + timedelta(hours=story.state.settings.missed_meeting_grace_hours))
+    assert story.state.missed_meeting_numbers == (1,)
+    before = story.state
+    [confirmed] = story.do(ReportMeetingNotHeld, MENTOR, meeting_number=1)
+    assert isinstance(confirmed, MeetingReportedNotHeld) and confirmed.party == "mentor"
+    # Nothing is counted twice.
+    assert (story.state.meetings_missed, story.state.consecutive_missed) == (before.meetings_missed, before.consecutive_missed)
+    assert story.state.past_meetings[0].reported_by == "mentor"
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [(7, "meeting 7 is no meeting held or missed"), (2, "meeting 2 is the scheduled meeting, not yet reported")],
+)
+def test_reports_of_meetings_that_are_not_over_are_refused(number: int, expected: str) -> None:
+    story = active()
+    story.meet()
+    assert story.meeting.meeting_number == 2
+    story.advance(to=story.meeting.starts_at - timedelta(hours=1))
+    assert story.refuse(CorrectMeetingReport, MENTEE, meeting_number=number, outcome="not_held") == expected
+    if number == 7:
+        assert story.refuse(ReportMeetingNotHeld, MENTEE, meeting_number=number) == expected
+
+
+def test_a_held_meeting_is_reported_not_held_only_by_a_correction_which_undoes_it() -> None:
+    story = active(programme(feedback_every_sessions=2, missed_meetings_at_risk=2))
+    first = story.meet(minutes=50)[0]
+    story.meet(minutes=40)
+    second = story.state.past_meetings[1]
+    assert story.state.feedback_round == 1 and story.state.feedback_requested_after == 2
+    assert (story.state.meetings_held, story.state.meeting_minutes_total) == (2, 90)
+    refused = story.refuse(ReportMeetingNotHeld, MENTOR, meeting_number=2)
+    assert refused == "meeting 2 was recorded as held; if it did not take place, send correct_meeting_report"
+
+    story.advance(timedelta(hours=2))
+    events = story.do(CorrectMeetingReport, MENTOR, meeting_number=2, outcome="not_held", reason=f"{SECRET} mixed up")
+    assert types(events)[:2] == ["MeetingMissed", "MeetingReportCorrected"]
+    state = story.state
+    # As if it had been reported not held: one held (the first), one missed, the last meeting the first.
+    assert (state.meetings_held, state.meetings_missed, state.missed_meeting_numbers) == (1, 1, (2,))
+    assert (state.meeting_minutes_total, state.consecutive_missed) == (50, 1)
+    assert isinstance(first, MeetingHeld) and state.last_meeting_at == first.held_at
+    assert [(m.meeting_number, m.outcome, m.reported_by) for m in state.past_meetings] == [
+        (1, "held", "mentee"), (2, "missed", "mentor")
+    ]
+    assert state.next_meeting is not None and state.next_meeting.meeting_number == 3, "the scheduled meeting stays"
+    [notice] = [n for n in story.notifications_of(events) if n.template == "meeting_report_corrected"]
+    assert notice.recipient_id == MENTEE and (notice.data["outcome"], notice.data["party"]) == ("not_held", "mentor")
+    assert notice.data["meeting_planned_for"] == second.starts_at.isoformat()
+    assert "already counted as not held" in story.refuse(CorrectMeetingReport, MENTEE, meeting_number=2, outcome="not_held")
+
+    # And back: held after all, at the planned time and the agreed length unless told.
+    events = story.do(CorrectMeetingReport, MENTEE, meeting_number=2, outcome="held")
+    assert types(events) == ["MeetingHeld", "MeetingReportCorrected"], "round 1 was asked for at 2 meetings already"
+    held = events[0]
+    assert isinstance(held, MeetingHeld) and held.correction
+    assert (held.held_at, held.duration_minutes) == (second.starts_at, 60)
+    state = story.state
+    assert (state.meetings_held, state.meetings_missed, state.consecutive_missed) == (2, 0, 0)
+    assert state.feedback_round == 1
+    # The next count that asks for feedback still does, once.
+    story.meet()
+    story.meet()
+    assert [(e.feedback_round, e.after_meeting) for e in story.of_type(FeedbackRequested)] == [(1, 2), (2, 4)]
+
+
+def test_a_correction_to_held_is_checked_like_a_report() -> None:
+    story = active()
+    meeting = story.meeting
+    story.advance(to=meeting.ends_at + timedelta(hours=story.state.settings.missed_meeting_grace_hours))
+    assert "already counted as not held" in story.refuse(CorrectMeetingReport, MENTEE, meeting_number=1, outcome="not_held")
+    assert story.refuse(
+        CorrectMeetingReport, MENTEE, meeting_number=1, outcome="not_held", held_at=story.now, duration_minutes=30
+    ) == "held_at only goes with outcome held; duration_minutes only goes with outcome held"
+    assert "is in the future" in story.refuse(
+        CorrectMeetingReport, MENTEE, meeting_number=1, outcome="held", held_at=story.now + timedelta(hours=2)
+    )
+    [held, corrected] = story.do(
+        CorrectMeetingReport, MENTEE, meeting_number=1, outcome="held", held_at=meeting.starts_at, duration_minutes=25
+    )[:2]
+    assert isinstance(held, MeetingHeld) and (held.duration_minutes, held.correction) == (25, True)
+    assert isinstance(corrected, MeetingReportCorrected) and corrected.outcome == "held"
+    assert story.state.health is Health.HEALTHY and story.state.missed_meeting_numbers == ()
+
+
+def test_a_report_may_be_corrected_for_thirty_days_by_either_party() -> None:
+    story = active(meeting_frequency="weekly")
+    starts_at = story.meeting.starts_at
+    story.meet()
+    story.meet()
+    story.advance(to=starts_at + REPORT_CORRECTABLE_FOR + timedelta(seconds=1))
+    assert story.refuse(CorrectMeetingReport, MENTOR, meeting_number=1, outcome="not_held") == (
+        "meeting_number was planned more than 30 days ago: its record can no longer be corrected"
+    )
+    # Meeting 2, a week later, still may be; the mentor corrects the mentee's report.
+    story.do(CorrectMeetingReport, MENTOR, meeting_number=2, outcome="not_held")
+    assert "is not a party" in story.refuse(CorrectMeetingReport, COORDINATOR, meeting_number=1, outcome="not_held")
+    assert "is not a party" in story.refuse(ReportMeetingNotHeld, COORDINATOR, meeting_number=1)
+
+
+def test_a_cancelled_meeting_is_neither_reported_nor_corrected() -> None:
+    story = active()
+    story.do(CancelMeeting, MENTEE, meeting_number=1)
+    story.advance(timedelta(days=3))
+    assert story.refuse(ReportMeetingNotHeld, MENTOR, meeting_number=1) == "meeting 1 was cancelled"
+    assert story.refuse(CorrectMeetingReport, MENTOR, meeting_number=1, outcome="held") == "meeting 1 was cancelled"

@@ -14,9 +14,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from events.commands import (
     COMMAND_TYPES, DIRECTORY_ACTOR, AcceptMatch, AcknowledgeGoalRevision, AgreementTerms, CancelMeeting,
-    CloseRelationship, Command, DeclineMatch, Goal, GoalAssessment, Milestone, PartyAvailability, PauseRelationship,
-    ProposeAgreement, ProposeGoalRevision, ProposeMatch, RaiseConcern, RecordGoalProgress, RecordIntroduction,
-    RecordMeeting, ReportParticipantLeft, RequestReview, RescheduleMeeting, ResolveConcern, ResumeRelationship,
+    CloseRelationship, Command, CorrectMeetingReport, DeclineMatch, Goal, GoalAssessment, Milestone, NudgeRelationship,
+    PartyAvailability, PauseRelationship, ProposeAgreement, ProposeGoalRevision, ProposeMatch, RaiseConcern,
+    RecordGoalProgress, RecordIntroduction, RecordMeeting, ReportMeetingNotHeld, ReportParticipantLeft, RequestReview, RescheduleMeeting, ResolveConcern, ResumeRelationship,
     ShareResource, SignAgreement, SubmitFeedback, SubmitReflection, SubmitReview,
 )
 from events.deadlines import next_deadline
@@ -24,7 +24,8 @@ from events.decider import Rejection, catch_up, decide, decide_deadline, reject,
 from events.health import assess_health
 from events.cadence import plan_next_meeting
 from events.model import (
-    AnyEvent, CommandRejected, Health, HealthChanged, MeetingHeld, MeetingMissed, ReflectionSubmitted,
+    AnyEvent, CommandRejected, Health, HealthChanged, MeetingHeld, MeetingMissed, MeetingReportCorrected,
+    ReflectionSubmitted,
 )
 from events.store import load_event
 from events.notifications import notifications_for
@@ -46,8 +47,8 @@ MENTORS = (MENTOR, OTHER_MENTOR, THIRD_MENTOR)
 COMMAND_KINDS: tuple[type[Command], ...] = (
     ProposeMatch, ProposeMatch, AcceptMatch, AcceptMatch, AcceptMatch, DeclineMatch,
     ProposeAgreement, ProposeAgreement, SignAgreement, SignAgreement, SignAgreement,
-    RecordMeeting, RecordMeeting, RecordMeeting, CancelMeeting, RescheduleMeeting,
-    RecordGoalProgress, ProposeGoalRevision, AcknowledgeGoalRevision, SubmitFeedback, SubmitFeedback,
+    RecordMeeting, RecordMeeting, RecordMeeting, CancelMeeting, RescheduleMeeting, ReportMeetingNotHeld,
+    CorrectMeetingReport, NudgeRelationship, RecordGoalProgress, ProposeGoalRevision, AcknowledgeGoalRevision, SubmitFeedback, SubmitFeedback,
     RaiseConcern, ResolveConcern, RecordIntroduction, ShareResource, PauseRelationship, ResumeRelationship,
     RequestReview, SubmitReview, SubmitReview, SubmitReview, SubmitReflection, SubmitReflection,
     CloseRelationship, ReportParticipantLeft,
@@ -59,12 +60,12 @@ FITTING_KINDS: dict[Phase, tuple[type[Command], ...]] = {
     Phase.AGREEMENT: (ProposeAgreement, SignAgreement, SignAgreement),
     Phase.ACTIVE: (
         RecordMeeting, RecordMeeting, RecordMeeting, RecordMeeting, CancelMeeting, RescheduleMeeting,
-        RecordGoalProgress, ProposeGoalRevision, AcknowledgeGoalRevision, SubmitFeedback, SubmitFeedback,
+        ReportMeetingNotHeld, CorrectMeetingReport, RecordGoalProgress, ProposeGoalRevision, AcknowledgeGoalRevision, SubmitFeedback, SubmitFeedback,
         RaiseConcern, ResolveConcern, RecordIntroduction, ShareResource, PauseRelationship, ResumeRelationship,
         RequestReview,
     ),  # fmt: skip
     Phase.REVIEW: (SubmitReview, SubmitReview, SubmitReview, RecordMeeting, SubmitFeedback),
-    Phase.CLOSING: (SubmitReflection,),
+    Phase.CLOSING: (SubmitReflection, SubmitReflection, NudgeRelationship),
     Phase.CLOSED: COMMAND_KINDS,
 }
 
@@ -249,6 +250,20 @@ class RelationshipMachine(RuleBasedStateMachine):
         elif kind is RescheduleMeeting:
             fields["meeting_number"] = meeting_number if fitting else pick((meeting_number, meeting_number + 1))
             fields["starts_at"] = self.now + data.draw(st.timedeltas(min_value=timedelta(hours=-1), max_value=timedelta(days=20)))
+        elif kind in (ReportMeetingNotHeld, CorrectMeetingReport):
+            # The scheduled meeting (once it has begun, or too early), a past one, or none.
+            past = tuple(m.meeting_number for m in state.past_meetings)
+            fields["meeting_number"] = pick((meeting_number, *past) if fitting else (meeting_number, *past, 99))
+            fields["reason"] = secret
+            if kind is CorrectMeetingReport:
+                outcome = fields["outcome"] = pick(("held", "not_held"))
+                if outcome == "held" or not fitting:
+                    offset = data.draw(st.timedeltas(min_value=timedelta(days=-30), max_value=timedelta(hours=2)))
+                    fields["held_at"] = pick((None, self.now + offset))
+                    fields["duration_minutes"] = pick((None, 30, 90))
+            actor = pick((MENTEE, mentor) if fitting else (actor, COORDINATOR))
+        elif kind is NudgeRelationship:
+            actor = pick((COORDINATOR, COORDINATOR, actor))
         elif kind is RecordGoalProgress:
             fields["goal_id"] = pick((tuple(state.goals) or ("g1",)) if fitting else ("g1", "g2", "g9"))
             fields["progress_percent"] = pick((0, 30, 60, 100))
@@ -414,6 +429,35 @@ class RelationshipMachine(RuleBasedStateMachine):
         )
         self.send(correction, False)
 
+    @precondition(lambda self: self.state.in_cadence and not self.state.is_paused and self.state.next_meeting is not None)
+    @rule(data=st.data(), late=st.sampled_from((timedelta(0), timedelta(minutes=30), timedelta(days=3))))
+    def say_the_meeting_did_not_take_place(self, data: st.DataObject, late: timedelta) -> None:
+        """Once it has begun (or after the deadline counted it missed), a party says it did not happen."""
+        meeting = self.state.next_meeting
+        assert meeting is not None
+        self.live_until(meeting.starts_at + late)
+        actor = data.draw(st.sampled_from((MENTEE, MENTOR)))
+        report = ReportMeetingNotHeld(command_id=f"cmd-{next(self.command_ids)}", actor_id=actor, meeting_number=meeting.meeting_number)
+        self.send(report, False)
+
+    @precondition(lambda self: self.state.in_cadence and any(m.outcome != "cancelled" for m in self.state.past_meetings))
+    @rule(data=st.data())
+    def correct_a_report(self, data: st.DataObject) -> None:
+        """A party got a report wrong: the latest reported meeting is turned the other way."""
+        past = [m for m in self.state.past_meetings if m.outcome != "cancelled"]
+        meeting = data.draw(st.sampled_from(past[-3:]))
+        outcome = "not_held" if meeting.outcome == "held" else "held"
+        actor = data.draw(st.sampled_from((MENTEE, MENTOR)))
+        correction = CorrectMeetingReport(
+            command_id=f"cmd-{next(self.command_ids)}", actor_id=actor, meeting_number=meeting.meeting_number, outcome=outcome
+        )
+        self.send(correction, False)
+
+    @precondition(lambda self: bool(self.state.settings.coordinator_ids) and not self.state.is_closed)
+    @rule()
+    def a_coordinator_nudges(self) -> None:
+        self.send(NudgeRelationship(command_id=f"cmd-{next(self.command_ids)}", actor_id=COORDINATOR), False)
+
     @precondition(lambda self: self.state.in_cadence and self.state.feedback_round > 0)
     @rule(actor=st.sampled_from((MENTEE, MENTOR)), score=st.integers(min_value=1, max_value=5))
     def give_feedback_for_the_latest_round(self, actor: str, score: int) -> None:
@@ -520,7 +564,10 @@ class RelationshipMachine(RuleBasedStateMachine):
     def the_state_matches_its_phase(self) -> None:
         state = self.state
         assert (state.phase is Phase.REVIEW) == (state.review is not None)
-        assert state.meetings_held == len([e for e in self.history if isinstance(e, MeetingHeld)])
+        # A correction to "not held" takes a held meeting back (its MeetingMissed counts it missed).
+        unheld = len([e for e in self.history if isinstance(e, MeetingReportCorrected) and e.outcome == "not_held"])
+        assert state.meetings_held == len([e for e in self.history if isinstance(e, MeetingHeld)]) - unheld
+        assert state.meeting_minutes_total >= 0
         corrections = len([e for e in self.history if isinstance(e, MeetingHeld) and e.correction])
         assert state.meetings_missed == len(state.missed_meeting_numbers) == len(
             [e for e in self.history if isinstance(e, MeetingMissed)]
@@ -564,7 +611,7 @@ class RelationshipMachine(RuleBasedStateMachine):
         if Phase.CLOSING in phases or Phase.CLOSED in phases:
             first = next(i for i, phase in enumerate(phases) if phase in (Phase.CLOSING, Phase.CLOSED))
             assert all(phase in (Phase.CLOSING, Phase.CLOSED) for phase in phases[first:])
-            allowed = {"ReflectionSubmitted", "RelationshipClosed", "CommandRejected"}
+            allowed = {"ReflectionSubmitted", "RelationshipClosed", "CommandRejected", "RelationshipNudged"}
             assert {event.type for event in self.history[first + 1 :]} <= allowed
         if Phase.CLOSED in phases:
             closed_at = phases.index(Phase.CLOSED)

@@ -9,7 +9,7 @@ import pytest
 
 from events.commands import (
     COMMAND_TYPES, DIRECTORY_ACTOR, AcceptMatch, AcknowledgeGoalRevision, CancelMeeting, CloseRelationship, Command,
-    DeclineMatch, Goal, PauseRelationship, ProposeAgreement, ProposeGoalRevision, ProposeMatch, RaiseConcern,
+    CorrectMeetingReport, DeclineMatch, Goal, NudgeRelationship, PauseRelationship, ReportMeetingNotHeld, ProposeAgreement, ProposeGoalRevision, ProposeMatch, RaiseConcern,
     RecordGoalProgress, RecordIntroduction, RecordMeeting, ReportParticipantLeft, RequestReview, RescheduleMeeting,
     ResolveConcern, ResumeRelationship, ShareResource, SignAgreement, SubmitFeedback, SubmitReflection, SubmitReview,
 )
@@ -37,6 +37,8 @@ ALL_COMMANDS: list[tuple[type[Command], dict[str, Any]]] = [
     (RecordMeeting, {"held_at": T0 + timedelta(days=6), "duration_minutes": 60}),
     (CancelMeeting, {"meeting_number": 2}),
     (RescheduleMeeting, {"meeting_number": 2, "starts_at": T0 + timedelta(days=400)}),
+    (ReportMeetingNotHeld, {"meeting_number": 1, "reason": f"{SECRET} no show"}),
+    (CorrectMeetingReport, {"meeting_number": 1, "outcome": "not_held", "reason": f"{SECRET} mixed up"}),
     (RecordGoalProgress, {"goal_id": "g1", "progress_percent": 10}),
     (ProposeGoalRevision, {"goal": Goal(goal_id="g1", title="x")}),
     (AcknowledgeGoalRevision, {"revision_id": "r1"}),
@@ -49,6 +51,7 @@ ALL_COMMANDS: list[tuple[type[Command], dict[str, Any]]] = [
     (ResumeRelationship, {}),
     (RequestReview, {}),
     (SubmitReview, {"outcome": "continue"}),
+    (NudgeRelationship, {}),
     (CloseRelationship, {}),
     (ReportParticipantLeft, {"participant_id": MENTOR}),
     (SubmitReflection, {"text": f"{SECRET} more"}),
@@ -159,14 +162,14 @@ def test_nothing_is_allowed_on_a_closed_relationship(command_type: type[Command]
 
 @pytest.mark.parametrize(
     ("command_type", "fields"),
-    [(c, f) for c, f in ALL_COMMANDS if c is not SubmitReflection],
-    ids=[c.message_name for c, _ in ALL_COMMANDS if c is not SubmitReflection],
+    [(c, f) for c, f in ALL_COMMANDS if c not in (SubmitReflection, NudgeRelationship)],
+    ids=[c.message_name for c, _ in ALL_COMMANDS if c not in (SubmitReflection, NudgeRelationship)],
 )
 def test_only_reflections_are_accepted_while_closing(command_type: type[Command], fields: dict[str, Any]) -> None:
     story = closing(MENTOR)
     for actor in (MENTEE, MENTOR, COORDINATOR, DIRECTORY_ACTOR):
         assert story.refuse(command_type, actor, **fields) == (
-            "the relationship is closing; only submit_reflection is accepted"
+            "the relationship is closing; only nudge_relationship and submit_reflection are accepted"
         )
 
 

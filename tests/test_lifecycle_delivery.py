@@ -19,7 +19,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import datetime, time, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -39,10 +39,17 @@ from events.settings import ProgrammeSettings
 from events.state import Phase
 from events.decider import fold
 from mentorflow.config import Settings
-from tests.conftest import TEST_KEYRING
-from tests.helpers import RecordingChannel, failed_workflow_tasks, start_relationship
+from tests.helpers import (
+    RecordingChannel,
+    cmd,
+    ended_on_failure,
+    failed_workflow_tasks,
+    sleep_until,
+    start_relationship,
+    state_of,
+)
 from tests.peers import Received, Request, SmtpServer, WebhookReceiver, eventually, verify_signature
-from tests.test_workflow import cmd, state_of
+from tests.session import TEST_KEYRING
 from worker import build_worker
 from workflows.search_attributes import (
     MEETINGS_HELD,
@@ -224,12 +231,6 @@ def within_windows(start: datetime, end: datetime, zone: str, windows: list[dict
     )
 
 
-async def sleep_until(env: WorkflowEnvironment, moment: datetime) -> None:
-    wait = moment - await env.get_current_time()
-    if wait > timedelta(0):
-        await env.sleep(wait)
-
-
 async def attributes(handle: WorkflowHandle[Any, Any]) -> Any:
     return (await handle.describe()).typed_search_attributes
 
@@ -253,17 +254,6 @@ def delivering_worker(
         }
     )
     return build_worker(env.client, pool, f"tq-{uuid.uuid4()}", channels=[tap], settings=settings)
-
-
-@asynccontextmanager
-async def ended_on_failure(handle: WorkflowHandle[Any, Any]) -> AsyncIterator[None]:
-    """A failing test must not leave its relationship waiting on the shared time-skipping server."""
-    try:
-        yield
-    except BaseException:
-        with suppress(Exception):
-            await handle.terminate("the test failed")
-        raise
 
 
 class Peers(NamedTuple):
@@ -297,7 +287,9 @@ async def relationship_of(
     async with delivering_worker(env, pool, smtp_server, tap) as worker:
         handle = await start_relationship(
             env.client, worker, mentee_id=mentee.participant_id,
-            settings=ProgrammeSettings(coordinator_ids=(coordinator.participant_id,)),
+            # Any time of day: a reminder at 20:00 in Kolkata would wait for the morning
+            # (daytime delivery has its own tests: tests/test_daytime_delivery.py).
+            settings=ProgrammeSettings(coordinator_ids=(coordinator.participant_id,), delivery_window=None),
         )  # fmt: skip
         async with ended_on_failure(handle):
             yield handle

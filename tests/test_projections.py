@@ -30,7 +30,7 @@ from events.projections import (
 )
 from events.state import RelationshipState
 from mentorflow.reports import load_programme_report
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING
 from tests.owners import owner
 from tests.projection_stories import SECRET, Driver, interleaved, redacted, stories
 
@@ -208,7 +208,7 @@ async def test_following_in_small_batches_between_appends_equals_a_rebuild_and_t
     statuses = await follower.status()
     head = statuses[0].head
     assert head == sum(len(chunk) for chunk in chunks)
-    assert [(s.position, s.behind) for s in statuses] == [(head, 0)] * 3
+    assert [(s.position, s.behind) for s in statuses] == [(head, 0)] * len(PROJECTIONS)
 
     read = await ProjectionFollower(pool).rebuild()
     assert read == head
@@ -236,7 +236,7 @@ async def test_a_crash_halfway_through_a_batch_leaves_neither_rows_nor_checkpoin
         return RELATIONSHIPS.apply(row, event)
 
     crashing = dataclasses.replace(RELATIONSHIPS, apply=crash_on_the_thirtieth)
-    follower = ProjectionFollower(pool, projections=(crashing, MEETINGS, FEEDBACK), batch_size=20)
+    follower = ProjectionFollower(pool, projections=(crashing, *PROJECTIONS[1:]), batch_size=20)
     assert await follower.step() == 20
     with pytest.raises(RuntimeError, match="worker killed"):
         await follower.step()

@@ -31,7 +31,9 @@ with workflow.unsafe.imports_passed_through():
         CancelMeeting,
         CloseRelationship,
         Command,
+        CorrectMeetingReport,
         DeclineMatch,
+        NudgeRelationship,
         PauseRelationship,
         ProposeAgreement,
         ProposeGoalRevision,
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RecordGoalProgress,
         RecordIntroduction,
         RecordMeeting,
+        ReportMeetingNotHeld,
         ReportParticipantLeft,
         RequestReview,
         RescheduleMeeting,
@@ -209,6 +212,8 @@ class Relationship(Outbox, MentorPool):
     record_meeting_signal, record_meeting = message_handlers(RecordMeeting)
     cancel_meeting_signal, cancel_meeting = message_handlers(CancelMeeting)
     reschedule_meeting_signal, reschedule_meeting = message_handlers(RescheduleMeeting)
+    report_meeting_not_held_signal, report_meeting_not_held = message_handlers(ReportMeetingNotHeld)
+    correct_meeting_report_signal, correct_meeting_report = message_handlers(CorrectMeetingReport)
     record_goal_progress_signal, record_goal_progress = message_handlers(RecordGoalProgress)
     propose_goal_revision_signal, propose_goal_revision = message_handlers(ProposeGoalRevision)
     acknowledge_goal_revision_signal, acknowledge_goal_revision = message_handlers(AcknowledgeGoalRevision)
@@ -221,6 +226,7 @@ class Relationship(Outbox, MentorPool):
     resume_relationship_signal, resume_relationship = message_handlers(ResumeRelationship)
     request_review_signal, request_review = message_handlers(RequestReview)
     submit_review_signal, submit_review = message_handlers(SubmitReview)
+    nudge_relationship_signal, nudge_relationship = message_handlers(NudgeRelationship)
     close_relationship_signal, close_relationship = message_handlers(CloseRelationship)
     participant_left_signal, participant_left = message_handlers(ReportParticipantLeft)
     submit_reflection_signal, submit_reflection = message_handlers(SubmitReflection)

@@ -1,0 +1,143 @@
+"""The `CoordinatorDigests` workflow, started every day by one Temporal Schedule: which
+programmes are due for their coordinators' digest, and each one's digest sent.
+
+One run asks `digest_programmes_due`, then per due programme `prepare_programme_digest`
+(which decides the items, records the day, and says when each coordinator's daytime
+begins), waits for that on a durable timer, and hands the notifications to
+`send_notifications`, the activity every notification goes out through, retried with
+backoff like a relationship's. Programmes go side by side: one whose digest cannot be
+prepared or sent is reported in the result and does not hold up the others.
+
+`ensure_digest_schedule` creates the schedule when a worker starts; several workers
+starting at once create it once (the others find it there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+)
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+from temporalio.service import RPCError
+
+with workflow.unsafe.imports_passed_through():
+    from events.digest import DigestRunResult, DueProgrammes, PreparedDigest, ProgrammeDigestRequest
+    from events.notifications import Notification
+
+from workflows.calls import NOTIFY_RETRY
+
+WORKFLOW_NAME = "CoordinatorDigests"
+SCHEDULE_ID = "coordinator-digests"
+# Any hour would do: each message then waits for its coordinator's own daytime (the digest is
+# not urgent, events/daytime.py), and at 06:00 UTC Europe's is about to begin.
+RUN_AT_HOUR_UTC = 6
+
+log = logging.getLogger("mentorflow.digest")
+
+# Like the store's calls (workflows/calls.py), but bounded: a programme whose digest cannot be prepared (its stored
+# settings no longer fit, say) is reported in the result instead of holding the run forever.
+PREPARE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=10)
+# How long one digest may keep retrying to go out: past it, it is given up (the day stays
+# recorded, so it is not sent again): a digest days late is no digest.
+SEND_FOR_AT_MOST = timedelta(hours=20)
+# A run waits up to a day for the coordinators' daytime, then sends for up to SEND_FOR_AT_MOST.
+RUN_FOR_AT_MOST = timedelta(days=3)
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class CoordinatorDigests:
+    @workflow.run
+    async def run(self) -> DigestRunResult:
+        now = workflow.now()
+        due: list[str] = await workflow.execute_activity(
+            "digest_programmes_due",
+            DueProgrammes(now=now),
+            result_type=list[str],
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=PREPARE_RETRY,
+            summary="Which programmes are due for a digest",
+        )
+        sent = await asyncio.gather(*(self._one(programme_id, now) for programme_id in due))
+        failed = tuple(programme_id for programme_id, count in zip(due, sent, strict=True) if count is None)
+        return DigestRunResult(programmes_due=len(due), digests=sum(count or 0 for count in sent), failed_programmes=failed)
+
+    async def _one(self, programme_id: str, now: datetime) -> int | None:
+        """How many coordinators were sent this programme's digest; None when it failed."""
+        try:
+            prepared: PreparedDigest = await workflow.execute_activity(
+                "prepare_programme_digest",
+                ProgrammeDigestRequest(programme_id=programme_id, now=now),
+                result_type=PreparedDigest,
+                # It first brings the read models up to date, which after a rebuild can take a while.
+                start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=PREPARE_RETRY,
+                summary=f"Prepare the digest of {programme_id}",
+            )
+            waves: dict[datetime, list[Notification]] = {}
+            for notification in prepared.notifications:
+                waves.setdefault(prepared.send_at.get(notification.notification_id, now), []).append(notification)
+            outcomes = await asyncio.gather(
+                *(self._send(programme_id, at, wave) for at, wave in sorted(waves.items())), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except ActivityError as error:
+            workflow.logger.warning("digest of programme %s failed: %s", programme_id, error.cause or error)
+            return None
+        return len(prepared.notifications)
+
+    async def _send(self, programme_id: str, at: datetime, notifications: list[Notification]) -> None:
+        """Send at `at`: the coordinators' daytime (a durable timer until then)."""
+        wait = at - workflow.now()
+        if wait > timedelta(0):
+            await workflow.sleep(wait, summary=f"Wait for the coordinators' daytime ({programme_id})")
+        await workflow.execute_activity(
+            "send_notifications",
+            notifications,
+            start_to_close_timeout=timedelta(minutes=1),
+            schedule_to_close_timeout=SEND_FOR_AT_MOST,
+            retry_policy=NOTIFY_RETRY,
+            summary=f"Send the digest of {programme_id}",
+        )
+
+
+async def ensure_digest_schedule(client: Client, task_queue: str) -> str:
+    """Create the daily schedule unless it exists: `created`, `existed`, or `unavailable`
+    (the server refused; logged, and the worker runs on without it: the time-skipping test
+    server, for one, has no schedules)."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            WORKFLOW_NAME,
+            id=f"{SCHEDULE_ID}/run",
+            task_queue=task_queue,
+            execution_timeout=RUN_FOR_AT_MOST,
+        ),
+        spec=ScheduleSpec(calendars=[ScheduleCalendarSpec(hour=[ScheduleRange(RUN_AT_HOUR_UTC)])]),
+        # A run still waiting for someone's daytime must not hold up the next day's: runs may
+        # overlap, and each sends only what is due and not recorded yet.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.ALLOW_ALL, catchup_window=timedelta(days=1)),
+    )
+    try:
+        await client.create_schedule(SCHEDULE_ID, schedule)
+    except ScheduleAlreadyRunningError:
+        return "existed"
+    except RPCError as error:
+        log.warning("the coordinators' digest schedule could not be created (%s): no digests from here", error)
+        return "unavailable"
+    log.info("created the schedule %s: coordinators' digests every day at %02d:00 UTC", SCHEDULE_ID, RUN_AT_HOUR_UTC)
+    return "created"
