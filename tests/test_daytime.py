@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from typing import get_args
 
-from activities.templates import COMPOSED, TEMPLATES
+from activities.template_texts import TEMPLATES
+from activities.templates import COMPOSED
 from events.daytime import NOT_URGENT, DeliveryWindow, deadline_of, deliver_at
 from events.model import ReviewKind
 from events.settings import ProgrammeSettings

@@ -27,7 +27,8 @@ from activities.notifications_channels import CONFIDENTIAL_PARAMETERS, REDACTED,
 from activities.notifications_delivery_log import Claim, DeliveryKey, PostgresDeliveryLog
 from activities.notifications_email import EmailChannel, SmtpConfig
 from activities.notifications_webhook import WebhookChannel
-from activities.templates import TEMPLATES, render
+from activities.template_texts import TEMPLATES
+from activities.templates import render
 from events.commands import CloseRelationship
 from events.model import ClosureBegun
 from events.notifications import Notification
