@@ -4,6 +4,8 @@ Temporal dev server, a real worker and a real PostgreSQL (a helper module, not a
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +14,9 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -24,8 +29,8 @@ from mentorflow.api.app import ApiContext, create_app
 from mentorflow.api.serving import serving
 from mentorflow.api.settings import ApiSettings
 from mentorflow.config import Settings
-from tests.conftest import TEST_KEYRING
 from tests.helpers import new_worker
+from tests.session import TEST_KEYRING
 
 KEY_SECRET = "test-api-key-secret-" + "0123456789abcdef" * 2
 COORDINATOR = "coord-7"
@@ -90,3 +95,26 @@ async def api_stack(
         finally:
             for http in stack._http:
                 await http.aclose()
+
+
+# -- people through single sign-on: bearer JWTs signed with a real RSA key, whose JWKS the
+# `jwks_url` fixture (tests/conftest.py) serves -------------------------------------------
+
+ISSUER, AUDIENCE = "https://sso.example.org", "mentorflow-api"
+MENTEE, MENTOR = "emp-1042", "emp-311"
+
+
+def key_pair() -> tuple[Any, dict[str, Any]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    return private, jwk | {"kid": uuid.uuid4().hex[:8], "use": "sig", "alg": "RS256"}
+
+
+SIGNING, SIGNING_JWK = key_pair()
+STRANGER, STRANGER_JWK = key_pair()
+
+
+def token(person: str, *, key: Any = SIGNING, kid: str | None = None, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"sub": person, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300} | claims
+    return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid or SIGNING_JWK["kid"]})

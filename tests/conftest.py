@@ -5,21 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_pool, migrate, scratch_database
-from activities.database import with_database  # noqa: F401 (tests/test_fuzz_messages.py imports it from here)
-from mentorflow.client import data_converter, search_attribute_types
-from mentorflow.keyring import Keyring
+from mentorflow.client import search_attribute_types
+from tests.api_support import SIGNING_JWK
+from tests.dev_stack import DevProcess
 from tests.peers import SmtpServer, WebhookReceiver
-from workflows.search_attributes import ALL_KEYS
+from tests.session import DATA_CONVERTER, start_dev_server
 
 # The tests configure every server and worker they start themselves: settings exported in
 # the shell that runs them (a MENTORFLOW_BUILD_ID would make every test worker versioned and
@@ -33,12 +33,6 @@ os.environ["MENTORFLOW_WORKFLOW_SANDBOX"] = "true"
 # Test relationships bring their settings instead of creating a programme for each; the
 # tests of that check (tests/test_refusals.py) turn it off.
 os.environ["MENTORFLOW_TRUST_START_SETTINGS"] = "true"
-
-# A fresh key per test session: every test client and worker goes through the real
-# encrypting converter (the worker has no size limit, as in production).
-TEST_KEYRING = Keyring.generate("test-1")
-DATA_CONVERTER = data_converter(TEST_KEYRING)
-
 
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -114,20 +108,6 @@ def temporal_binary() -> str:
     return _binary("temporal")
 
 
-async def start_dev_server(temporal_binary: str, **options: Any) -> WorkflowEnvironment:
-    """A real Temporal dev server on free ports: namespace `mentorflow`, our search
-    attributes, the encrypting test converter; `options` go to `start_local`."""
-    return await WorkflowEnvironment.start_local(
-        **{
-            "namespace": "mentorflow",
-            "data_converter": DATA_CONVERTER,
-            "search_attributes": ALL_KEYS,
-            "dev_server_existing_path": temporal_binary,
-            **options,
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
     """One dev server per test module (with its Web UI off)."""
@@ -136,7 +116,37 @@ async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+@pytest.fixture
+async def start_dev(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], DevProcess]]:
+    """Starts `mentorflow dev` processes (tests/dev_stack.py) in the test's folder, and stops
+    every one of them, and its servers, when the test ends."""
+    started: list[DevProcess] = []
+
+    def start(env: dict[str, str]) -> DevProcess:
+        dev = DevProcess(env, tmp_path, f"dev-{len(started)}")
+        started.append(dev)
+        return dev
+
+    yield start
+    for dev in started:
+        dev.kill()
+
+
+@pytest.fixture
+async def jwks_url() -> AsyncIterator[str]:
+    """A JWKS on a loopback port that holds the key `tests.api_support.token` signs with."""
+    app = web.Application()
+
+    async def keys(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [SIGNING_JWK]})
+
+    app.router.add_get("/.well-known/jwks.json", keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
+    await runner.cleanup()
 
 

@@ -5,9 +5,10 @@ matching profiles."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +19,35 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from events.commands import GoalAssessment
+from activities.data_keys import locations
+from events.commands import AgreementTerms, Goal, GoalAssessment
 from events.decider import start_relationship as relationship_started
-from events.model import AnyEvent, ConcernRaised, MeetingHeld, RelationshipClosed, ReviewSubmitted
+from events.model import (
+    CONFIDENTIAL_PATHS,
+    AgreementProposed,
+    AnyEvent,
+    ClosureBegun,
+    ConcernRaised,
+    ConcernResolved,
+    FeedbackSubmitted,
+    GoalRevised,
+    GoalRevisionProposed,
+    IntroductionRecorded,
+    MatchDeclined,
+    MatchProposed,
+    MeetingCancelled,
+    MeetingHeld,
+    ReflectionSubmitted,
+    RelationshipClosed,
+    RelationshipPaused,
+    ResourceShared,
+    ReviewSubmitted,
+)
 from events.notifications import Notification
 from events.settings import ProgrammeSettings
+from events.state import RelationshipState
+from events.store import event_payload
+from mentorflow.keyring import Keyring
 from pairing.profiles import MenteeProfile, MentorProfile
 from worker import build_worker
 from workflows.relationship import Relationship, RelationshipInput
@@ -106,6 +131,62 @@ async def matched(handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1", me
     await handle.execute_update("accept_match", cmd(mentor))
 
 
+# The agreement the tests' relationships sign (`activate`).
+AGREEMENT = {
+    "objective": "Grow into a staff engineer role",
+    "goals": [{"title": "Lead one cross-team design"}, {"title": "Mentor a junior engineer"}],
+    "meeting_frequency": "monthly",
+    "meeting_minutes": 60,
+    "term_months": 6,
+}
+
+
+
+async def state_of(handle: WorkflowHandle[Any, Any]) -> RelationshipState:
+    return await handle.query(Relationship.state)
+
+
+async def reflect(handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1", mentee: str = "mentee-1") -> None:
+    await handle.execute_update("submit_reflection", cmd(mentee, text="I learnt to lead reviews"))
+    await handle.execute_update("submit_reflection", cmd(mentor, text="A rewarding year"))
+
+
+async def close(handle: WorkflowHandle[Any, Any]) -> None:
+    """End a test's relationship the way a user would, so no activity is left in flight
+    (the time-skipping server stops skipping while an abandoned activity is pending)."""
+    result = await handle.execute_update("close_relationship", cmd("mentee-1"))
+    if result["phase"] == "closing":
+        await reflect(handle, (await state_of(handle)).mentor_id or "mentor-1")
+    await handle.result()
+
+
+async def activate(handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1") -> None:
+    await handle.execute_update("propose_match", cmd("coord-1", mentor_id=mentor))
+    await handle.execute_update("accept_match", cmd("mentee-1"))
+    await handle.execute_update("accept_match", cmd(mentor))
+    result = await handle.execute_update("propose_agreement", cmd("mentee-1", terms=AGREEMENT))
+    assert result["phase"] == "agreement"
+    await handle.execute_update("sign_agreement", cmd("mentee-1", agreement_version=1))
+    await handle.execute_update("sign_agreement", cmd(mentor, agreement_version=1))
+
+
+async def sleep_until(env: WorkflowEnvironment, moment: datetime) -> None:
+    wait = moment - await env.get_current_time()
+    if wait > timedelta(0):
+        await env.sleep(wait)
+
+
+@asynccontextmanager
+async def ended_on_failure(handle: WorkflowHandle[Any, Any]) -> AsyncIterator[None]:
+    """A failing test must not leave its relationship waiting on the shared time-skipping server."""
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):
+            await handle.terminate("the test failed")
+        raise
+
+
 async def history_event_types(handle: WorkflowHandle[Any, Any]) -> Sequence[int]:
     history = await handle.fetch_history()
     return [event.event_type for event in history.events]
@@ -171,6 +252,84 @@ def closed_by_mentee(stream_id: str, version: int) -> RelationshipClosed:
                      "reflections_from": []}})  # fmt: skip
 
 
+# The key the store's tests seal their histories with (not the session's TEST_KEYRING), and
+# the text they plant.
+STORE_KEYRING = Keyring.generate("kek-1")
+SECRET = "Worried about my manager; please keep this between us"
+
+
+def every_confidential_place(stream_id: str, text: str = SECRET) -> list[AnyEvent]:
+    """A relationship with text in every confidential place of every event type, each value
+    holding `text` once (`confidential_places_covered` checks that none is missing)."""
+    events: list[AnyEvent] = relationship_started(stream_id, "prog-1", "mentee-1", ProgrammeSettings(), HISTORY_START)
+    milestones = [{"milestone_id": "m1", "title": f"milestone: {text}"}, {"milestone_id": "m2", "title": f"milestone 2: {text}"}]
+    goal = {"goal_id": "g1", "title": f"goal: {text}", "measure": f"measure: {text}", "milestones": milestones}
+    terms = AgreementTerms.model_validate({
+        "objective": f"objective: {text}", "goals": [goal, {"goal_id": "g2", "title": f"goal 2: {text}"}],
+        "meeting_frequency": "monthly", "meeting_minutes": 45, "term_months": 6,
+        "availability": [{"party": "mentee", "timezone": "Europe/Berlin", "windows": [{"weekday": 0, "start": "09:00", "end": "10:00"}]}],
+        "confidentiality": {"not_private": [f"not private: {text}", f"not private 2: {text}"]},
+        "early_exit_plan": f"exit plan: {text}",
+    })  # fmt: skip
+    revised = Goal.model_validate({**goal, "title": f"revised goal: {text}"})
+    summary = {"relationship_id": stream_id, "programme_id": "prog-1", "mentee_id": "mentee-1", "mentor_id": "mentor-1",
+               "closure_reason": "closed_by_mentee", "started_at": HISTORY_START, "activated_at": HISTORY_START, "closed_at": HISTORY_START,
+               "duration_days": 0, "meetings_held": 1, "meetings_missed": 0, "meetings_cancelled": 1,
+               "late_cancellations": 0, "meeting_minutes_total": 45, "goals_total": 2, "goals_achieved": 0,
+               "goal_progress": {"g1": 50}, "feedback_trend": [4.0], "concerns_raised": 1, "reviews_completed": [],
+               "extensions": 0, "reflections_from": ["mentee"]}  # fmt: skip
+    later = HISTORY_START + timedelta(days=30)
+    kinds: list[tuple[type[AnyEvent], dict[str, Any]]] = [
+        (MatchProposed, {"mentor_id": "mentor-0", "proposed_by": "coord-1", "expires_at": later,
+                         "explanation": f"explanation: {text}", "score": 0.5}),
+        (MatchDeclined, {"mentor_id": "mentor-0", "party": "mentee", "declined_by": "mentee-1", "reason": f"decline: {text}"}),
+        (AgreementProposed, {"agreement_version": 1, "terms": terms, "proposed_by": "mentee-1"}),
+        (MeetingHeld, {"meeting_number": 1, "held_at": HISTORY_START, "duration_minutes": 45, "recorded_by": "mentor-1",
+                       "notes": f"notes: {text}"}),
+        (MeetingCancelled, {"meeting_number": 2, "party": "mentor", "cancelled_by": "mentor-1", "late": False,
+                            "reason": f"cancel: {text}"}),
+        (GoalRevisionProposed, {"revision_id": "rev-1", "goal": revised, "party": "mentee", "proposed_by": "mentee-1",
+                                "rationale": f"rationale: {text}"}),
+        (GoalRevised, {"revision_id": "rev-1", "goal": revised, "acknowledged_by": "mentor-1"}),
+        (FeedbackSubmitted, {"feedback_round": 1, "party": "mentee", "score": 4, "low": False, "comment": f"feedback: {text}"}),
+        (ConcernRaised, {"concern_id": "c-9", "party": "mentee", "raised_by": "mentee-1", "text": f"concern: {text}"}),
+        (ConcernResolved, {"concern_id": "c-9", "resolved_by": "coord-1", "resolution": f"resolution: {text}"}),
+        (IntroductionRecorded, {"introduced_to": f"introduced to: {text}", "recorded_by": "mentor-1",
+                                "note": f"introduction: {text}"}),
+        (ResourceShared, {"title": f"resource: {text}", "url": f"https://example.org/{text}?token=t", "shared_by": "mentor-1"}),
+        (RelationshipPaused, {"until": later, "paused_by": "mentee-1", "reason": f"pause: {text}"}),
+        (ReviewSubmitted, {"kind": "midpoint", "party": "mentee", "outcome": "continue", "comment": f"review: {text}",
+                           "goal_assessments": (GoalAssessment(goal_id="g1", progress_percent=50, comment=f"assessment: {text}"),)}),
+        (ClosureBegun, {"reason": "closed_by_mentee", "closed_by": "mentee-1", "reflections_due_at": later,
+                        "note": f"closing: {text}"}),
+        (ReflectionSubmitted, {"party": "mentee", "text": f"reflection: {text}"}),
+        (RelationshipClosed, {"reason": "closed_by_mentee", "closed_by": "mentee-1", "summary": summary,
+                              "note": f"closed: {text}"}),
+    ]  # fmt: skip
+    for kind, fields in kinds:
+        events.append(kind.model_validate({**envelope(stream_id, len(events) + 1), **fields}))
+    return events
+
+
+def confidential_places_covered(events: list[AnyEvent], text: str) -> set[tuple[str, str]]:
+    """(event type, path) of every confidential place holding `text`."""
+    covered: set[tuple[str, str]] = set()
+    for event in events:
+        payload = event_payload(event)
+        for path in CONFIDENTIAL_PATHS.get(event.type, ()):
+            if any(isinstance(c[k], str) and text in c[k] for c, k, _ in locations(payload, path)):
+                covered.add((event.type, ".".join(path)))
+    return covered
+
+
+def planted(events: list[AnyEvent], text: str) -> int:
+    return sum(json.dumps(event_payload(e)).count(text) for e in events)
+
+
+async def never_running(programme_id: str, relationship_id: str) -> bool:
+    return False
+
+
 # -- matching profiles (a relationship's mentor pool, mentor load) -------------------------
 
 
@@ -220,3 +379,26 @@ async def stored_notifications_delivered(
         if loop.time() > deadline:
             raise AssertionError(f"not delivered within {timeout:g} s: {sorted(n.template for n in wanted if n.notification_id in missing)}")
         await asyncio.sleep(0.05)
+
+
+def cohort() -> list[MentorProfile | MenteeProfile]:
+    topics = ["python", "sql", "design", "speaking"]
+    mentors: list[MentorProfile | MenteeProfile] = [
+        MentorProfile.model_validate({
+            "participant_id": f"m-{j}", "capacity": capacity, "languages": ["en"], "seniority": 6,
+            "strengths": [{"topic": topics[j % 4], "level": 5}, {"topic": topics[(j + 1) % 4], "level": 3}],
+            "availability": [{"day": "tue", "start": "10:00", "end": "12:00"}], "timezone": "Europe/Berlin",
+        })
+        for j, capacity in enumerate([2, 1, 1])
+    ]  # fmt: skip
+    mentees: list[MentorProfile | MenteeProfile] = [
+        MenteeProfile.model_validate({
+            "participant_id": f"e-{i}", "languages": ["en"], "seniority": 4, "timezone": "Europe/London",
+            "goals": [{"topic": topics[i % 4], "priority": 3}, {"topic": topics[(i + 2) % 4]}],
+            "availability": [{"day": "tue", "start": "09:00", "end": "10:30"}],
+            # e-0 would fit m-0 best, but m-0 is their manager's manager.
+            "reports_to": ["boss-0", "m-0"] if i == 0 else [],
+        })
+        for i in range(6)
+    ]  # fmt: skip
+    return mentors + mentees

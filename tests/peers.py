@@ -195,7 +195,7 @@ def verify_signature(secret: str, request: Request) -> None:
     assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
 
 
-async def eventually(probe: Callable[[], Any], what: str, *, timeout: float = 10.0) -> Any:
+async def eventually(probe: Callable[[], Any], what: str, *, timeout: float = 30.0) -> Any:
     """Poll `probe` until it returns something truthy, and return that; fail after `timeout`
     seconds naming `what`. Notifications are delivered in the background, after the update
     that caused them has returned, so tests wait for them to arrive (boundedly)."""

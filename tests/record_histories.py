@@ -259,7 +259,7 @@ async def matching_round(r: Recorder, pool: asyncpg.Pool) -> None:
     from activities.matching import ProfileStore, relationship_workflow_id, round_workflow_id
     from events.people import Programme
     from events.settings import ProgrammeSettings
-    from tests.test_matching_round import cohort
+    from tests.helpers import cohort
     from workflows.matching_round import MatchingRound, MatchingRoundInput
 
     programme = "cohort-histories"

@@ -461,7 +461,7 @@ async def test_the_dev_stack_serves_the_api_with_a_key_in_the_state_folder(
 
     from mentorflow.api.serving import start_dev_api
     from mentorflow.config import Settings
-    from tests.conftest import TEST_KEYRING
+    from tests.session import TEST_KEYRING
 
     settings = Settings(encryption_keys=TEST_KEYRING.format(), state_dir=tmp_path)  # type: ignore[arg-type]
     for _ in range(2):  # a second start keeps the key

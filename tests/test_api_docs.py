@@ -22,7 +22,7 @@ from activities.api_keys import ApiKeyStore
 from activities.directory import Directory
 from events.people import Programme
 from events.settings import ProgrammeSettings
-from tests.conftest import TEST_KEYRING, project_root
+from tests.session import TEST_KEYRING, project_root
 from tests.helpers import new_worker
 
 SECRET = "docs-secret-" + "9" * 32

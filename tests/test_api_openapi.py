@@ -12,7 +12,7 @@ import pytest
 from events.commands import COMMAND_TYPES
 from mentorflow.api.app import create_app
 from mentorflow.api.settings import ApiSettings
-from tests.conftest import project_root
+from tests.session import project_root
 
 COMMANDS = "/v1/relationships/{programme_id}/{relationship_id}/commands/"
 

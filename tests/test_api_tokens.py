@@ -10,56 +10,26 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import httpx
 import jwt
-import pytest
-from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from jwt.algorithms import RSAAlgorithm
 from temporalio.testing import WorkflowEnvironment
 
-from tests.api_support import COORDINATOR, api_stack
-
-ISSUER, AUDIENCE = "https://sso.example.org", "mentorflow-api"
-MENTEE, MENTOR = "emp-1042", "emp-311"
-
-
-def key_pair() -> tuple[Any, dict[str, Any]]:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
-    return private, jwk | {"kid": uuid.uuid4().hex[:8], "use": "sig", "alg": "RS256"}
-
-
-SIGNING, SIGNING_JWK = key_pair()
-STRANGER, STRANGER_JWK = key_pair()
-
-
-def token(person: str, *, key: Any = SIGNING, kid: str | None = None, **claims: Any) -> str:
-    now = int(time.time())
-    body = {"sub": person, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300} | claims
-    return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid or SIGNING_JWK["kid"]})
-
-
-@pytest.fixture
-async def jwks_url() -> AsyncIterator[str]:
-    app = web.Application()
-
-    async def keys(request: web.Request) -> web.Response:
-        return web.json_response({"keys": [SIGNING_JWK]})
-
-    app.router.add_get("/.well-known/jwks.json", keys)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
-    await runner.cleanup()
+from tests.api_support import (
+    AUDIENCE,
+    COORDINATOR,
+    ISSUER,
+    MENTEE,
+    MENTOR,
+    SIGNING,
+    SIGNING_JWK,
+    STRANGER,
+    STRANGER_JWK,
+    api_stack,
+    token,
+)
 
 
 async def test_a_persons_token_acts_only_as_that_person(

@@ -20,7 +20,7 @@ from events.decider import start_relationship
 from events.settings import ProgrammeSettings
 from mentorflow.audit import TAMPERED
 from mentorflow.cli import app
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING
 from tests.owners import owner
 
 NOW = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)

@@ -18,7 +18,7 @@ from mentorflow.cli import app
 from mentorflow.forgetting import Forgotten
 from mentorflow.keyring import format_key, generate_key
 from mentorflow.operations import RelationshipRow
-from tests.test_dev_command import assert_one_clean_error_line
+from tests.dev_stack import assert_one_clean_error_line
 
 
 @pytest.fixture

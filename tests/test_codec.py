@@ -41,9 +41,8 @@ from mentorflow import codec_server as codec_server_module
 from mentorflow.codec_server import CodecServerConfig, RunningCodecServer, start_codec_server
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.keyring import Keyring, UnknownKeyError, format_key, generate_key
-from tests.conftest import TEST_KEYRING
-from tests.helpers import new_worker, start_relationship
-from tests.test_workflow import AGREEMENT, cmd, state_of
+from tests.session import TEST_KEYRING
+from tests.helpers import AGREEMENT, cmd, new_worker, start_relationship, state_of
 from worker import worker_client
 from workflows.relationship import Relationship, RelationshipInput
 
@@ -551,7 +550,7 @@ async def test_the_cli_refuses_an_oversized_command_and_names_a_missing_key(
 def test_compose_wires_the_web_ui_to_the_codec_server() -> None:
     # docker-compose.yml: the browser reaches the codec server through the gateway, which
     # adds the token (tests/test_compose_security.py checks the gateway and the secrets).
-    from tests.test_deployment import effective_command, environment, service, variables_read_from_files
+    from tests.compose_files import effective_command, environment, service, variables_read_from_files
 
     codec, ui, worker = service("mentorflow-codec"), service("temporal-ui"), service("mentorflow-worker")
     assert effective_command(codec) == ["mentorflow", "codec-server"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import typing
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -14,30 +13,7 @@ import pytest
 
 from activities.data_keys import FORGOTTEN, SEALED, DataKeyError, locations
 from activities.event_store import PostgresEventStore
-from events.commands import AgreementTerms, Goal, GoalAssessment
-from events.decider import start_relationship
-from events.model import (
-    CONFIDENTIAL_PATHS,
-    EVENT_TYPES,
-    AgreementProposed,
-    AnyEvent,
-    ClosureBegun,
-    ConcernRaised,
-    ConcernResolved,
-    FeedbackSubmitted,
-    GoalRevised,
-    GoalRevisionProposed,
-    IntroductionRecorded,
-    MatchDeclined,
-    MatchProposed,
-    MeetingCancelled,
-    MeetingHeld,
-    ReflectionSubmitted,
-    RelationshipClosed,
-    RelationshipPaused,
-    ResourceShared,
-    ReviewSubmitted,
-)
+from events.model import CONFIDENTIAL_PATHS, EVENT_TYPES, AnyEvent, ConcernRaised, MeetingHeld, ReviewSubmitted
 from events.store import UPCASTERS, event_payload
 from events.sensitivity import (
     CONFIDENTIAL,
@@ -47,17 +23,25 @@ from events.sensitivity import (
     redacted_json,
     unmarked_text_fields,
 )
-from events.settings import ProgrammeSettings
 from events.decider import fold
 from events.store import ConcurrencyConflict
 from mentorflow.forgetting import ForgetRefused, forget_relationship
 from mentorflow.keyring import Keyring
-from tests.helpers import HISTORY_START, closed_by_mentee, confidential_history, envelope
+from tests.helpers import (
+    HISTORY_START,
+    SECRET,
+    closed_by_mentee,
+    confidential_history,
+    confidential_places_covered,
+    envelope,
+    every_confidential_place,
+    never_running,
+    planted,
+)
+from tests.helpers import STORE_KEYRING as KEYRING
 from tests.owners import owner
 
 NOW = HISTORY_START
-KEYRING = Keyring.generate("kek-1")
-SECRET = "Worried about my manager; please keep this between us"
 
 
 def history(stream_id: str, text: str = SECRET) -> list[AnyEvent]:
@@ -117,74 +101,6 @@ def test_only_ids_codes_and_listed_fields_are_stored_in_plain() -> None:
     assert unexplained == set(), "free text is confidential; a plain field needs a reason in PLAIN_TEXT"
     assert {path for _, path in plain if not _is_id(path)} == set(PLAIN_TEXT)
     assert {name for name, path in plain if path == "reason"} == {"CommandRejected"}
-
-
-def every_confidential_place(stream_id: str, text: str = SECRET) -> list[AnyEvent]:
-    """A relationship with text in every confidential place of every event type, each value
-    holding `text` once (`confidential_places_covered` checks that none is missing)."""
-    events: list[AnyEvent] = start_relationship(stream_id, "prog-1", "mentee-1", ProgrammeSettings(), NOW)
-    milestones = [{"milestone_id": "m1", "title": f"milestone: {text}"}, {"milestone_id": "m2", "title": f"milestone 2: {text}"}]
-    goal = {"goal_id": "g1", "title": f"goal: {text}", "measure": f"measure: {text}", "milestones": milestones}
-    terms = AgreementTerms.model_validate({
-        "objective": f"objective: {text}", "goals": [goal, {"goal_id": "g2", "title": f"goal 2: {text}"}],
-        "meeting_frequency": "monthly", "meeting_minutes": 45, "term_months": 6,
-        "availability": [{"party": "mentee", "timezone": "Europe/Berlin", "windows": [{"weekday": 0, "start": "09:00", "end": "10:00"}]}],
-        "confidentiality": {"not_private": [f"not private: {text}", f"not private 2: {text}"]},
-        "early_exit_plan": f"exit plan: {text}",
-    })  # fmt: skip
-    revised = Goal.model_validate({**goal, "title": f"revised goal: {text}"})
-    summary = {"relationship_id": stream_id, "programme_id": "prog-1", "mentee_id": "mentee-1", "mentor_id": "mentor-1",
-               "closure_reason": "closed_by_mentee", "started_at": NOW, "activated_at": NOW, "closed_at": NOW,
-               "duration_days": 0, "meetings_held": 1, "meetings_missed": 0, "meetings_cancelled": 1,
-               "late_cancellations": 0, "meeting_minutes_total": 45, "goals_total": 2, "goals_achieved": 0,
-               "goal_progress": {"g1": 50}, "feedback_trend": [4.0], "concerns_raised": 1, "reviews_completed": [],
-               "extensions": 0, "reflections_from": ["mentee"]}  # fmt: skip
-    later = NOW + timedelta(days=30)
-    kinds: list[tuple[type[AnyEvent], dict[str, Any]]] = [
-        (MatchProposed, {"mentor_id": "mentor-0", "proposed_by": "coord-1", "expires_at": later,
-                         "explanation": f"explanation: {text}", "score": 0.5}),
-        (MatchDeclined, {"mentor_id": "mentor-0", "party": "mentee", "declined_by": "mentee-1", "reason": f"decline: {text}"}),
-        (AgreementProposed, {"agreement_version": 1, "terms": terms, "proposed_by": "mentee-1"}),
-        (MeetingHeld, {"meeting_number": 1, "held_at": NOW, "duration_minutes": 45, "recorded_by": "mentor-1",
-                       "notes": f"notes: {text}"}),
-        (MeetingCancelled, {"meeting_number": 2, "party": "mentor", "cancelled_by": "mentor-1", "late": False,
-                            "reason": f"cancel: {text}"}),
-        (GoalRevisionProposed, {"revision_id": "rev-1", "goal": revised, "party": "mentee", "proposed_by": "mentee-1",
-                                "rationale": f"rationale: {text}"}),
-        (GoalRevised, {"revision_id": "rev-1", "goal": revised, "acknowledged_by": "mentor-1"}),
-        (FeedbackSubmitted, {"feedback_round": 1, "party": "mentee", "score": 4, "low": False, "comment": f"feedback: {text}"}),
-        (ConcernRaised, {"concern_id": "c-9", "party": "mentee", "raised_by": "mentee-1", "text": f"concern: {text}"}),
-        (ConcernResolved, {"concern_id": "c-9", "resolved_by": "coord-1", "resolution": f"resolution: {text}"}),
-        (IntroductionRecorded, {"introduced_to": f"introduced to: {text}", "recorded_by": "mentor-1",
-                                "note": f"introduction: {text}"}),
-        (ResourceShared, {"title": f"resource: {text}", "url": f"https://example.org/{text}?token=t", "shared_by": "mentor-1"}),
-        (RelationshipPaused, {"until": later, "paused_by": "mentee-1", "reason": f"pause: {text}"}),
-        (ReviewSubmitted, {"kind": "midpoint", "party": "mentee", "outcome": "continue", "comment": f"review: {text}",
-                           "goal_assessments": (GoalAssessment(goal_id="g1", progress_percent=50, comment=f"assessment: {text}"),)}),
-        (ClosureBegun, {"reason": "closed_by_mentee", "closed_by": "mentee-1", "reflections_due_at": later,
-                        "note": f"closing: {text}"}),
-        (ReflectionSubmitted, {"party": "mentee", "text": f"reflection: {text}"}),
-        (RelationshipClosed, {"reason": "closed_by_mentee", "closed_by": "mentee-1", "summary": summary,
-                              "note": f"closed: {text}"}),
-    ]  # fmt: skip
-    for kind, fields in kinds:
-        events.append(kind.model_validate({**envelope(stream_id, len(events) + 1), **fields}))
-    return events
-
-
-def confidential_places_covered(events: list[AnyEvent], text: str) -> set[tuple[str, str]]:
-    """(event type, path) of every confidential place holding `text`."""
-    covered: set[tuple[str, str]] = set()
-    for event in events:
-        payload = event_payload(event)
-        for path in CONFIDENTIAL_PATHS.get(event.type, ()):
-            if any(isinstance(c[k], str) and text in c[k] for c, k, _ in locations(payload, path)):
-                covered.add((event.type, ".".join(path)))
-    return covered
-
-
-def planted(events: list[AnyEvent], text: str) -> int:
-    return sum(json.dumps(event_payload(e)).count(text) for e in events)
 
 
 async def test_every_confidential_place_is_sealed_and_reads_forgotten_after_forget(pool: asyncpg.Pool) -> None:
@@ -311,10 +227,6 @@ async def test_upcasters_see_the_decrypted_text(pool: asyncpg.Pool, monkeypatch:
     monkeypatch.setitem(UPCASTERS, ("MeetingHeld", 1), lambda data: data | {"notes": data["notes"].upper()})
     meeting = next(e for e in await store.read_stream("rel-1") if isinstance(e, MeetingHeld))
     assert meeting.notes == f"NOTES: {SECRET.upper()}" and meeting.schema_version == 2
-
-
-async def never_running(programme_id: str, relationship_id: str) -> bool:
-    return False
 
 
 async def test_forget_makes_the_text_unreadable_and_keeps_the_rest(pool: asyncpg.Pool) -> None:

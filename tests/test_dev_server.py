@@ -6,18 +6,13 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
-from temporalio.testing import WorkflowEnvironment
 
 from activities.event_store import PostgresEventStore
-from events.state import Phase, fold
-from tests.conftest import TEST_KEYRING, start_dev_server
-from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
-from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
+from events.state import Phase
+from events.decider import fold
+from tests.session import TEST_KEYRING, dev_server
+from tests.helpers import AGREEMENT, cmd, failed_workflow_tasks, new_worker, reflect, start_relationship, state_of
 from workflows.relationship import Relationship
-
-
-async def dev_server(temporal_binary: str, database_file: Path) -> WorkflowEnvironment:
-    return await start_dev_server(temporal_binary, dev_server_database_filename=str(database_file))
 
 
 async def test_a_relationship_survives_a_server_restart_and_finishes(

@@ -38,7 +38,7 @@ from events.settings import ProgrammeSettings
 from mentorflow.cli import app, directory_database_url
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.directory_input import apply_setting_overrides, read_people, read_programme_document
-from tests.conftest import project_root
+from tests.session import project_root
 from tests.helpers import new_worker
 
 EXAMPLES = project_root() / "examples"
@@ -547,7 +547,7 @@ def test_under_dev_the_cli_finds_the_embedded_database_from_its_data_folder(tmp_
 
 async def test_programme_create_works_while_dev_runs(tmp_path: Path) -> None:
     """The newcomer's path: `./run dev` in one terminal, `./run programme create …` in another."""
-    from tests.test_dev_command import DevProcess, cli, dev_environment
+    from tests.dev_stack import DevProcess, cli, dev_environment
 
     env = dev_environment(tmp_path / "state")
     dev = DevProcess(env, tmp_path, "dev")

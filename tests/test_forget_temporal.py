@@ -29,17 +29,19 @@ from activities.event_store import PostgresEventStore
 from activities.projections import ProjectionFollower
 from mentorflow.forgetting import ForgetRefused, TemporalRuns, forget_relationship
 from mentorflow.reports import load_programme_report
-from tests.conftest import TEST_KEYRING, start_dev_server
+from tests.session import TEST_KEYRING, start_dev_server
 from tests.helpers import (
+    AGREEMENT,
     closed_by_mentee,
+    cmd,
     confidential_history,
     failed_workflow_tasks,
     new_worker,
     start_relationship,
+    state_of,
     what_temporal_has,
 )
 from tests.owners import owner
-from tests.test_workflow import AGREEMENT, cmd, state_of
 
 SECRET = f"FORGET{uuid.uuid4().hex}"
 # Deleting a closed run waits until the server's transfer queue has acknowledged its close.

@@ -17,10 +17,19 @@ from temporalio.testing import WorkflowEnvironment
 from activities.event_store import PostgresEventStore
 from events.deadlines import next_deadline
 from events.model import Health
-from events.state import Phase, fold
-from tests.conftest import TEST_KEYRING
-from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
-from tests.test_workflow import cmd, reflect, state_of
+from events.decider import fold
+from events.state import Phase
+from tests.session import TEST_KEYRING
+from tests.helpers import (
+    RecordingChannel,
+    cmd,
+    failed_workflow_tasks,
+    new_worker,
+    reflect,
+    start_relationship,
+    state_of,
+    stored_notifications_delivered,
+)
 from workflows.search_attributes import MEETINGS_HELD, MENTORING_HEALTH, MENTORING_PHASE, NEXT_DUE_AT
 
 AGREEMENT = {
@@ -150,13 +159,21 @@ async def test_every_seed_practice_in_one_relationship(time_skipping_env: Workfl
         assert not (await state_of(handle)).needs_recalibration
 
         # A two-week holiday: no reminders while paused, and the term grows by the pause.
-        term_before = (await state_of(handle)).term_ends_at
+        # Counted once every delivery the stored events call for has arrived, not while one
+        # is still in flight.
+        state = await state_of(handle)
+        term_before = state.term_ends_at
+        await stored_notifications_delivered(channel, pool, state.relationship_id)
         reminders_before = channel.templates_for("mentee-1").count("meeting_reminder")
         pause_until = await now_of(env) + timedelta(days=14)
-        await handle.execute_update("pause_relationship", cmd("mentee-1", until=pause_until.isoformat()))
+        paused = await handle.execute_update("pause_relationship", cmd("mentee-1", until=pause_until.isoformat()))
         await env.sleep(timedelta(days=10))
-        assert channel.templates_for("mentee-1").count("meeting_reminder") == reminders_before
         assert (await state_of(handle)).next_meeting is None
+        store = PostgresEventStore(pool)
+        since_pause = [e.type for e in await store.read_stream(state.relationship_id) if e.version > paused["version"]]
+        assert "MeetingReminderIssued" not in since_pause, since_pause
+        await stored_notifications_delivered(channel, pool, state.relationship_id)
+        assert channel.templates_for("mentee-1").count("meeting_reminder") == reminders_before
         await sleep_until(env, pause_until + timedelta(minutes=1))
         state = await state_of(handle)
         assert state.paused_until is None and state.next_meeting is not None

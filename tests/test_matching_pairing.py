@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from pairing.importing import parse_profiles
 from pairing.profiles import AvailabilityWindow, GoalTopic, MenteeProfile, MentorProfile, Strength
 from pairing.scoring import NOT_ALLOWED, score_matrix, score_pair
-from pairing.settings import CriterionWeights, MatchingSettings, Objective
+from pairing.settings import MatchingSettings, Objective
 from pairing.solver import greedy, solve, solve_dense
+from tests.matching_cohorts import WINTER, cohorts
 
-WINTER = date(2027, 1, 11)
 SUMMER = date(2027, 7, 12)
 
 # -- profile files -------------------------------------------------------------------------
@@ -174,70 +174,6 @@ def _window(text: str) -> dict[str, str]:
 
 
 # -- the cohort path equals the single-pair path --------------------------------------------
-
-TOPICS = ["python", "sql", "go", "design", "speaking", "leadership"]
-IDS = [f"p-{k}" for k in range(8)]
-ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide"]
-
-
-@st.composite
-def windows_strategy(draw: st.DrawFn) -> list[dict[str, str]]:
-    result = []
-    for _ in range(draw(st.integers(0, 3))):
-        start = draw(st.integers(0, 95)) * 15
-        length = draw(st.integers(1, 40)) * 15
-        end = (start + length) % (24 * 60)
-        day = draw(st.sampled_from(["mon", "tue", "wed", "thu", "fri", "sat", "sun"]))
-        if end == start:
-            continue
-        result.append({"day": day, "start": f"{start // 60:02d}:{start % 60:02d}", "end": f"{end // 60:02d}:{end % 60:02d}"})
-    return result
-
-
-def _common(draw: st.DrawFn, participant_id: str) -> dict[str, object]:
-    return {
-        "participant_id": participant_id,
-        "timezone": draw(st.sampled_from(ZONES)),
-        "seniority": draw(st.none() | st.integers(0, 10)),
-        "languages": draw(st.lists(st.sampled_from(["en", "de", "fr"]), max_size=2)),
-        "formats": draw(st.lists(st.sampled_from(["video", "phone", "in_person"]), max_size=2)),
-        "availability": draw(windows_strategy()),
-        "reports_to": draw(st.lists(st.sampled_from(IDS), max_size=2)),
-        "previous_partners": draw(st.lists(st.sampled_from(IDS), max_size=1)),
-        "opt_out": draw(st.lists(st.sampled_from(IDS), max_size=1)),
-        "preferred": draw(st.lists(st.sampled_from(IDS), max_size=2)),
-    }
-
-
-@st.composite
-def cohorts(draw: st.DrawFn) -> tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings]:
-    ids = draw(st.permutations(IDS))
-    n = draw(st.integers(1, 4))
-    m = draw(st.integers(1, 4))
-    mentees = [
-        MenteeProfile.model_validate({**_common(draw, ids[i]), "goals": [
-            {"topic": t, "priority": draw(st.integers(1, 3))} for t in draw(st.lists(st.sampled_from(TOPICS), max_size=3))]})
-        for i in range(n)
-    ]  # fmt: skip
-    mentors = [
-        # Ids are unique on each side (the store's key); a mentor may also be mentee j.
-        MentorProfile.model_validate({**_common(draw, ids[j] if j < n and draw(st.booleans()) else ids[4 + j]), "strengths": [
-            {"topic": t, "level": draw(st.integers(1, 5))} for t in draw(st.lists(st.sampled_from(TOPICS), max_size=4))],
-            "capacity": draw(st.integers(0, 3))})
-        for j in range(m)
-    ]  # fmt: skip
-    weights = CriterionWeights(**{c: draw(st.integers(0, 30)) for c in ("goals", "availability", "format", "language")},
-                               seniority=draw(st.integers(1, 30)), preferences=draw(st.integers(0, 30)))  # fmt: skip
-    matching = MatchingSettings(
-        weights=weights,
-        min_score=draw(st.sampled_from([0, 0, 30, 55.5])),
-        min_overlap_hours=draw(st.sampled_from([0, 0, 1])),
-        require_common_language=draw(st.booleans()),
-        require_common_format=draw(st.booleans()),
-        seniority_mode=draw(st.sampled_from(["senior", "peer"])),
-        min_seniority_gap=draw(st.sampled_from([None, 0, 2])),
-    )
-    return mentees, mentors, matching
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

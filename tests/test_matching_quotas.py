@@ -21,7 +21,7 @@ from migrations import apply_migrations, available_migrations
 from pairing.importing import parse_profiles
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.settings import MatchingSettings
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING
 
 PROGRAMME = "prog-q"
 WEEK = date(2027, 1, 4)

@@ -21,35 +21,11 @@ from activities.event_store import PostgresEventStore
 from events.model import MatchProposed
 from events.people import Programme
 from events.settings import ProgrammeSettings
-from pairing.profiles import MenteeProfile, MentorProfile
-from tests.conftest import TEST_KEYRING
-from tests.helpers import new_worker
+from tests.helpers import cohort, new_worker
+from tests.session import TEST_KEYRING
 from workflows.matching_round import MatchingRound, MatchingRoundInput, MatchingRoundResult
 
 PROGRAMME = "cohort-27"
-
-
-def cohort() -> list[MentorProfile | MenteeProfile]:
-    topics = ["python", "sql", "design", "speaking"]
-    mentors: list[MentorProfile | MenteeProfile] = [
-        MentorProfile.model_validate({
-            "participant_id": f"m-{j}", "capacity": capacity, "languages": ["en"], "seniority": 6,
-            "strengths": [{"topic": topics[j % 4], "level": 5}, {"topic": topics[(j + 1) % 4], "level": 3}],
-            "availability": [{"day": "tue", "start": "10:00", "end": "12:00"}], "timezone": "Europe/Berlin",
-        })
-        for j, capacity in enumerate([2, 1, 1])
-    ]  # fmt: skip
-    mentees: list[MentorProfile | MenteeProfile] = [
-        MenteeProfile.model_validate({
-            "participant_id": f"e-{i}", "languages": ["en"], "seniority": 4, "timezone": "Europe/London",
-            "goals": [{"topic": topics[i % 4], "priority": 3}, {"topic": topics[(i + 2) % 4]}],
-            "availability": [{"day": "tue", "start": "09:00", "end": "10:30"}],
-            # e-0 would fit m-0 best, but m-0 is their manager's manager.
-            "reports_to": ["boss-0", "m-0"] if i == 0 else [],
-        })
-        for i in range(6)
-    ]  # fmt: skip
-    return mentors + mentees
 
 
 async def proposals(pool: asyncpg.Pool, relationship_id: str) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from events.people import Programme
 from events.settings import ProgrammeSettings
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.settings import MatchingSettings
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING
 from tests.helpers import new_worker
 from workflows.matching_round import MatchingRound, MatchingRoundInput
 

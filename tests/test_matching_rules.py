@@ -6,7 +6,6 @@ validation errors that name the rule."""
 from __future__ import annotations
 
 import itertools
-from datetime import date
 from typing import Any
 
 import numpy as np
@@ -20,85 +19,7 @@ from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.scoring import NOT_ALLOWED, exclusion_counts, score_matrix, score_pair
 from pairing.settings import MatchingRule, MatchingSettings, Objective
 from pairing.solver import greedy, solve, solve_dense
-
-WEEK = date(2027, 1, 11)
-ORGS = ["hmrc", "dwp", "moj"]
-PROFESSIONS = ["policy", "digital", "finance"]
-TRAITS = ["carer", "lgbt+", "disabled", "first generation"]
-
-ATTRIBUTES = {
-    "organisation": {"kind": "text", "confidential": False},
-    "grade": {"kind": "number", "confidential": False},
-    "profession": {"kind": "text"},
-    "characteristics": {"kind": "set"},
-}
-
-# Each rule kind, written out on its own, as the brute force judges it: (condition on the
-# two values) with values None when not given.
-
-
-def _gap_in(low: float | None, high: float | None) -> Any:
-    return lambda a, b: (low is None or b - a >= low) and (high is None or b - a <= high)
-
-
-RULE_KINDS: list[tuple[dict[str, Any], Any]] = [
-    ({"require": "same", "attribute": "profession"}, lambda a, b: a == b),
-    ({"require": "different", "attribute": "organisation"}, lambda a, b: a != b),
-    ({"require": "different", "attribute": "grade"}, lambda a, b: a != b),
-    ({"require": "shared", "attribute": "characteristics"}, lambda a, b: bool(set(a) & set(b))),
-    ({"require": "different", "attribute": "characteristics"}, lambda a, b: not set(a) & set(b)),
-    ({"require": "same", "attribute": "characteristics"}, lambda a, b: set(a) == set(b)),
-    ({"require": "window", "attribute": "grade", "min": 1, "max": 2}, _gap_in(1, 2)),
-    ({"require": "window", "attribute": "grade", "min": 0}, _gap_in(0, None)),
-    ({"require": "window", "attribute": "grade", "max": -1}, _gap_in(None, -1)),
-    ({"score": "same", "attribute": "profession", "points": 10}, lambda a, b: a == b),
-    ({"score": "shared", "attribute": "characteristics", "points": 6}, lambda a, b: bool(set(a) & set(b))),
-    ({"score": "different", "attribute": "organisation", "points": -7}, lambda a, b: a != b),
-    ({"score": "window", "attribute": "grade", "min": 1, "max": 1, "points": 5}, _gap_in(1, 1)),
-    ({"score": "shared", "attribute": "profession", "points": 3}, lambda a, b: a == b),
-]
-
-
-def _attributes(draw: st.DrawFn) -> dict[str, Any]:
-    chosen: dict[str, Any] = {}
-    if draw(st.booleans()) or draw(st.booleans()):
-        chosen["organisation"] = draw(st.sampled_from(ORGS))
-    if draw(st.integers(0, 3)):
-        chosen["grade"] = draw(st.integers(1, 7))
-    if draw(st.integers(0, 3)):
-        chosen["profession"] = draw(st.sampled_from(PROFESSIONS))
-    if draw(st.integers(0, 3)):
-        chosen["characteristics"] = draw(st.lists(st.sampled_from(TRAITS), min_size=1, max_size=3))
-    return chosen
-
-
-@st.composite
-def ruled_cohorts(draw: st.DrawFn) -> tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings, list[Any]]:
-    n, m = draw(st.integers(1, 4)), draw(st.integers(1, 3))
-    mentees = [MenteeProfile.model_validate({
-        "participant_id": f"e-{i}", "attributes": _attributes(draw), "seniority": draw(st.none() | st.integers(0, 6)),
-        "goals": [{"topic": t} for t in draw(st.lists(st.sampled_from(["python", "sql"]), max_size=2))],
-    }) for i in range(n)]  # fmt: skip
-    mentors = [MentorProfile.model_validate({
-        "participant_id": f"m-{j}", "attributes": _attributes(draw), "seniority": draw(st.none() | st.integers(0, 6)),
-        "strengths": [{"topic": t, "level": 4} for t in draw(st.lists(st.sampled_from(["python", "sql"]), max_size=2))],
-        "capacity": draw(st.integers(0, 2)),
-    }) for j in range(m)]  # fmt: skip
-    picked = draw(st.lists(st.sampled_from(range(len(RULE_KINDS))), min_size=1, max_size=4, unique=True))
-    rules, predicates = [], []
-    for k in picked:
-        fields, predicate = RULE_KINDS[k]
-        missing = draw(st.sampled_from(["allow", "exclude"])) if "require" in fields else "allow"
-        rules.append({"name": f"rule {k}", **fields, **({"missing": missing} if "require" in fields else {})})
-        predicates.append((rules[-1], predicate))
-    if draw(st.booleans()):
-        rules.append({"name": "still unmatched", "score": "unmatched", "points": 4})
-        predicates.append((rules[-1], None))
-    matching = MatchingSettings.model_validate({
-        "attributes": ATTRIBUTES, "rules": rules, "min_score": draw(st.sampled_from([0, 0, 40])),
-        "require_common_language": False,
-    })  # fmt: skip
-    return mentees, mentors, matching, predicates
+from tests.matching_cohorts import ATTRIBUTES, WEEK, brute_assignment, ruled_cohorts
 
 
 def _value(profile: MenteeProfile | MentorProfile, name: str) -> Any:
@@ -109,7 +30,7 @@ def _value(profile: MenteeProfile | MentorProfile, name: str) -> Any:
 def brute_pair(
     mentee: MenteeProfile, mentor: MentorProfile, matching: MatchingSettings, predicates: list[Any], has_mentor: bool
 ) -> int:
-    """The pair's points by the rules' definitions above (NOT_ALLOWED when a rule excludes it)."""
+    """The pair's points by the rules' definitions (RULE_KINDS in tests/matching_cohorts.py; NOT_ALLOWED when a rule excludes it)."""
     base = MatchingSettings.model_validate({**matching.model_dump(), "rules": [], "min_score": 0})
     points = score_pair(mentee, mentor, base, WEEK).points
     for rule, predicate in predicates:
@@ -143,24 +64,6 @@ def test_every_rule_kind_scores_as_its_definition_pair_by_pair_and_for_the_cohor
         pair = score_pair(mentee, mentor, matching, WEEK, has_mentor=flags[i])
         assert (NOT_ALLOWED if pair.excluded else pair.points) == expected, (i, j, pair, matching.rules)
         assert matrix[i, j] == expected, (i, j, pair)
-
-
-def brute_assignment(scores: np.ndarray, caps: list[int], quotas: list[int], objective: Objective) -> tuple[int, int]:
-    """(pairs, total) of the best assignment by trying every set of allowed pairs."""
-    threshold = 0 if objective == "max_matched" else 1
-    n, m = scores.shape
-    pairs = [(i, j) for i in range(n) for j in range(m) if scores[i, j] >= threshold]
-    best = (-1, -1)
-    for size in range(len(pairs) + 1):
-        for chosen in itertools.combinations(pairs, size):
-            if any(sum(1 for a, _ in chosen if a == i) > quotas[i] for i in range(n)):
-                continue
-            if any(sum(1 for _, b in chosen if b == j) > caps[j] for j in range(m)):
-                continue
-            total = sum(int(scores[i, j]) for i, j in chosen)
-            key = (size, total) if objective == "max_matched" else (0, total)
-            best = max(best, key)
-    return best
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

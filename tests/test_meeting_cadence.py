@@ -42,7 +42,7 @@ from events.scheduling import first_common_slot
 from events.settings import FREQUENCY_DAYS, ProgrammeSettings
 from events.state import Phase
 from events.decider import evolve, fold
-from tests.conftest import project_root
+from tests.session import project_root
 from tests.legacy_cadence import FIXTURE, MENTEE as LEGACY_MENTEE, PROGRAMME as LEGACY_PROGRAMME
 from tests.legacy_cadence import SETTINGS as LEGACY_SETTINGS, STREAM as LEGACY_STREAM, event_record
 from tests.domain_story import (

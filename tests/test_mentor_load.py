@@ -40,8 +40,7 @@ from events.store import StreamOwner
 from migrations import apply_migrations, available_migrations
 from pairing.profiles import MentorProfile
 from pairing.settings import MatchingSettings
-from tests.helpers import mentee_profile, mentor_profile, mentor_slots, new_worker, start_relationship
-from tests.test_workflow import cmd, state_of
+from tests.helpers import cmd, mentee_profile, mentor_profile, mentor_slots, new_worker, start_relationship, state_of
 from workflows.matching_round import MatchingRound, MatchingRoundInput
 
 # tests.helpers.start_relationship starts its relationships in this programme.

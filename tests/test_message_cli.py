@@ -25,7 +25,7 @@ from activities.directory import Directory
 from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.codec_server import CodecServerConfig, start_codec_server
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING
 from tests.helpers import failed_workflow_tasks, new_worker, start_relationship
 
 CLI = [sys.executable, "-m", "mentorflow.cli"]
@@ -267,7 +267,7 @@ def test_the_documented_temporal_commands_use_real_flags(temporal_binary: str) -
     import re
     import subprocess
 
-    from tests.conftest import project_root
+    from tests.session import project_root
 
     text = (project_root() / "docs" / "contract.md").read_text().replace("\\\n", " ")
     commands = [line.strip() for line in text.splitlines() if line.strip().startswith("temporal workflow ")]

@@ -18,10 +18,9 @@ from events.people import Participant
 from mentorflow.client import connect
 from mentorflow.config import ConfigurationError, Settings
 from mentorflow.metrics import metrics_runtime
-from tests.conftest import DATA_CONVERTER
+from tests.session import DATA_CONVERTER, dev_server
 from tests.helpers import cmd, start_relationship
 from tests.peers import free_port
-from tests.test_dev_server import dev_server
 from worker import run_worker
 from workflows.relationship import Relationship
 

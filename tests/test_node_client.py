@@ -2,8 +2,10 @@
 with the npm package @temporalio/client, JSON matching the contract and the AES-GCM codec of
 examples/node/codec.mjs, against a real dev server and worker.
 
-The test installs the example's npm packages itself (into examples/node/node_modules,
-git-ignored; skipped when the pinned version is already there)."""
+The test installs what it needs itself, as README.md says: Node.js and npm with apt-get when
+missing (tests/system_packages.py), and the example's npm packages into
+examples/node/node_modules (git-ignored; only when the pinned version is not there yet).
+Where it cannot, it fails with one line saying what to install: it never skips."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ from activities.directory import Directory
 from activities.event_store import PostgresEventStore
 from events.people import Programme
 from events.settings import ProgrammeSettings
-from events.state import fold
+from events.decider import fold
 from mentorflow.config import Settings
-from tests.conftest import TEST_KEYRING, project_root
+from tests.session import TEST_KEYRING, project_root
 from tests.helpers import RecordingChannel, failed_workflow_tasks
-from tests.system_packages import ensure_node
+from tests.system_packages import ensure_node, ensure_node_runtime, fail, npm_install
 from worker import build_worker
 from workflows.relationship import Relationship
 
@@ -42,8 +43,12 @@ NODE_TIMEOUT = 120
 
 
 def node_and_npm() -> tuple[str, str]:
-    """Installed with apt-get when missing (as root), else one line saying what to install."""
-    return ensure_node()
+    """Installed with apt-get when missing (as root), else one line saying what to install;
+    as recent as the example's `engines` asks (an older Node.js: one line too)."""
+    node, npm = ensure_node()
+    wanted = json.loads((EXAMPLE / "package.json").read_text())["engines"]["node"]  # ">=20.3"
+    major, _, minor = wanted.removeprefix(">=").partition(".")
+    return ensure_node_runtime(int(major), int(minor or 0)), npm
 
 
 def pinned_client_version() -> str:
@@ -62,16 +67,14 @@ def installed_client_version() -> str | None:
 @pytest.fixture(scope="module")
 def node_example() -> str:
     """`node`, with the example's packages installed (once; test runs may overlap, so under a lock)."""
-    node, npm = node_and_npm()
+    node, _ = node_and_npm()
     with open(EXAMPLE / "package.json", "rb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if installed_client_version() != pinned_client_version():
-            installed = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=EXAMPLE, capture_output=True, text=True, timeout=NPM_TIMEOUT,
-            )  # fmt: skip
-            assert installed.returncode == 0, f"npm install failed:\n{installed.stdout}\n{installed.stderr}"
-    assert installed_client_version() == pinned_client_version()
+            npm_install(EXAMPLE, ["--no-audit", "--no-fund", "--loglevel=error"], "the Node.js client test", NPM_TIMEOUT)
+    if installed_client_version() != pinned_client_version():
+        fail(f"the Node.js client test needs @temporalio/client {pinned_client_version()} in {EXAMPLE / 'node_modules'}; "
+             f"`npm install` left {installed_client_version() or 'none'} there")  # fmt: skip
     return node
 
 

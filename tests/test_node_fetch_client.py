@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.event_store import PostgresEventStore
 from tests import system_packages
 from tests.api_support import api_stack
-from tests.conftest import TEST_KEYRING, project_root
+from tests.session import TEST_KEYRING, project_root
 from tests.helpers import new_worker
 
 EXAMPLE = project_root() / "examples" / "node"

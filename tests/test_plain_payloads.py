@@ -30,9 +30,8 @@ from events.settings import ProgrammeSettings
 from events.state import RelationshipState
 from mentorflow.codec import EncryptionCodec, plain_payload_events
 from mentorflow.config import Settings
-from tests.conftest import DATA_CONVERTER, TEST_KEYRING
-from tests.helpers import RecordingChannel, failed_workflow_tasks, start_relationship
-from tests.test_workflow import cmd, state_of
+from tests.session import DATA_CONVERTER, TEST_KEYRING
+from tests.helpers import RecordingChannel, cmd, failed_workflow_tasks, start_relationship, state_of
 from worker import build_worker
 from workflows.relationship import Relationship, RelationshipInput
 

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from tests.test_dev_command import DevProcess, cli, dev_environment, event_types, start_dev
-
-__all__ = ["start_dev"]  # the fixture, used by name
+from tests.dev_stack import DevProcess, cli, dev_environment, event_types
 
 
 @pytest.mark.parametrize(("setting", "outcome"), [(None, "MatchProposed"), ("true", "CommandRejected")],

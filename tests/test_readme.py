@@ -28,8 +28,8 @@ from typing import IO
 import pytest
 
 from mentorflow.dev import EmbeddedPostgres
-from tests.conftest import project_root
-from tests.test_dev_command import READY_LINE, START_TIMEOUT, dev_environment
+from tests.session import project_root
+from tests.dev_stack import READY_LINE, START_TIMEOUT, dev_environment
 
 README = project_root() / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -22,7 +22,8 @@ from events.sensitivity import FieldPath
 from mentorflow.forgetting import forget_relationship
 from mentorflow.reencrypt import Reencrypted, reencrypt_plain_text
 from tests.owners import owner
-from tests.test_data_keys import KEYRING, every_confidential_place, never_running, planted
+from tests.helpers import STORE_KEYRING as KEYRING
+from tests.helpers import every_confidential_place, never_running, planted
 
 # What issue #12 moved from "not confidential" to confidential: the old classification is
 # today's without these.

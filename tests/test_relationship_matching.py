@@ -14,9 +14,18 @@ from activities.event_store import PostgresEventStore
 from activities.matching import MatchingActivities
 from events.model import MatchDeclined, MatchProposed
 from events.state import Phase, RelationshipState
-from tests.conftest import TEST_KEYRING
-from tests.helpers import mentee_profile as mentee, mentor_profile as mentor, mentor_slots as slots, new_worker, start_relationship
-from tests.test_workflow import AGREEMENT, cmd, reflect, state_of
+from tests.session import TEST_KEYRING
+from tests.helpers import (
+    AGREEMENT,
+    cmd,
+    mentee_profile as mentee,
+    mentor_profile as mentor,
+    mentor_slots as slots,
+    new_worker,
+    reflect,
+    start_relationship,
+    state_of,
+)
 
 PROGRAMME = "prog-1"
 

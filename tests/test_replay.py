@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 
 from mentorflow.replay import ReplayOutcome, load_histories, replay_histories, workflow_type_of
 from mentorflow.config import Settings
-from tests.test_dev_server import dev_server
+from tests.session import dev_server
 from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
 from tests.record_histories import (
     HISTORIES,

@@ -55,7 +55,7 @@ from mentorflow.client import data_converter
 from mentorflow.forgetting import forget_relationship
 from mentorflow.keyring import Keyring
 from migrations import apply_migrations
-from tests.conftest import start_dev_server
+from tests.session import start_dev_server
 from tests.helpers import HISTORY_START, envelope
 from tests.owners import owner
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import project_root
+from tests.session import project_root
 
 
 def test_the_code_type_checks() -> None:

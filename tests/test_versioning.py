@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from temporalio.api.enums.v1 import EventType, VersioningBehavior
+from temporalio.api.enums.v1 import EventType, PendingWorkflowTaskState, VersioningBehavior
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from mentorflow.config import Settings
 from mentorflow.deployment import describe_deployment, set_current_version
-from tests.conftest import TEST_KEYRING
+from tests.session import TEST_KEYRING, dev_server
 from tests.helpers import RecordingChannel, failed_workflow_tasks, new_worker, start_relationship
-from tests.test_dev_command import DevProcess, cli, dev_environment, free_port, start_dev  # noqa: F401 (fixture)
-from tests.test_dev_server import dev_server
+from tests.dev_stack import DevProcess, cli, dev_environment
+from tests.peers import free_port
 from tests.workflow_variants import UnpatchedTimer
 from worker import build_worker
 from workflows.matching_round import MatchingRound
@@ -80,10 +80,11 @@ async def workflow_tasks_started(handle: WorkflowHandle[Any, Any]) -> int:
     return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
 
 
-async def wait_until(check: Callable[[], Any], timeout: float = 20) -> None:
+async def wait_until(check: Callable[[], Any], timeout: float = 90) -> None:
+    """Until `check()` holds: generous, since a busy machine only makes it take longer."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        assert asyncio.get_running_loop().time() < deadline, f"timed out after {timeout:g} s: {check.__name__}"
         await asyncio.sleep(0.2)
 
 
@@ -103,12 +104,19 @@ async def test_a_versioned_worker_gets_tasks_once_current_and_a_new_version_take
 
         async with versioned("build-1") as worker:
             handle = await start_relationship(client, worker)
-            # Registered but not current: the server keeps the first task for a current version.
-            await asyncio.sleep(2)
-            assert await workflow_tasks_started(handle) == 0
+
+            # Registered (the worker has polled: the server knows its version) but not
+            # current: the server keeps the first task for a current version.
+            async def registered() -> bool:
+                described = await describe_deployment(client, "mentorflow")
+                return described is not None and [v.build_id for v in described.versions] == ["build-1"]
+
+            await wait_until(registered)
             described = await describe_deployment(client, "mentorflow")
             assert described is not None and described.current_build_id is None
-            assert [v.build_id for v in described.versions] == ["build-1"]
+            assert await workflow_tasks_started(handle) == 0
+            pending = (await handle.describe()).raw_description.pending_workflow_task
+            assert pending.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED  # waiting for a version
 
             assert await set_current_version(client, "mentorflow", "build-1", wait=30) is None
             result = await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1"))
@@ -134,7 +142,7 @@ async def test_a_versioned_worker_gets_tasks_once_current_and_a_new_version_take
                     await handle.signal("sign_agreement", cmd("mentee-1", agreement_version=1))  # one more task
                     return False
 
-                await wait_until(moved, timeout=15)
+                await wait_until(moved)
                 await handle.execute_update("accept_match", cmd("mentor-1"))
                 assert (await handle.query("state"))["phase"] == "agreement"
                 assert await versioning_info(handle) == ("build-2", VersioningBehavior.VERSIONING_BEHAVIOR_AUTO_UPGRADE)
@@ -276,7 +284,7 @@ async def test_the_worker_process_runs_versioned_serves_metrics_and_stops_on_sig
         assert made_current.returncode == 0, made_current.stderr + log_path.read_text()
         assert "mentorflow.proc-1 is the current version" in made_current.stdout
 
-        handle = await start_relationship_on(env.client, task_queue)
+        handle = await start_relationship(env.client, task_queue)
         result = await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1"))
         assert result["phase"] == "matching"
 
@@ -298,21 +306,3 @@ async def test_the_worker_process_runs_versioned_serves_metrics_and_stops_on_sig
             process.kill()
             process.wait()
         await env.shutdown()
-
-
-async def start_relationship_on(client: Client, task_queue: str) -> WorkflowHandle[Any, Any]:
-    from events.settings import ProgrammeSettings
-    from workflows.relationship import Relationship, RelationshipInput
-
-    relationship_id = f"rel-{uuid.uuid4().hex[:10]}"
-    return await client.start_workflow(
-        Relationship.run,
-        RelationshipInput(
-            relationship_id=relationship_id,
-            programme_id="prog-1",
-            mentee_id="mentee-1",
-            settings=ProgrammeSettings(coordinator_ids=("coord-1",)),
-        ),
-        id=f"relationship/prog-1/{relationship_id}",
-        task_queue=task_queue,
-    )

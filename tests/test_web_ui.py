@@ -30,9 +30,9 @@ from typer.testing import CliRunner
 
 from mentorflow.cli import app
 from mentorflow.operations import ensure_search_attributes
-from tests.conftest import project_root
+from tests.session import project_root
 from tests.system_packages import ensure_debian_packages, ensure_node, npm_install
-from tests.test_dev_command import DevProcess, dev_environment
+from tests.dev_stack import DevProcess, dev_environment
 from workflows.search_attributes import ALL_KEYS
 
 CHROMIUM = Path("/usr/bin/chromium")

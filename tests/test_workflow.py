@@ -3,67 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.event_store import PostgresEventStore
-from events.state import Phase, RelationshipState
+from events.state import Phase
 from events.decider import fold
-from tests.conftest import DATA_CONVERTER, TEST_KEYRING
-from tests.helpers import RecordingChannel, failed_workflow_tasks, history_event_types, new_worker, start_relationship
+from tests.helpers import (
+    AGREEMENT,
+    RecordingChannel,
+    activate,
+    close,
+    cmd,
+    failed_workflow_tasks,
+    history_event_types,
+    new_worker,
+    reflect,
+    start_relationship,
+    state_of,
+)
+from tests.session import DATA_CONVERTER, TEST_KEYRING
 from events.model import RelationshipSummary
 from workflows.relationship import Relationship
 from workflows.search_attributes import MENTEE_ID, MENTOR_ID, MENTORING_PHASE, MENTORING_PROGRAMME
-
-AGREEMENT = {
-    "objective": "Grow into a staff engineer role",
-    "goals": [{"title": "Lead one cross-team design"}, {"title": "Mentor a junior engineer"}],
-    "meeting_frequency": "monthly",
-    "meeting_minutes": 60,
-    "term_months": 6,
-}
-
-
-def cmd(actor: str, **fields: Any) -> dict[str, Any]:
-    return {"command_id": f"cmd-{uuid.uuid4().hex[:12]}", "actor_id": actor, **fields}
-
-
-async def state_of(handle: WorkflowHandle[Any, Any]) -> RelationshipState:
-    return await handle.query(Relationship.state)
-
-
-async def reflect(handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1", mentee: str = "mentee-1") -> None:
-    await handle.execute_update("submit_reflection", cmd(mentee, text="I learnt to lead reviews"))
-    await handle.execute_update("submit_reflection", cmd(mentor, text="A rewarding year"))
-
-
-async def close(handle: WorkflowHandle[Any, Any]) -> None:
-    """End a test's relationship the way a user would, so no activity is left in flight
-    (the time-skipping server stops skipping while an abandoned activity is pending)."""
-    result = await handle.execute_update("close_relationship", cmd("mentee-1"))
-    if result["phase"] == "closing":
-        await reflect(handle, (await state_of(handle)).mentor_id or "mentor-1")
-    await handle.result()
-
-
-async def activate(handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1") -> None:
-    await handle.execute_update("propose_match", cmd("coord-1", mentor_id=mentor))
-    await handle.execute_update("accept_match", cmd("mentee-1"))
-    await handle.execute_update("accept_match", cmd(mentor))
-    result = await handle.execute_update("propose_agreement", cmd("mentee-1", terms=AGREEMENT))
-    assert result["phase"] == "agreement"
-    await handle.execute_update("sign_agreement", cmd("mentee-1", agreement_version=1))
-    await handle.execute_update("sign_agreement", cmd(mentor, agreement_version=1))
-
 
 async def test_a_six_month_relationship_runs_from_matching_to_closure(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
