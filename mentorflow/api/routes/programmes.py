@@ -20,12 +20,12 @@ from events.settings import ProgrammeSettings
 from mentorflow.api.app import context_of
 from mentorflow.api.auth import Credential
 from mentorflow.api.openapi import COMPONENTS, json_response
-from mentorflow.api.problems import ApiProblem, not_allowed, problem_responses
+from mentorflow.api.problems import ApiProblem, invalid, not_allowed, problem_responses
 from mentorflow.api.routes import AuditPagingDep, CredentialDep, audit_page, found, json_object, path_id, validated
 from mentorflow.api.temporal import bounded
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.rounds import round_workflow_id
-from pairing.settings import Objective
+from pairing.settings import Objective, RuleName
 from workflows.matching_round import MatchingRound, MatchingRoundInput, MatchingRoundResult, RoundProgress
 from mentorflow.start_options import round_start_options
 
@@ -158,6 +158,8 @@ class StartRound(BaseModel):
     coordinator_id: Identifier = ROUND_ACTOR
     mentee_ids: tuple[Identifier, ...] | None = None
     objective: Objective | None = None
+    # One of the programme's rule sets (its matching settings' `rule_sets`); None: its rules as they are.
+    rule_set: RuleName | None = None
     batch_size: int = Field(default=200, ge=1, le=2000)
 
 
@@ -179,6 +181,10 @@ async def start_round(request: Request, credential: CredentialDep, programme_id:
         raise not_allowed(f"actor {start.coordinator_id} is the system itself: no credential may act as it")
     if await context.directory.get_programme(programme_id) is None:
         raise ApiProblem(RefusalCode.NOT_FOUND, f"programme {programme_id} does not exist")
+    if start.rule_set is not None:
+        known = (await context.profiles.get_settings(programme_id)).rule_sets
+        if start.rule_set not in known:
+            raise invalid("rule_set", f"the programme has no rule set {start.rule_set!r} (it has: {', '.join(sorted(known)) or 'none'})")
     round_input = MatchingRoundInput(programme_id=programme_id, **start.model_dump())
     workflow_id = round_workflow_id(programme_id, start.round_id)
     try:
