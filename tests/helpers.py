@@ -114,10 +114,11 @@ async def start_relationship(
 
 @asynccontextmanager
 async def running_relationship(
-    env: WorkflowEnvironment, pool: asyncpg.Pool, **fields: Any
+    env: WorkflowEnvironment, pool: asyncpg.Pool, channel: RecordingChannel | None = None, **fields: Any
 ) -> AsyncIterator[WorkflowHandle[Relationship, Any]]:
-    """A relationship (`start_relationship`) on a new worker, which runs while the block does."""
-    async with new_worker(env.client, pool) as worker:
+    """A relationship (`start_relationship`) on a new worker (`new_worker`, sending to
+    `channel`), which runs while the block does."""
+    async with new_worker(env.client, pool, channel) as worker:
         yield await start_relationship(env.client, worker, **fields)
 
 
@@ -162,11 +163,12 @@ async def close(handle: WorkflowHandle[Any, Any]) -> None:
     await handle.result()
 
 
-async def activate(handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1") -> None:
-    await handle.execute_update("propose_match", cmd("coord-1", mentor_id=mentor))
-    await handle.execute_update("accept_match", cmd("mentee-1"))
-    await handle.execute_update("accept_match", cmd(mentor))
-    result = await handle.execute_update("propose_agreement", cmd("mentee-1", terms=AGREEMENT))
+async def activate(
+    handle: WorkflowHandle[Any, Any], mentor: str = "mentor-1", terms: dict[str, Any] = AGREEMENT
+) -> None:
+    """Matched with `mentor` (`matched`), who signs `terms` with mentee-1: the relationship is active."""
+    await matched(handle, mentor)
+    result = await handle.execute_update("propose_agreement", cmd("mentee-1", terms=terms))
     assert result["phase"] == "agreement"
     await handle.execute_update("sign_agreement", cmd("mentee-1", agreement_version=1))
     await handle.execute_update("sign_agreement", cmd(mentor, agreement_version=1))

@@ -19,6 +19,7 @@ import hmac
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -57,6 +58,27 @@ class Inbox:
     # (a temporary refusal: the sender should retry) and does not keep the message.
     defer: Callable[[EmailMessage], bool] | None = None
     deferred: list[EmailMessage] = field(default_factory=list)
+    # Throttling, as real providers do: at most `rate_limit` messages accepted in any one
+    # second; a message beyond that is answered in turn "451 4.7.1" (try again later) or
+    # "421 4.7.0" (and the server hangs up), and not kept. None: no limit.
+    rate_limit: float | None = None
+    # How many messages were throttled, by the code they were answered with.
+    throttled: dict[int, int] = field(default_factory=dict)
+    _accepted_at: deque[float] = field(default_factory=deque)
+
+    def _throttle(self) -> str | None:
+        """The answer to a message over the rate limit, or None when it may be accepted."""
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        while self._accepted_at and now - self._accepted_at[0] >= 1.0:
+            self._accepted_at.popleft()
+        if len(self._accepted_at) < self.rate_limit:
+            self._accepted_at.append(now)
+            return None
+        code = 451 if sum(self.throttled.values()) % 2 == 0 else 421
+        self.throttled[code] = self.throttled.get(code, 0) + 1
+        return "451 4.7.1 rate limited, try again later" if code == 451 else "421 4.7.0 too many messages, closing"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -73,6 +95,8 @@ class Inbox:
         if self.defer is not None and self.defer(message):
             self.deferred.append(message)
             return "451 4.3.0 try again later"
+        if (throttled := self._throttle()) is not None:
+            return throttled
         login = session.auth_data
         self.messages.append(
             Received(

@@ -11,12 +11,13 @@ import pytest
 
 from activities.event_store import PostgresEventStore
 from events.commands import AcceptMatch, ProposeMatch
-from events.decider import decide, start_relationship
-from events.model import AnyEvent, event_payload
+from events.decider import decide, fold, start_relationship
+from events.model import AnyEvent
+from events.store import event_payload
 from events.settings import ProgrammeSettings
-from events.state import fold
 from events.store import ConcurrencyConflict
 from migrations import apply_migrations
+from tests.db_gate import line_up, until
 from tests.owners import owner
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -136,38 +137,89 @@ async def test_a_follower_never_skips_an_event_whose_transaction_commits_late(
         # A (position 1) is still open, B (position 2) has committed.
         assert await store.read_all(after_position=0) == []
         await late.commit()
-        seen = await store.read_all(after_position=0)
+        # Once no older transaction runs anywhere on the server (another test's may, on a
+        # shared PostgreSQL), both appear.
+        seen = await until(lambda: store.read_all(after_position=0), "both events visible to the follower")
         assert [(s.position, s.event.stream_id) for s in seen] == [(1, "rel-a"), (2, "rel-b")]
     finally:
         await a.close()
         await b.close()
 
 
+# A row trigger the concurrent-writers test adds: an append of a stream whose key the test
+# holds waits at its insert, inside its transaction, after it has taken its positions.
+HOLD_STREAMS_SQL = """
+CREATE FUNCTION test_hold_stream() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(7140001, hashtext(NEW.stream_id));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_hold_stream BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION test_hold_stream();
+"""
+
+
 async def test_follower_reads_every_event_once_under_concurrent_writers(pool: asyncpg.Pool) -> None:
+    """A follower polls all along while (1) twelve writers take their positions one after
+    the other and then commit in the reverse order, the follower polling after each commit
+    (a follower that trusted positions alone would see the last one first and skip the
+    eleven others: forced, not hoped for), and (2) forty writers append twice, free-running."""
     store = PostgresEventStore(pool)
+    held = [f"held-{n}" for n in range(12)]
     streams = [f"rel-{n}" for n in range(40)]
     done = asyncio.Event()
     seen: list[int] = []
+    polls = 0
+    deadline = float("inf")
 
     async def follow() -> None:
-        position = 0
+        nonlocal polls
+        position, loop = 0, asyncio.get_running_loop()
         while True:
             finished = done.is_set()
             batch = await store.read_all(after_position=position, limit=7)
+            polls += 1
             seen.extend(s.position for s in batch)
             if batch:
                 position = batch[-1].position
-            elif finished:
+                continue
+            # Done once past the last position written (a follower that skipped is past it
+            # too); another test's transaction on a shared server may hold events back a while.
+            if finished and (position >= await pool.fetchval("SELECT max(position) FROM events") or loop.time() > deadline):
                 return
-            else:
-                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)
 
-    follower = asyncio.create_task(follow())
-    await asyncio.gather(*(store.append(s, 0, started(s), owner=owner(s)) for s in streams))
-    await asyncio.gather(*(store.append(s, 1, proposal(s), owner=owner(s)) for s in streams))
-    done.set()
-    await follower
-    assert len(seen) == 80 and len(set(seen)) == 80 and seen == sorted(seen)
+    async def polled_twice() -> None:
+        start = polls
+        await until(lambda: _true(polls >= start + 2), "two polls of the follower")
+
+    async with pool.acquire() as connection:
+        await connection.execute(HOLD_STREAMS_SQL)
+        for stream in held:
+            await connection.execute("SELECT pg_advisory_lock(7140001, hashtext($1))", stream)
+        follower = asyncio.create_task(follow())
+        writers: list[asyncio.Future[list[int]]] = []
+        try:
+            for stream in held:  # positions in this order: each waits, holding its own, before the next
+                writers.append(asyncio.ensure_future(store.append(stream, 0, started(stream), owner=owner(stream))))
+                assert await line_up(connection, writers) == len(writers)
+            for stream, writer in reversed(list(zip(held, writers, strict=True))):
+                await connection.execute("SELECT pg_advisory_unlock(7140001, hashtext($1))", stream)
+                await writer
+                await polled_twice()
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock_all()")
+        positions = sorted(p for writer in writers for p in writer.result())
+        assert positions == list(range(positions[0], positions[0] + len(held)))
+        await asyncio.gather(*(store.append(s, 0, started(s), owner=owner(s)) for s in streams))
+        await asyncio.gather(*(store.append(s, 1, proposal(s), owner=owner(s)) for s in streams))
+        deadline = asyncio.get_running_loop().time() + 60
+        done.set()
+        await follower
+    assert len(seen) == 92 and len(set(seen)) == 92 and seen == sorted(seen), f"the follower saw {len(seen)} of 92"
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_migrations_run_once_when_two_processes_start_together(database_url: str) -> None:

@@ -19,27 +19,12 @@ from events.settings import ProgrammeSettings
 from events.decider import evolve, fold
 from events.state import Phase, RelationshipState
 from tests.session import TEST_KEYRING
-from tests.helpers import (
-    RecordingChannel,
-    activate,
-    close,
-    cmd,
-    failed_workflow_tasks,
-    new_worker,
-    reflect,
-    start_relationship,
-    state_of,
-)
+from tests.helpers import (AGREEMENT, RecordingChannel, activate, close, cmd, failed_workflow_tasks, new_worker, reflect,
+                           start_relationship, state_of)
 from tests.peers import eventually
 from workflows.relationship import Relationship
 
-WEEKLY_TWO_YEARS = {
-    "objective": "Grow from senior engineer to staff engineer",
-    "goals": [{"title": "Own a cross-team initiative"}],
-    "meeting_frequency": "weekly",
-    "meeting_minutes": 45,
-    "term_months": 24,
-}
+WEEKLY_TWO_YEARS = {**AGREEMENT, "meeting_frequency": "weekly", "meeting_minutes": 45, "term_months": 24}
 
 
 async def runs_of(client: Client, workflow_id: str) -> list[int]:
@@ -62,12 +47,7 @@ async def test_two_years_of_weekly_meetings_continue_as_new_without_losing_a_mes
     async with new_worker(env.client, pool) as worker:
         settings = ProgrammeSettings(coordinator_ids=("coord-1",), max_term_months=24)
         handle = await start_relationship(env.client, worker, history_event_limit=settings_limit, settings=settings)
-        await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1"))
-        await handle.execute_update("accept_match", cmd("mentee-1"))
-        await handle.execute_update("accept_match", cmd("mentor-1"))
-        await handle.execute_update("propose_agreement", cmd("mentee-1", terms=WEEKLY_TWO_YEARS))
-        await handle.execute_update("sign_agreement", cmd("mentee-1", agreement_version=1))
-        await handle.execute_update("sign_agreement", cmd("mentor-1", agreement_version=1))
+        await activate(handle, terms=WEEKLY_TWO_YEARS)
 
         latest = env.client.get_workflow_handle_for(Relationship.run, handle.id)
         signals_sent: list[dict[str, Any]] = []

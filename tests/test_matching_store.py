@@ -17,8 +17,11 @@ from activities.matching import (
 from pairing.importing import parse_profiles
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.settings import MatchingSettings
+from tests.db_gate import Gate, line_up
 
 PROGRAMME = "prog-m"
+# The advisory lock key of the gate the race tests put into slot reservations.
+RESERVATION_GATE = 7_130_001
 
 
 def mentor(participant_id: str, capacity: int, level: int, **fields: object) -> MentorProfile:
@@ -96,20 +99,38 @@ async def test_a_reservation_is_idempotent_per_relationship_and_moves_with_it(po
 
 
 async def test_many_reservations_racing_for_the_last_slot_never_oversubscribe(pool: asyncpg.Pool) -> None:
+    """40 reservations for one mentor's last slot, lined up at a gate inside PostgreSQL (every
+    insert of a slot waits there until all 40 wait, at the gate or for the mentor's lock),
+    then let go together; three times. Without the mentor's lock all 40 would count two
+    slots taken and insert: the interleaving is forced, not hoped for."""
     activities = MatchingActivities(pool)
     await activities.profiles.save_profiles(PROGRAMME, [mentor("m-1", 3, 5)])
-    for k in range(2):
-        await activities.reserve_mentor_slot(SlotRequest(programme_id=PROGRAMME, relationship_id=f"held-{k}",
-                                                         mentor_id="m-1", mentee_id=f"e-{k}"))  # fmt: skip
-    await warm_up(pool, 40)
-    results = await asyncio.gather(*(
-        activities.reserve_mentor_slot(SlotRequest(programme_id=PROGRAMME, relationship_id=f"r-{k}",
-                                                   mentor_id="m-1", mentee_id=f"x-{k}"))
-        for k in range(40)
-    ))  # fmt: skip
-    assert sorted(r.outcome for r in results).count("reserved") == 1
-    assert all(r.outcome in ("reserved", "full") for r in results)
-    assert await slots_of(pool, "m-1") == 3
+    await warm_up(pool, 41)
+    async with pool.acquire() as connection:
+        gate = await Gate.install(connection, "mentor_slots", RESERVATION_GATE)
+        try:
+            for attempt in range(3):
+                await pool.execute("DELETE FROM mentor_slots")
+                for k in range(2):
+                    await activities.reserve_mentor_slot(SlotRequest(programme_id=PROGRAMME, relationship_id=f"held-{k}",
+                                                                     mentor_id="m-1", mentee_id=f"e-{k}"))  # fmt: skip
+                await gate.close()
+                racers = [
+                    asyncio.ensure_future(activities.reserve_mentor_slot(SlotRequest(
+                        programme_id=PROGRAMME, relationship_id=f"r-{attempt}-{k}", mentor_id="m-1", mentee_id=f"x-{k}")))
+                    for k in range(40)
+                ]  # fmt: skip
+                try:
+                    assert await line_up(connection, racers) == 40, "a racer finished while the gate was closed"
+                finally:
+                    await gate.open()
+                results = await asyncio.gather(*racers)
+                outcomes = sorted(r.outcome for r in results)
+                assert outcomes.count("reserved") == 1, f"attempt {attempt}: {outcomes.count('reserved')} reserved"
+                assert all(r.outcome in ("reserved", "full") for r in results)
+                assert await slots_of(pool, "m-1") == 3
+        finally:
+            await gate.remove()
 
 
 async def test_racing_relationships_each_move_on_to_another_candidate_and_no_slot_leaks(pool: asyncpg.Pool) -> None:
