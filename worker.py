@@ -59,16 +59,20 @@ def build_worker(
     time-skipping server's clock)."""
     settings = settings or Settings.from_env()
     store = EventStoreActivities(PostgresEventStore(pool, store_keyring(client, settings)))
+    stored_settings = StoredDeliveryWindows(pool)  # each relationship's delivery window and links' lifetime
     notifications = NotificationActivities(
         deliveries=PostgresDeliveryLog(pool),
         contacts=DirectoryContacts(Directory(pool)),
         channels=channels_from_settings(settings),
         taps=channels or (),
-        windows=StoredDeliveryWindows(pool),
+        windows=stored_settings,
         clock=notification_clock,
         links=action_links(client, settings),
+        lifetimes=stored_settings,
     )
-    together = StoreAndNotifyActivities(store, notifications)
+    together = StoreAndNotifyActivities(
+        store, notifications, notify_within=timedelta(seconds=settings.notify_first_try_seconds)
+    )
     directory = DirectoryActivities(Directory(pool), trust_start_settings=settings.trust_start_settings)
     matching = MatchingActivities(pool, client, task_queue)
     return Worker(
@@ -80,6 +84,9 @@ def build_worker(
         # under load, with 5, the workflow tasks of signals waited in the backlog up to
         # seconds while updates' went straight through (p99 9.4 s, autoscaled 2.7 s: bench/README.md).
         workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
+        # MENTORFLOW_WORKFLOW_TASK_SLOTS: no more workflow tasks at once than the worker
+        # finishes within the task timeout (docs/deploying.md, "Tuning a worker").
+        max_concurrent_workflow_tasks=settings.workflow_task_slots,
         activities=[
             store.append_events,
             store.read_stream,
@@ -87,7 +94,6 @@ def build_worker(
             together.append_events_and_notify,
             directory.load_programme,
             directory.check_participants,
-            directory.get_contacts,
             *matching.all_activities(),
             *DigestActivities(pool).all_activities(),
         ],

@@ -199,7 +199,9 @@ def merge_participant(stored: Participant | None, incoming: Participant, now: da
 
     Leaving is sticky: a record that does not say `status` keeps the stored one, so
     re-importing an old HR export never brings back someone who left. A record that says
-    `status: left` keeps the first recorded `left_at` unless it gives its own.
+    `status: left` keeps the first recorded `left_at` unless it gives its own. Mutes are
+    sticky the same way: a record without `muted_templates` keeps what the person muted
+    (from an email's link, say); one that gives them replaces them.
     """
     if "status" in incoming.model_fields_set:
         status = incoming.status
@@ -211,7 +213,10 @@ def merge_participant(stored: Participant | None, incoming: Participant, now: da
         status, left_at = stored.status, stored.left_at
     else:
         status, left_at = "active", None
-    merged = incoming.model_copy(update={"status": status, "left_at": left_at})
+    update: dict[str, Any] = {"status": status, "left_at": left_at}
+    if stored is not None and "muted_templates" not in incoming.model_fields_set:
+        update["muted_templates"] = stored.muted_templates
+    merged = incoming.model_copy(update=update)
     return None if merged == stored else merged
 
 
@@ -370,6 +375,17 @@ class Directory:
             for i in dict.fromkeys(participant_ids)
         ]
 
+    async def set_muted(self, participant_id: str, template: str, muted: bool) -> bool:
+        """Mute (or unmute) one kind of message for one person, keeping their other mutes;
+        whether this changed anything (an email's "Stop getting these emails", docs/people.md)."""
+        changed = await self._pool.fetchval(
+            """UPDATE participants SET updated_at = now(), muted_templates = CASE WHEN $3
+                      THEN array_append(muted_templates, $2) ELSE array_remove(muted_templates, $2) END
+                WHERE participant_id = $1 AND ($2 = ANY(muted_templates)) <> $3 RETURNING true""",
+            participant_id, template, muted,
+        )  # fmt: skip
+        return bool(changed)
+
     async def mark_left(self, participant_id: str, at: datetime | None = None) -> tuple[Participant, bool]:
         """Record that a participant left; returns them and whether this call changed anything.
 
@@ -436,12 +452,3 @@ class DirectoryActivities:
         """Known and active, per distinct id: ids and flags only, safe for workflow history."""
         return await self._directory.check_participants(participant_ids)
 
-    @activity.defn(name="get_contacts")
-    async def get_contacts(self, participant_ids: list[str]) -> list[Participant]:
-        """How to reach these participants (unknown ids are absent).
-
-        The result holds names and addresses: whatever an activity returns is stored in
-        the workflow's history, so call this from workflows only behind an encrypting
-        payload codec, or look contacts up inside the notification activity instead.
-        """
-        return await self._directory.get_participants(participant_ids)

@@ -326,8 +326,6 @@ async def test_the_activities_load_settings_check_people_and_refuse_an_unknown_p
     assert "programme 'p-missing' does not exist" in refused.value.message
 
     assert [s.active for s in await env.run(activities.check_participants, ["emp-1", "emp-2"])] == [True, False]
-    contacts = await env.run(activities.get_contacts, ["ghost", "emp-2", "emp-1"])
-    assert [c.participant_id for c in contacts] == ["emp-2", "emp-1"]
 
 
 async def test_stored_settings_that_no_longer_fit_the_model_fail_without_retries(pool: asyncpg.Pool) -> None:

@@ -50,7 +50,7 @@ def wrong_turns(name: str, imported: str) -> str | None:
     if within(name, "activities") and within(imported, "workflows"):
         return "activities never import workflows (start them by name with events.relationship_io)"
     if within(name, "workflows") and within(imported, "activities"):
-        return "workflows reference activities by name, never import them"
+        return "workflows call activities through workflows/activity_refs.py, never import them"
     if not within(name, *TOP) and within(imported, *TOP) and not within(name, "mentorflow.cli", "mentorflow.api", "mentorflow.pages"):
         return "nothing below the top imports the CLI, the dev stack, the API or the worker"
     return None

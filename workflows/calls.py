@@ -5,10 +5,15 @@ directory)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+
+from workflows.activity_refs import ActivityRef
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=10))
@@ -17,19 +22,27 @@ NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interv
 NOTIFY_FIRST_TRY = RetryPolicy(maximum_attempts=2)
 
 
+async def call(ref: ActivityRef[A, R], argument: A, **options: Any) -> R:
+    """The activity `ref` as a regular activity (`options` as for `workflow.execute_activity`)."""
+    result: R = await workflow.execute_activity(ref.name, argument, result_type=ref.result, **options)
+    return result
+
+
+async def call_local(ref: ActivityRef[A, R], argument: A, **options: Any) -> R:
+    """The activity `ref` as a local activity (`options` as for `workflow.execute_local_activity`)."""
+    result: R = await workflow.execute_local_activity(ref.name, argument, result_type=ref.result, **options)
+    return result
+
+
 async def call_activity(
-    activity: str,
-    argument: Any,
+    ref: ActivityRef[A, R],
+    argument: A,
     *,
     summary: str,
-    result_type: Any = None,
     timeout: timedelta = timedelta(seconds=30),
     local: bool = True,
-) -> Any:
-    """An activity against PostgreSQL, retried like the store's calls; its result is
-    `result_type`. Local unless said otherwise: one marker in history instead of three events
-    and a task."""
+) -> R:
+    """An activity against PostgreSQL, retried like the store's calls. Local unless said
+    otherwise: one marker in history instead of three events and a task."""
     options: dict[str, Any] = {"start_to_close_timeout": timeout, "retry_policy": STORE_RETRY, "summary": summary}
-    if local:
-        return await workflow.execute_local_activity(activity, argument, result_type=result_type, **options)
-    return await workflow.execute_activity(activity, argument, result_type=result_type, **options)
+    return await (call_local if local else call)(ref, argument, **options)

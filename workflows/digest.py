@@ -35,10 +35,11 @@ from temporalio.exceptions import ActivityError
 from temporalio.service import RPCError
 
 with workflow.unsafe.imports_passed_through():
-    from events.digest import DigestRunResult, DueProgrammes, PreparedDigest, ProgrammeDigestRequest
+    from events.digest import DigestRunResult, DueProgrammes, ProgrammeDigestRequest
     from events.notifications import Notification
 
-from workflows.calls import NOTIFY_RETRY
+from workflows.activity_refs import DIGEST_PROGRAMMES_DUE, PREPARE_PROGRAMME_DIGEST, SEND_NOTIFICATIONS
+from workflows.calls import NOTIFY_RETRY, call
 
 WORKFLOW_NAME = "CoordinatorDigests"
 SCHEDULE_ID = "coordinator-digests"
@@ -63,10 +64,9 @@ class CoordinatorDigests:
     @workflow.run
     async def run(self) -> DigestRunResult:
         now = workflow.now()
-        due: list[str] = await workflow.execute_activity(
-            "digest_programmes_due",
+        due = await call(
+            DIGEST_PROGRAMMES_DUE,
             DueProgrammes(now=now),
-            result_type=list[str],
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=PREPARE_RETRY,
             summary="Which programmes are due for a digest",
@@ -78,10 +78,9 @@ class CoordinatorDigests:
     async def _one(self, programme_id: str, now: datetime) -> int | None:
         """How many coordinators were sent this programme's digest; None when it failed."""
         try:
-            prepared: PreparedDigest = await workflow.execute_activity(
-                "prepare_programme_digest",
+            prepared = await call(
+                PREPARE_PROGRAMME_DIGEST,
                 ProgrammeDigestRequest(programme_id=programme_id, now=now),
-                result_type=PreparedDigest,
                 # It first brings the read models up to date, which after a rebuild can take a while.
                 start_to_close_timeout=timedelta(minutes=10),
                 retry_policy=PREPARE_RETRY,
@@ -106,8 +105,8 @@ class CoordinatorDigests:
         wait = at - workflow.now()
         if wait > timedelta(0):
             await workflow.sleep(wait, summary=f"Wait for the coordinators' daytime ({programme_id})")
-        await workflow.execute_activity(
-            "send_notifications",
+        await call(
+            SEND_NOTIFICATIONS,
             notifications,
             start_to_close_timeout=timedelta(minutes=1),
             schedule_to_close_timeout=SEND_FOR_AT_MOST,

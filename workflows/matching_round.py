@@ -23,10 +23,12 @@ from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows.activity_refs import COLLECT_ROUND_MEMBERS, PROPOSE_ROUND_PAIRS, SOLVE_ROUND
+from workflows.calls import call
+
 with workflow.unsafe.imports_passed_through():
     from pairing.rounds import (
         ProposalOptions,
-        ProposeBatch,
         ProposeRequest,
         RoundMembers,
         RoundRequest,
@@ -79,20 +81,18 @@ class MatchingRound:
         request = RoundRequest(
             **input.model_dump(include=set(RoundScope.model_fields)), week_of=input.week_of or workflow.now().date()
         )
-        members: RoundMembers = await workflow.execute_activity(
-            "collect_round_members",
+        members = await call(
+            COLLECT_ROUND_MEMBERS,
             request,
-            result_type=RoundMembers,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RETRY,
             summary="Collect the round's mentees and mentors",
         )
         self._set(stage="solving", members=members)
         workflow.set_current_details(f"Solving: {members.mentees} mentees, {members.mentors} mentors")
-        solution: RoundSolution = await workflow.execute_activity(
-            "solve_round",
+        solution = await call(
+            SOLVE_ROUND,
             request,
-            result_type=RoundSolution,
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=RETRY,
@@ -102,14 +102,13 @@ class MatchingRound:
         totals = {"proposed": 0, "already_proposed": 0, "not_proposed": 0}
         while True:
             workflow.set_current_details(f"Proposing: {sum(totals.values())} of {solution.matched} pairs done")
-            batch: ProposeBatch = await workflow.execute_activity(
-                "propose_round_pairs",
+            batch = await call(
+                PROPOSE_ROUND_PAIRS,
                 ProposeRequest(
                     programme_id=input.programme_id,
                     round_id=input.round_id,
                     **input.model_dump(include=set(ProposalOptions.model_fields)),
                 ),
-                result_type=ProposeBatch,
                 start_to_close_timeout=timedelta(minutes=10),
                 retry_policy=RETRY,
                 summary=f"Propose up to {input.batch_size} pairs",

@@ -16,14 +16,13 @@ with workflow.unsafe.imports_passed_through():
     from events.refusals import Rejection
     from events.state import Phase, RelationshipState
     from pairing.requests import (
-        Candidate,
         CandidateRequest,
         RoundProposalClaim,
         SlotRelease,
         SlotRequest,
-        SlotReservation,
     )
 
+from workflows.activity_refs import BEST_CANDIDATE, CONFIRM_ROUND_PROPOSAL, RELEASE_MENTOR_SLOT, RESERVE_MENTOR_SLOT
 from workflows.calls import call_activity
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ class MentorPool:
                 release = SlotRelease(
                     programme_id=state.programme_id, relationship_id=state.relationship_id, mentor_id=mentor_id
                 )
-                await call_activity("release_mentor_slot", release, summary="Give the mentor's slot back")
+                await call_activity(RELEASE_MENTOR_SLOT, release, summary="Give the mentor's slot back")
                 continue
             assert mentor_id is not None
             request = SlotRequest(
@@ -77,9 +76,7 @@ class MentorPool:
                 mentor_id=mentor_id,
                 mentee_id=state.mentee_id,
             )
-            reservation: SlotReservation = await call_activity(
-                "reserve_mentor_slot", request, result_type=SlotReservation, summary="Reserve the proposed mentor's slot"
-            )
+            reservation = await call_activity(RESERVE_MENTOR_SLOT, request, summary="Reserve the proposed mentor's slot")
             candidate = self.current.candidate
             if reservation.outcome == "full" and candidate is not None and candidate.mentor_id == mentor_id:
                 withdraw = DeclineMatch(
@@ -101,9 +98,7 @@ class MentorPool:
             relationship_id=self.current.relationship_id,
             mentor_id=command.mentor_id,
         )
-        confirmed: bool = await call_activity(
-            "confirm_round_proposal", claim, result_type=bool, summary="Check the matching round's proposal"
-        )
+        confirmed = await call_activity(CONFIRM_ROUND_PROPOSAL, claim, summary="Check the matching round's proposal")
         return confirmed
 
     async def _ask_pool_for_a_mentor(self: RelationshipShell) -> bool:
@@ -121,10 +116,9 @@ class MentorPool:
             mentee_id=state.mentee_id,
             exclude_mentor_ids=state.declined_mentor_ids,
         )
-        candidate: Candidate | None = await call_activity(
-            "best_candidate",
+        candidate = await call_activity(
+            BEST_CANDIDATE,
             request,
-            result_type=Candidate | None,
             timeout=timedelta(minutes=2),
             summary=f"Ask the mentor pool (attempt {state.match_attempts + 1})",
         )

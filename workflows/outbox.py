@@ -29,7 +29,6 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from events.commands import Command
-    from events.model import AnyEvent
     from events.notifications import Notification, notifications_for
     from events.operator_view import describe_notifications
     from events.state import RelationshipState
@@ -42,7 +41,8 @@ with workflow.unsafe.imports_passed_through():
         StreamOwner,
     )
 
-from workflows.calls import NOTIFY_FIRST_TRY, NOTIFY_RETRY, call_activity
+from workflows.activity_refs import APPEND_EVENTS, APPEND_EVENTS_AND_NOTIFY, READ_STREAM, SEND_NOTIFICATIONS
+from workflows.calls import NOTIFY_FIRST_TRY, NOTIFY_RETRY, call, call_activity, call_local
 from workflows.patches import ADOPT_AFTER_CONFLICT, RETRY_AFTER_FAILED_FIRST_TRY, STORE_AND_NOTIFY_TOGETHER
 
 if TYPE_CHECKING:
@@ -78,17 +78,15 @@ class Outbox:
             )
             summary = f"Store events {first}–{last}" if last > first else f"Store event {first}"
             together = bool(notifications) and workflow.patched(STORE_AND_NOTIFY_TOGETHER)
-            argument: AppendRequest | AppendAndNotifyRequest
-            if together:
-                notified = describe_notifications(notifications, self.current)
-                name, argument = "append_events_and_notify", AppendAndNotifyRequest(append=request, notifications=notifications)
-                summary = f"{summary}; {notified}"[:200]
-            else:
-                name, argument = "append_events", request
+            outcome: AppendAndNotifyResult | None = None
             try:
-                outcome: AppendAndNotifyResult | None = await call_activity(
-                    name, argument, result_type=AppendAndNotifyResult if together else None, summary=summary
-                )
+                if together:
+                    notified = describe_notifications(notifications, self.current)
+                    summary = f"{summary}; {notified}"[:200]
+                    together_request = AppendAndNotifyRequest(append=request, notifications=notifications)
+                    outcome = await call_activity(APPEND_EVENTS_AND_NOTIFY, together_request, summary=summary)
+                else:
+                    await call_activity(APPEND_EVENTS, request, summary=summary)
             except (ActivityError, ApplicationError) as error:
                 # Before this patch a conflict failed the workflow (see is_conflict).
                 if not (is_conflict(error) and workflow.patched(ADOPT_AFTER_CONFLICT)):
@@ -117,12 +115,11 @@ class Outbox:
         task's history was written. They happened — their notifications may be out — so the
         store wins: fold them in, then decide again the commands still pending (a command
         already applied there is recognised by its id and skipped)."""
-        stored: list[AnyEvent] = await call_activity(
-            "read_stream",
+        stored = await call_activity(
+            READ_STREAM,
             ReadStreamRequest(
                 stream_id=self.current.relationship_id, after_version=self._stored_version, owner=self._owner()
             ),
-            result_type=list[AnyEvent],
             summary="Read events stored by an unfinished task",
         )
         workflow.logger.warning(
@@ -195,8 +192,8 @@ class Deliveries:
 
     async def _deliver(self, notifications: list[Notification], summary: str) -> None:
         try:
-            await workflow.execute_local_activity(
-                "send_notifications",
+            await call_local(
+                SEND_NOTIFICATIONS,
                 notifications,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=NOTIFY_FIRST_TRY,
@@ -217,8 +214,8 @@ class Deliveries:
         current = asyncio.current_task()
         assert current is not None
         self._retrying.add(current)
-        await workflow.execute_activity(
-            "send_notifications",
+        await call(
+            SEND_NOTIFICATIONS,
             notifications,
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=NOTIFY_RETRY,

@@ -69,12 +69,12 @@ with workflow.unsafe.imports_passed_through():
     from events.model import AnyEvent, MatchProposed, RelationshipSummary
     from events.operator_view import describe_notifications
     from events.notifications import Notification, notifications_for
-    from events.people import ParticipantStatus
     from events.settings import ProgrammeRequest, ProgrammeSettings
     from events.state import Phase, RelationshipState
     from events.decider import evolve
     from events.relationship_io import CommandResult, RelationshipInput
 
+from workflows.activity_refs import CHECK_PARTICIPANTS
 from workflows.calls import call_activity
 from workflows.mentor_pool import MentorPool, slot_work_for
 from workflows.messages import command_id_of, digest_of, message_handlers, read_message, refusal_error
@@ -408,11 +408,8 @@ class Relationship(Outbox, MentorPool):
         if last is not None and now - last < PARTICIPANT_CHECK_INTERVAL:
             return
         self._last_participant_check = now
-        statuses: list[ParticipantStatus] = await call_activity(
-            "check_participants",
-            list(self.current.participant_ids()),
-            result_type=list[ParticipantStatus],
-            summary="Check participants are still here",
+        statuses = await call_activity(
+            CHECK_PARTICIPANTS, list(self.current.participant_ids()), summary="Check participants are still here"
         )
         for status in statuses:
             if status.known and not status.active:

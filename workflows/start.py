@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from events.relationship_io import RelationshipInput, relationship_workflow_id
     from events.settings import ProgrammeRequest, ProgrammeSettings
 
+from workflows.activity_refs import LOAD_PROGRAMME
 from workflows.calls import call_activity
 from workflows.messages import refusal_error
 from workflows.patches import CHECK_WORKFLOW_ID, REFUSE_PLAIN_PAYLOADS
@@ -72,9 +73,7 @@ def check_start(input: RelationshipInput, *, plain: bool, refusal: Rejection | N
 
 async def load_programme(request: ProgrammeRequest) -> ProgrammeSettings:
     try:
-        settings: ProgrammeSettings = await call_activity(
-            "load_programme", request, result_type=ProgrammeSettings, summary="Read programme settings", local=False
-        )
+        settings = await call_activity(LOAD_PROGRAMME, request, summary="Read programme settings", local=False)
     except ActivityError as error:
         # Say why in the workflow's own failure, not two causes down.
         cause = error.cause
