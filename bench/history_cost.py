@@ -41,20 +41,13 @@ from temporalio.worker import Worker
 
 from activities.database import create_pool, migrate
 from activities.directory import Directory
+from bench.load import AGREEMENT
 from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.client import data_converter
 from mentorflow.keyring import Keyring
 from worker import build_worker
 from workflows.relationship import Relationship, RelationshipInput
-
-AGREEMENT = {
-    "objective": "Become confident leading technical design",
-    "goals": [{"title": "Lead two design reviews"}, {"title": "Meet three staff engineers"}],
-    "meeting_frequency": "biweekly",
-    "meeting_minutes": 60,
-    "term_months": 12,
-}
 
 BILLABLE = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,

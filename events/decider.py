@@ -26,7 +26,7 @@ from events.decision import ChangeRule, Changes, CommandSpec, DeadlineRule, Emit
 from events.model import EVENT_TYPES, AnyEvent, CommandRejected, CommandStamp, Event, RelationshipStarted
 from events.refusals import RefusalCode, Rejection, refuse
 from events.settings import ProgrammeSettings
-from events.state import REJECTIONS_KEPT, AppliedCommand, Phase, RejectedCommand, RelationshipState
+from events.state import REJECTIONS_KEPT, AppliedCommand, Phase, RejectedCommand, RelationshipState, started_fields
 
 __all__ = [
     "COMMANDS",
@@ -98,13 +98,9 @@ def evolve(state: RelationshipState | None, event: AnyEvent) -> RelationshipStat
         if not isinstance(event, RelationshipStarted):
             raise ValueError(f"a stream must begin with RelationshipStarted, not {event.type}")
         return RelationshipState(
-            relationship_id=event.stream_id,
-            programme_id=event.programme_id,
-            mentee_id=event.mentee_id,
+            **started_fields(event),
             settings=event.settings,
-            version=event.version,
             phase=Phase.MATCHING,
-            started_at=event.occurred_at,
             phase_entered_at=event.occurred_at,
             processed_command_ids=frozenset({event.command_id} if event.command_id else ()),
         )

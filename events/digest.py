@@ -54,7 +54,7 @@ from events.model import (
 from events.notifications import Notification
 from events.settings import ProgrammeSettings
 from events.state import Phase
-from events.stream_rows import stream_row
+from events.stream_rows import StreamRow, stream_row
 
 TEMPLATE = "coordinator_digest"
 PARTIES = ("mentee", "mentor")
@@ -67,12 +67,7 @@ class _Frozen(BaseModel):
 # -- the facts: one row per relationship ---------------------------------------------------
 
 
-class DigestRow(_Frozen):
-    relationship_id: str
-    programme_id: str
-    mentee_id: str
-    mentor_id: str | None = None
-    phase: Phase = Phase.MATCHING
+class DigestRow(StreamRow):
     started_at: AwareDatetime
     # The proposal waiting for answers.
     candidate_id: str | None = None

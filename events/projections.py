@@ -44,7 +44,7 @@ from events.model import (
     ReviewOpened,
 )
 from events.state import Phase
-from events.stream_rows import stream_row
+from events.stream_rows import StreamRow, stream_row
 
 Key = tuple[str | int, ...]
 
@@ -53,12 +53,7 @@ class _Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class RelationshipRow(_Row):
-    relationship_id: str
-    programme_id: str
-    mentee_id: str
-    mentor_id: str | None = None
-    phase: Phase = Phase.MATCHING
+class RelationshipRow(StreamRow):
     health: Health = Health.HEALTHY
     started_at: AwareDatetime
     matched_at: AwareDatetime | None = None
@@ -132,6 +127,15 @@ def _relationship_key(event: AnyEvent) -> Key | None:
     return (event.stream_id,)
 
 
+StreamRowT = TypeVar("StreamRowT", bound=StreamRow)
+
+
+def _one_row_per_relationship(
+    name: str, table: str, row_type: type[StreamRowT], apply: Callable[[StreamRowT | None, AnyEvent], StreamRowT | None]
+) -> Projection[StreamRowT]:
+    return Projection(name, table, row_type, key_columns=("relationship_id",), row_key=_relationship_key, apply=apply)
+
+
 def _apply_relationship(row: RelationshipRow | None, event: AnyEvent) -> RelationshipRow | None:
     return stream_row(RelationshipRow, row, event, _relationship_changes)
 
@@ -160,14 +164,7 @@ def _relationship_changes(row: RelationshipRow, event: AnyEvent) -> dict[str, An
     return {}
 
 
-RELATIONSHIPS: Projection[RelationshipRow] = Projection(
-    name="relationships",
-    table="report_relationships",
-    row_type=RelationshipRow,
-    key_columns=("relationship_id",),
-    row_key=_relationship_key,
-    apply=_apply_relationship,
-)
+RELATIONSHIPS = _one_row_per_relationship("relationships", "report_relationships", RelationshipRow, _apply_relationship)
 
 
 # -- meetings ------------------------------------------------------------------------------
@@ -240,14 +237,7 @@ FEEDBACK: Projection[FeedbackRow] = Projection(
 
 # -- the coordinators' digest (its rows and rules: events/digest.py) -------------------------
 
-DIGEST: Projection[DigestRow] = Projection(
-    name="digest",
-    table="digest_relationships",
-    row_type=DigestRow,
-    key_columns=("relationship_id",),
-    row_key=_relationship_key,
-    apply=apply_digest_row,
-)
+DIGEST = _one_row_per_relationship("digest", "digest_relationships", DigestRow, apply_digest_row)
 
 PROJECTIONS: tuple[Projection[Any], ...] = (RELATIONSHIPS, MEETINGS, FEEDBACK, DIGEST)
 PROJECTIONS_BY_NAME: Mapping[str, Projection[Any]] = {p.name: p for p in PROJECTIONS}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_serializer
 
 from events.commands import AgreementTerms, Goal, Party, ReviewOutcome
-from events.model import ClosureReason, Health, RelationshipSummary, ReviewKind
+from events.model import ClosureReason, Health, RelationshipStarted, RelationshipSummary, ReviewKind
 from events.refusals import FieldProblem, RefusalCode
 from events.settings import MeetingFrequency, ProgrammeSettings
 
@@ -40,6 +40,12 @@ class Phase(StrEnum):
     REVIEW = "review"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+def started_fields(event: RelationshipStarted) -> dict[str, Any]:
+    """What a relationship's state, and each read-model row of one, takes from its first event."""
+    return {"relationship_id": event.stream_id, "programme_id": event.programme_id, "mentee_id": event.mentee_id,
+            "started_at": event.occurred_at, "version": event.version}  # fmt: skip
 
 
 def joined(parties: tuple[Party, ...], party: Party) -> tuple[Party, ...]:

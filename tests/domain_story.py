@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from events.commands import (
     AcceptMatch, AgreementTerms, AvailabilityWindow, CloseRelationship, Command, Party, PartyAvailability,
-    ProposeAgreement, ProposeMatch, RecordMeeting, SignAgreement, SubmitReflection,
+    ProposeAgreement, ProposeMatch, RecordMeeting, SignAgreement, SubmitReflection, SubmitReview,
 )
 from events.deadlines import next_deadline
 from events.decider import Rejection, decide, decide_deadline, start_relationship
@@ -209,6 +209,14 @@ def in_review(programme: ProgrammeSettings = PROGRAMME_SETTINGS, **changes: Any)
     story = active(programme, **({"meeting_frequency": "weekly"} | changes))
     story.meet_until_a_review()
     assert story.state.review is not None and story.state.review.kind == "midpoint"
+    return story
+
+
+def reviewed(outcome: str) -> Story:
+    """`in_review`, then both answered the midpoint review with `outcome`."""
+    story = in_review()
+    story.do(SubmitReview, MENTEE, outcome=outcome)
+    story.do(SubmitReview, MENTOR, outcome=outcome)
     return story
 
 

@@ -45,7 +45,7 @@ from activities.database import create_pool, migrate, scratch_database
 from mentorflow.client import data_converter, search_attribute_types
 from mentorflow.config import Settings
 from mentorflow.keyring import Keyring
-from tests.helpers import RecordingChannel, cmd
+from tests.helpers import AGREEMENT as TESTS_AGREEMENT, RecordingChannel, cmd
 from worker import build_worker
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -67,13 +67,8 @@ RELATIONSHIP_FILES = (
 ROUND_FILES = ("matching-round",)
 
 PROGRAMME = "prog-1"
-AGREEMENT = {
-    "objective": "Grow into a staff engineer role",
-    "goals": [{"title": "Lead one cross-team design"}, {"title": "Mentor a junior engineer"}],
-    "meeting_frequency": "biweekly",
-    "meeting_minutes": 60,
-    "term_months": 6,
-}
+# The tests' agreement, met biweekly (as the committed histories were recorded).
+AGREEMENT = {**TESTS_AGREEMENT, "meeting_frequency": "biweekly"}
 
 
 def histories_converter() -> DataConverter:

@@ -19,7 +19,7 @@ from events.state import REJECTIONS_KEPT, Phase, RelationshipState
 from events.decider import evolve, fold
 from tests.domain_story import (
     COORDINATOR, MENTEE, MENTOR, PROGRAMME, PROGRAMME_SETTINGS, STREAM, Story, T0, active, in_review, matched,
-    programme, terms,
+    programme, reviewed, terms,
 )
 
 # --- idempotency --------------------------------------------------------------------------
@@ -252,9 +252,7 @@ def test_different_causes_at_the_same_version_get_different_event_ids() -> None:
 
 
 def test_event_ids_are_unique_and_versions_contiguous_across_a_whole_history() -> None:
-    story = in_review()
-    story.do(SubmitReview, MENTEE, outcome="continue")
-    story.do(SubmitReview, MENTOR, outcome="continue")
+    story = reviewed("continue")
     story.advance(timedelta(days=400))
     assert story.state.is_closed
     assert [event.version for event in story.history] == list(range(1, len(story.history) + 1))

@@ -17,7 +17,7 @@ from events.notifications import notifications_for
 from events.refusals import RefusalCode, refuse
 from events.settings import ProgrammeSettings
 from tests.domain_story import (
-    COORDINATOR, MENTEE, MENTOR, OTHER_MENTOR, SECRET, STREAM, Story, active, in_review, matched, programme, terms,
+    COORDINATOR, MENTEE, MENTOR, OTHER_MENTOR, SECRET, STREAM, Story, active, matched, programme, reviewed, terms,
 )
 
 # --- notifications and confidentiality ------------------------------------------------------
@@ -94,9 +94,7 @@ def test_bookkeeping_events_notify_nobody() -> None:
 
 
 def test_notification_ids_are_unique_across_a_whole_relationship() -> None:
-    story = in_review()
-    story.do(SubmitReview, MENTEE, outcome="close")
-    story.do(SubmitReview, MENTOR, outcome="close")
+    story = reviewed("close")
     story.advance(timedelta(days=30))
     assert story.state.is_closed
     ids = []

@@ -7,15 +7,7 @@ import base64
 import pytest
 
 from mentorflow.config import ConfigurationError, Settings
-from mentorflow.keyring import (
-    KEY_BYTES,
-    DecryptionError,
-    Keyring,
-    KeyringError,
-    UnknownKeyError,
-    format_key,
-    generate_key,
-)
+from mentorflow.keyring import KEY_BYTES, DecryptionError, Keyring, KeyringError, UnknownKeyError, format_key, generate_key
 
 
 def b64(key: bytes) -> str:

@@ -41,6 +41,15 @@ async def proposals(pool: asyncpg.Pool, relationship_id: str) -> list[dict[str, 
     ]
 
 
+async def new_round(pool: asyncpg.Pool) -> str:
+    """The cohort's profiles and programme saved; the id of a new round."""
+    await ProfileStore(pool).save_profiles(PROGRAMME, cohort())
+    # The relationships a round starts read their programme's settings.
+    settings = ProgrammeSettings(coordinator_ids=("coord-1",))
+    await Directory(pool).create_or_update_programme(Programme(programme_id=PROGRAMME, name="Cohort 27", settings=settings))
+    return f"r-{uuid.uuid4().hex[:8]}"
+
+
 async def run_round(client: Client, task_queue: str, round_id: str) -> MatchingRoundResult:
     return await client.execute_workflow(
         MatchingRound.run,
@@ -54,11 +63,7 @@ async def test_a_round_proposes_the_optimal_pairs_once_with_their_explanations(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
     env = time_skipping_env
-    await ProfileStore(pool).save_profiles(PROGRAMME, cohort())
-    # The relationships a round starts read their programme's settings.
-    settings = ProgrammeSettings(coordinator_ids=("coord-1",))
-    await Directory(pool).create_or_update_programme(Programme(programme_id=PROGRAMME, name="Cohort 27", settings=settings))
-    round_id = f"r-{uuid.uuid4().hex[:8]}"
+    round_id = await new_round(pool)
     async with new_worker(env.client, pool) as worker:
         result = await run_round(env.client, worker.task_queue, round_id)
         # Four slots for six mentees: four matched, every one proposed.
@@ -118,10 +123,7 @@ async def test_round_start_wait_shows_the_rounds_progress_on_a_terminal(
     from mentorflow import cli
 
     env = time_skipping_env
-    await ProfileStore(pool).save_profiles(PROGRAMME, cohort())
-    settings = ProgrammeSettings(coordinator_ids=("coord-1",))
-    await Directory(pool).create_or_update_programme(Programme(programme_id=PROGRAMME, name="Cohort 27", settings=settings))
-    round_id = f"r-{uuid.uuid4().hex[:8]}"
+    round_id = await new_round(pool)
     screen = io.StringIO()
     monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=100))
     async with new_worker(env.client, pool) as worker:

@@ -24,9 +24,9 @@ from tests.helpers import (
     cmd,
     failed_workflow_tasks,
     history_event_types,
-    new_worker,
+    matched,
     reflect,
-    start_relationship,
+    running_relationship,
     state_of,
 )
 from tests.session import DATA_CONVERTER, TEST_KEYRING
@@ -38,8 +38,7 @@ async def test_a_six_month_relationship_runs_from_matching_to_closure(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
     env, channel = time_skipping_env, RecordingChannel()
-    async with new_worker(env.client, pool, channel) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(env, pool, channel) as handle:
         await activate(handle)
         assert (await state_of(handle)).phase is Phase.ACTIVE
 
@@ -99,9 +98,7 @@ async def test_a_six_month_relationship_runs_from_matching_to_closure(
 async def test_search_attributes_follow_the_relationship(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(time_skipping_env, pool) as handle:
         await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-7"))
         attributes = (await handle.describe()).typed_search_attributes
         assert attributes.get(MENTORING_PHASE) == "matching"
@@ -122,9 +119,7 @@ async def test_search_attributes_follow_the_relationship(
 async def test_an_update_with_a_bad_payload_is_rejected_naming_the_field(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(time_skipping_env, pool) as handle:
         before = await history_event_types(handle)
 
         with pytest.raises(WorkflowUpdateFailedError) as bad_field:
@@ -159,9 +154,7 @@ async def test_an_update_with_a_bad_payload_is_rejected_naming_the_field(
 async def test_bad_signals_are_recorded_as_rejections_and_never_fail_a_task(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(time_skipping_env, pool) as handle:
         await handle.signal("propose_match", {"command_id": "bad-1", "actor_id": "coord-1", "mentor_id": 42})
         await handle.signal("accept_match", ["not", "an", "object"])
         await handle.signal("sign_agreement", cmd("mentee-1", agreement_version=1))
@@ -190,8 +183,7 @@ async def test_a_repeated_command_id_is_applied_once_also_across_continue_as_new
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
     env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker, history_event_limit=100)
+    async with running_relationship(env, pool, history_event_limit=100) as handle:
         first_run = (await handle.describe()).run_id
         propose = cmd("coord-1", mentor_id="mentor-1")
         first = await handle.execute_update("propose_match", propose)
@@ -242,11 +234,8 @@ async def test_an_unsigned_agreement_expires_and_closes_the_relationship(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
     env, channel = time_skipping_env, RecordingChannel()
-    async with new_worker(env.client, pool, channel) as worker:
-        handle = await start_relationship(env.client, worker)
-        await handle.execute_update("propose_match", cmd("coord-1", mentor_id="mentor-1"))
-        await handle.execute_update("accept_match", cmd("mentee-1"))
-        await handle.execute_update("accept_match", cmd("mentor-1"))
+    async with running_relationship(env, pool, channel) as handle:
+        await matched(handle)
         await handle.execute_update("propose_agreement", cmd("mentor-1", terms=AGREEMENT))
         await env.sleep(timedelta(days=15))
         summary = await handle.result()
@@ -258,8 +247,7 @@ async def test_unanswered_proposals_expire_until_the_relationship_closes_unmatch
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
     env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(env, pool) as handle:
         for n in range(3):
             await handle.execute_update("propose_match", cmd("coord-1", mentor_id=f"mentor-{n}"))
             await env.sleep(timedelta(days=8))
@@ -271,8 +259,7 @@ async def test_unanswered_proposals_expire_until_the_relationship_closes_unmatch
 
 async def test_either_party_can_close_early(time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool) -> None:
     env = time_skipping_env
-    async with new_worker(env.client, pool) as worker:
-        handle = await start_relationship(env.client, worker)
+    async with running_relationship(env, pool) as handle:
         await activate(handle)
         result = await handle.execute_update("close_relationship", cmd("mentor-1"))
         assert result["phase"] == "closing"

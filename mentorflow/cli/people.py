@@ -20,8 +20,8 @@ from activities.directory import (
 )
 from events.people import Participant
 from mentorflow.cli.shared import (
-    JsonOption, Problem, _input_problem, _parse_moment, _with_directory, command_group, details_table, err, out,
-    reports_problems,
+    JsonOption, Problem, _input_problem, _parse_moment, _with_directory, command_group, details_table, err,
+    import_summary, out, reports_problems,
 )
 from mentorflow.directory_input import read_people
 
@@ -128,12 +128,8 @@ def import_people(
             "rejected": [{"line": row.line, "reason": row.reason} for row in people.rejected],
         }))  # fmt: skip
     else:
-        imported = len(people.participants)
-        summary = (f"Imported {imported} participant{'s' if imported != 1 else ''} from {file.name}: "
-                   f"{counts.created} new, {counts.updated} updated, {counts.unchanged} unchanged")  # fmt: skip
-        if people.rejected:
-            summary += f"; {len(people.rejected)} rejected (see above)"
-        out.print(escape(summary) + ".")
+        out.print(import_summary(len(people.participants), "participant", f"from {file.name}", counts.created,
+                                 counts.updated, counts.unchanged, len(people.rejected)))  # fmt: skip
     if people.rejected:
         raise typer.Exit(2)
 

@@ -23,6 +23,7 @@ from mentorflow.cli.shared import (
     _with_database,
     app,
     err,
+    import_summary,
     out,
     reports_problems,
 )
@@ -136,11 +137,8 @@ def import_profiles(
                           "ignored_columns": parsed.ignored_columns,
                           "rejected": [p.model_dump() for p in parsed.problems]}))  # fmt: skip
     else:
-        summary = (f"Imported {len(profiles)} profile{'s' if len(profiles) != 1 else ''} into {programme}: "
-                   f"{inserted} new, {updated} updated, {unchanged} unchanged")  # fmt: skip
-        if parsed.problems:
-            summary += f"; {len(parsed.problems)} rejected (see above)"
-        out.print(escape(summary) + ".")
+        out.print(import_summary(len(profiles), "profile", f"into {programme}", inserted, updated, unchanged,
+                                 len(parsed.problems)))  # fmt: skip
         if parsed.ignored_columns:
             out.print(f"[dim]ignored columns: {escape(', '.join(parsed.ignored_columns))}[/dim]")
     if parsed.problems:

@@ -266,3 +266,12 @@ def _with_directory(action: Callable[[Directory], Coroutine[Any, Any, R]]) -> R:
 
 def _input_problem(source: object, error: DirectoryError) -> Problem:
     return Problem(f"{source}: {error}", exit_code=2)
+
+
+def import_summary(imported: int, noun: str, where: str, new: int, updated: int, unchanged: int, rejected: int) -> str:
+    """The last line of `people import` and `profiles import` (rich markup, escaped)."""
+    summary = (f"Imported {imported} {noun}{'s' if imported != 1 else ''} {where}: "
+               f"{new} new, {updated} updated, {unchanged} unchanged")  # fmt: skip
+    if rejected:
+        summary += f"; {rejected} rejected (see above)"
+    return escape(summary) + "."
