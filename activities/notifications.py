@@ -67,7 +67,7 @@ from activities.notifications_channels import (
     LogDeliveryChannel,
     NotificationChannel,
 )
-from activities.notifications_daytime import Clock, DeliveryWindows, activity_clock
+from activities.notifications_daytime import Clock, DeliveryWindows, LinkLifetimes, activity_clock
 from activities.notifications_delivery_log import DeliveryKey, DeliveryLog
 from activities.notifications_email import EmailChannel, SmtpConfig
 from activities.notifications_webhook import WebhookChannel, WebhookUnavailable
@@ -75,7 +75,7 @@ from activities.templates import RenderedMessage, render
 from events.daytime import NOT_URGENT, deadline_of, deliver_at
 from events.notifications import Notification
 from events.people import ChannelKind, Participant
-from mentorflow.action_links import LinkMaker, links_for
+from mentorflow.action_links import LinkMaker, link_scope, links_for, mute_link_for
 from mentorflow.metrics import count_notifications
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ class _Job:
     problem: str = ""
     # Held for the recipient's daytime: when their delivery window opens.
     held_until: datetime | None = None
+    # How long the email's links work: its relationship's `link_lifetime_days`.
+    link_lifetime: timedelta | None = None
 
     def key(self) -> DeliveryKey:
         return DeliveryKey(self.notification.notification_id, self.channel, self.destination)
@@ -195,12 +197,15 @@ class NotificationActivities:
         windows: DeliveryWindows | None = None,
         clock: Clock | None = None,
         links: LinkMaker | None = None,
+        lifetimes: LinkLifetimes | None = None,
     ):
         """`windows`: each relationship's delivery window (daytime delivery); None delivers
-        everything at once. `clock`: when an attempt runs (tests set the test server's)."""
+        everything at once. `clock`: when an attempt runs (tests set the test server's).
+        `lifetimes`: how long each relationship's links work; None: the link maker's own."""
         self._deliveries = deliveries
         # Signed action links in emails (docs/people.md); None: emails carry no links.
         self._links = links
+        self._lifetimes = lifetimes
         self._windows = windows
         self._clock = clock or activity_clock
         self._contacts = contacts
@@ -220,6 +225,7 @@ class NotificationActivities:
         jobs = self._plan(notifications, people)
         now = await self._clock()
         await self._hold_for_daytime(jobs, now)
+        await self._link_lifetimes(jobs)
         token = str(uuid.uuid4())
         groups: dict[tuple[str, str], list[_Job]] = {}
         for job in jobs:
@@ -264,6 +270,15 @@ class NotificationActivities:
             if at > now:
                 job.outcome, job.held_until = "held", at
                 job.problem = f"waits for the recipient's daytime, until {at.isoformat()}"
+
+    async def _link_lifetimes(self, jobs: Sequence[_Job]) -> None:
+        """Each email's links live as long as its relationship's settings say (`link_lifetime_days`)."""
+        emails = [job for job in jobs if job.meant_for == "email" and job.outcome != "held"]
+        if self._links is None or self._lifetimes is None or not emails:
+            return
+        found = await self._lifetimes.link_lifetimes(sorted({job.notification.relationship_id for job in emails}))
+        for job in emails:
+            job.link_lifetime = found.get(job.notification.relationship_id)
 
     async def _people(self, notifications: Sequence[Notification]) -> dict[str, Participant]:
         if self._contacts is None or not notifications:
@@ -389,16 +404,20 @@ class NotificationActivities:
         await self._deliveries.delivered(key)
 
     def _with_links(self, job: _Job, message: RenderedMessage) -> RenderedMessage:
-        """An email with its signed action links (mentorflow/action_links.py `links_for`); the
-        programme is the sending relationship's, from its workflow id `relationship/P/R`."""
-        specs = links_for(job.notification.template, job.notification.data)
+        """An email with its signed action links (mentorflow/action_links.py `links_for`) and the
+        link to stop that kind of message (`mute_link_for`), for `link_scope`'s programme and
+        relationship, living as long as the relationship's settings say."""
+        notification = job.notification
+        mute = mute_link_for(notification.template)
+        specs = (*links_for(notification.template, notification.data), *([mute] if mute else []))
         if self._links is None or job.meant_for != "email" or not specs or not activity.in_activity():
             return message
-        parts = (activity.info().workflow_id or "").split("/")
-        if len(parts) != 3 or parts[0] != "relationship" or parts[2] != job.notification.relationship_id:
+        scope = link_scope(notification.relationship_id, activity.info().workflow_id or "")
+        if scope is None:
             return message
         now = datetime.now(UTC)
-        for paragraph in self._links.paragraphs(job.notification.recipient_id, parts[1], parts[2], specs, now=now):
+        for paragraph in self._links.paragraphs(notification.recipient_id, *scope, specs, now=now,
+                                                lifetime=job.link_lifetime):  # fmt: skip
             message = message.with_note(paragraph)
         return message
 
@@ -436,6 +455,9 @@ def _short(error: BaseException) -> str:
     code = getattr(error, "code", None) if isinstance(error, aiosmtplib.SMTPResponseException) else None
     if isinstance(error, WebhookUnavailable):
         return f"HTTP {error.status}"
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused) and error.recipients:
+        # A temporary refusal at RCPT (450, 452: throttling, a full mailbox): its code, not the address.
+        return f"{type(error).__name__} {error.recipients[0].code}"
     if code is not None:
         return f"{type(error).__name__} {code}"
     return type(error).__name__

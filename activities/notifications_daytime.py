@@ -8,6 +8,9 @@ message waits by the rules its relationship runs on, as every other rule does. T
 never changes, so each relationship's window is looked up once per worker. A message of a
 whole programme (the coordinators' digest, whose relationship id is `programme/ID`) waits by
 the programme's window as it is now.
+
+The lifetime of the signed links in a relationship's emails (`link_lifetime_days`) is read the
+same way, from the same event (`StoredDeliveryWindows.link_lifetimes`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -23,6 +26,7 @@ from temporalio import activity
 
 from events.daytime import DeliveryWindow
 from events.digest import digest_relationship_id
+from events.settings import ProgrammeSettings
 
 # When an attempt of the activity runs; `activity_clock` unless a test sets the time.
 Clock = Callable[[], Awaitable[datetime]]
@@ -48,9 +52,18 @@ class DeliveryWindows(Protocol):
         ...
 
 
+class LinkLifetimes(Protocol):
+    async def link_lifetimes(self, relationship_ids: Sequence[str]) -> dict[str, timedelta]:
+        """How long the links in each known relationship's emails work; unknown ids are absent."""
+        ...
+
+
 # Relationships started before the setting existed stored settings without it: they run on
 # its default, as their state does when it is folded from those events.
 _DEFAULT = DeliveryWindow()
+_DEFAULT_LIFETIME = timedelta(days=ProgrammeSettings().link_lifetime_days)
+# What the notification side needs of a relationship's settings: its window, its links' lifetime.
+_Rules = tuple[DeliveryWindow | None, timedelta]
 
 
 def window_from_settings(settings: Any) -> DeliveryWindow | None:
@@ -63,19 +76,39 @@ def window_from_settings(settings: Any) -> DeliveryWindow | None:
     return None if stored is None else DeliveryWindow.model_validate(stored)
 
 
+def lifetime_from_settings(settings: Any) -> timedelta:
+    """The links' lifetime in a stored `ProgrammeSettings` document (its JSON object)."""
+    if isinstance(settings, str):
+        settings = json.loads(settings)
+    days = settings.get("link_lifetime_days") if isinstance(settings, dict) else None
+    return timedelta(days=days) if isinstance(days, int) and days > 0 else _DEFAULT_LIFETIME
+
+
+def _rules(settings: Any) -> _Rules:
+    return window_from_settings(settings), lifetime_from_settings(settings)
+
+
 # What a programme's own messages name where others name their relationship.
 _PROGRAMME = digest_relationship_id("")
 
 
 class StoredDeliveryWindows:
-    """Each relationship's window, from the settings in its `RelationshipStarted` event."""
+    """Each relationship's window and links' lifetime, from the settings in its
+    `RelationshipStarted` event."""
 
     def __init__(self, pool: asyncpg.Pool, *, remember: int = 10_000):
         self._pool = pool
         self._remember = remember
-        self._known: OrderedDict[str, DeliveryWindow | None] = OrderedDict()
+        self._known: OrderedDict[str, _Rules] = OrderedDict()
 
     async def windows(self, relationship_ids: Sequence[str]) -> dict[str, DeliveryWindow | None]:
+        return {r: rules[0] for r, rules in (await self._rules(relationship_ids)).items()}
+
+    async def link_lifetimes(self, relationship_ids: Sequence[str]) -> dict[str, timedelta]:
+        """How long the links in each known relationship's emails work (`link_lifetime_days`)."""
+        return {r: rules[1] for r, rules in (await self._rules(relationship_ids)).items()}
+
+    async def _rules(self, relationship_ids: Sequence[str]) -> dict[str, _Rules]:
         wanted = list(dict.fromkeys(relationship_ids))
         missing = [r for r in wanted if r not in self._known]
         if missing:
@@ -85,8 +118,8 @@ class StoredDeliveryWindows:
                 missing,
             )
             for row in rows:
-                self._known[row["stream_id"]] = window_from_settings(row["settings"])
-        found: dict[str, DeliveryWindow | None] = await self._programme_windows(
+                self._known[row["stream_id"]] = _rules(row["settings"])
+        found: dict[str, _Rules] = await self._programme_rules(
             [r for r in missing if r.startswith(_PROGRAMME) and r not in self._known]
         )
         for relationship_id in wanted:
@@ -97,7 +130,7 @@ class StoredDeliveryWindows:
             self._known.popitem(last=False)
         return found
 
-    async def _programme_windows(self, ids: Sequence[str]) -> dict[str, DeliveryWindow | None]:
+    async def _programme_rules(self, ids: Sequence[str]) -> dict[str, _Rules]:
         """Programme-wide messages: the programme's window now (not remembered: it may change)."""
         if not ids:
             return {}
@@ -105,4 +138,4 @@ class StoredDeliveryWindows:
             "SELECT programme_id, settings FROM programmes WHERE programme_id = ANY($1::text[])",
             [i.removeprefix(_PROGRAMME) for i in ids],
         )
-        return {_PROGRAMME + row["programme_id"]: window_from_settings(row["settings"]) for row in rows}
+        return {_PROGRAMME + row["programme_id"]: _rules(row["settings"]) for row in rows}

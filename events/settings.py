@@ -69,6 +69,9 @@ class ProgrammeSettings(BaseModel):
     # None: at any time.
     delivery_window: DeliveryWindow | None = DeliveryWindow()
 
+    # The signed links in a relationship's emails work for this many days (docs/people.md).
+    link_lifetime_days: int = Field(default=14, ge=1, le=90)
+
     coordinator_ids: tuple[NotConfidential, ...] = ()
 
     @model_validator(mode="after")

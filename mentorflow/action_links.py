@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from events.digest import digest_relationship_id, items_of
 from mentorflow.keyring import Keyring
 
 KEY_PURPOSE = "mentorflow action links v1"
@@ -45,6 +46,8 @@ class Purpose(StrEnum):
     CONCERN = "concern"
     MY_RELATIONSHIP = "my_relationship"
     MUTE = "mute"
+    # A coordinator's, from the digest: send the reminder of what waits again (`nudge_relationship`).
+    NUDGE = "nudge"
 
 
 class LinkRefused(ValueError):
@@ -166,6 +169,8 @@ class LinkSpec:
     purpose: Purpose
     subject: str = ""
     query: str = ""
+    # A link about another relationship than the message's own (a digest's items).
+    relationship_id: str = ""
 
 
 # Messages only the coordinators get: the parties' own links make no sense there.
@@ -177,6 +182,8 @@ FINAL_TEMPLATES = frozenset({"relationship_summary", "relationship_closed"})
 def links_for(template: str, data: Mapping[str, str]) -> tuple[LinkSpec, ...]:
     """The links a message of `template` with `data` carries: what it asks its reader to do,
     then "My relationship" and "Raise a concern privately" (every message to a party)."""
+    if template == "coordinator_digest":
+        return digest_links(data)
     if template in COORDINATOR_TEMPLATES:
         return ()
     asked: list[LinkSpec] = []
@@ -210,6 +217,115 @@ def links_for(template: str, data: Mapping[str, str]) -> tuple[LinkSpec, ...]:
     )
 
 
+# Digest items whose relationship waits for its parties: a nudge sends them the reminder again.
+NUDGED_ITEMS = frozenset({"stalled", "at_risk", "proposal_unanswered", "review_due", "reflections_due"})
+
+
+def digest_links(data: Mapping[str, str]) -> tuple[LinkSpec, ...]:
+    """A coordinator's digest: one "nudge" link per relationship that waits for its parties
+    (named by id, as the digest names it), for the digest's day."""
+    relationships = dict.fromkeys(
+        item.relationship_id for item in items_of(data) if item.kind in NUDGED_ITEMS and item.relationship_id
+    )
+    return tuple(
+        LinkSpec(f"Nudge relationship {relationship_id}", Purpose.NUDGE, data.get("day", ""), relationship_id=relationship_id)
+        for relationship_id in relationships
+        if relationship_id
+    )
+
+
+# -- "Stop getting these emails" ------------------------------------------------------------------
+
+# Each kind of message (its template) in plain words, for the mute link and its page: "Stop
+# getting these emails: reminders of your next meeting".
+KIND_WORDS: dict[str, str] = {
+    "match_proposed": "proposed mentoring matches to answer",
+    "match_declined": "news that a proposed match was declined",
+    "match_proposal_expired": "news that a match proposal expired",
+    "match_confirmed": "news that a match is confirmed",
+    "agreement_proposed": "mentoring agreements to read and sign",
+    "agreement_reminder": "reminders to sign your mentoring agreement",
+    "relationship_activated": "news that a mentoring relationship has started",
+    "meeting_scheduled": "new meetings, with their calendar invitations",
+    "meeting_rescheduled": "meetings moved to another time, with the calendar update",
+    "agenda_request": "requests to share an agenda before a meeting",
+    "meeting_reminder": "reminders of your next meeting",
+    "meeting_cancelled": "cancelled meetings, with the calendar update",
+    "meeting_withdrawn": "meetings taken off your calendar",
+    "meeting_missed_check": "questions whether a meeting took place",
+    "meeting_reported_not_held": "news that a meeting was reported as not held",
+    "meeting_report_corrected": "corrections to a meeting's record",
+    "milestone_celebration": "congratulations on a milestone reached",
+    "goal_achieved": "congratulations on a goal achieved",
+    "goal_revision_to_acknowledge": "changes to a goal for you to acknowledge",
+    "goal_revised": "news that a goal was changed",
+    "feedback_request": "requests for feedback on your mentoring",
+    "feedback_received": "news that feedback was given",
+    "low_feedback": "alerts about a low feedback score",
+    "concern_raised": "alerts about a concern raised",
+    "concern_resolved": "news that a concern was resolved",
+    "relationship_paused": "news that a relationship is paused",
+    "relationship_resumed": "news that a relationship is resumed",
+    "nudge": "nudges to meet again",
+    "health_healthy": "news that a relationship is back on track",
+    "health_at_risk": "warnings that a relationship has gone quiet",
+    "health_stalled": "warnings that a relationship has stalled",
+    "midpoint_review_opened": "requests for the midpoint review",
+    "final_review_opened": "requests for the final review",
+    "on_demand_review_opened": "requests for a review",
+    "review_completed": "news that a review is complete",
+    "term_extended": "news that a term was extended",
+    "reflection_request": "requests for a closing reflection",
+    "relationship_summary": "the summary when a relationship closes",
+    "relationship_closed_early": "alerts that a relationship was closed early",
+    "relationship_closed": "news that a relationship has closed",
+    "coordinator_digest": "the coordinators' digest of what needs you",
+}
+
+# Messages nobody can turn off from a link: a match waiting for your answer (unanswered, it
+# expires and the mentee waits longer), a concern and an early closure (the coordinators must
+# hear), and the calendar updates of a moved, cancelled or withdrawn meeting (muted, they would
+# leave a wrong entry in the calendar). Their emails carry no mute link, and a mute link for one
+# is refused with a page that says why. (An operator can still mute anything in the directory.)
+MUST_HEAR = frozenset(
+    {
+        "match_proposed",
+        "concern_raised",
+        "relationship_closed_early",
+        "meeting_rescheduled",
+        "meeting_cancelled",
+        "meeting_withdrawn",
+    }
+)
+MUTE_LABEL = "Stop getting these emails"
+
+
+def kind_words(template: str) -> str:
+    """What a kind of message is, in plain words (a template nobody named yet: its name in words)."""
+    return KIND_WORDS.get(template, template.replace("_", " "))
+
+
+def mute_link_for(template: str) -> LinkSpec | None:
+    """The link every email carries to stop that kind of message, unless it is one to hear."""
+    if template in MUST_HEAR:
+        return None
+    return LinkSpec(f"{MUTE_LABEL} ({kind_words(template)})", Purpose.MUTE, template)
+
+
+def link_scope(relationship_id: str, workflow_id: str) -> tuple[str, str] | None:
+    """(programme, relationship) the links of a message name: a relationship's message names
+    its programme through the sending workflow's id, `relationship/P/R`; a programme's own
+    message (the coordinators' digest, `programme/P`) names the programme as its relationship.
+    None: a message whose sender cannot be told (it gets no links)."""
+    programme_wide = digest_relationship_id("")
+    if relationship_id.startswith(programme_wide):
+        return relationship_id.removeprefix(programme_wide), relationship_id
+    parts = workflow_id.split("/")
+    if len(parts) == 3 and parts[0] == "relationship" and parts[2] == relationship_id:
+        return parts[1], parts[2]
+    return None
+
+
 @dataclass(frozen=True)
 class LinkMaker:
     """Makes the signed URLs of a message's links: under the public URL of the pages
@@ -220,33 +336,41 @@ class LinkMaker:
     lifetime: timedelta = DEFAULT_LIFETIME
 
     def urls(
-        self, person_id: str, programme_id: str, relationship_id: str, specs: tuple[LinkSpec, ...], *, now: datetime
+        self, person_id: str, programme_id: str, relationship_id: str, specs: tuple[LinkSpec, ...], *, now: datetime,
+        lifetime: timedelta | None = None,
     ) -> list[tuple[str, str]]:
-        """(label, URL) for each spec."""
+        """(label, URL) for each spec; `lifetime`: the relationship's own (else the maker's)."""
         made = []
         for spec in specs:
-            link = new_link(person_id, programme_id, relationship_id, spec.purpose, now=now, subject=spec.subject,
-                            lifetime=self.lifetime)  # fmt: skip
+            link = new_link(person_id, programme_id, spec.relationship_id or relationship_id, spec.purpose, now=now,
+                            subject=spec.subject, lifetime=lifetime or self.lifetime)  # fmt: skip
             url = f"{self.public_url}/p/{sign(self.keyring, link)}"
             made.append((spec.label, f"{url}?{spec.query}" if spec.query else url))
         return made
 
     def paragraphs(
-        self, person_id: str, programme_id: str, relationship_id: str, specs: tuple[LinkSpec, ...], *, now: datetime
+        self, person_id: str, programme_id: str, relationship_id: str, specs: tuple[LinkSpec, ...], *, now: datetime,
+        lifetime: timedelta | None = None,
     ) -> list[str]:
         """The links as paragraphs of a plain-text email: what the message asks, then the
-        links every message carries."""
-        urls = self.urls(person_id, programme_id, relationship_id, specs, now=now)
-        asked = [f"{label}: {url}" for (label, url), spec in zip(urls, specs, strict=True) if spec.purpose not in _ALWAYS]
-        always = [f"{label}: {url}" for (label, url), spec in zip(urls, specs, strict=True) if spec.purpose in _ALWAYS]
+        links every message carries, then the one to stop that kind of message."""
+        urls = self.urls(person_id, programme_id, relationship_id, specs, now=now, lifetime=lifetime)
+        lines = [(f"{label}: {url}", spec.purpose) for (label, url), spec in zip(urls, specs, strict=True)]
+        asked = [line for line, purpose in lines if purpose not in _ALWAYS and purpose is not Purpose.MUTE]
+        always = [line for line, purpose in lines if purpose in _ALWAYS]
         paragraphs = []
         if asked:
-            scores = specs[0].purpose is Purpose.FEEDBACK
-            lead = "Your score, 1 (poorly) to 5 (very well):" if scores else "Answer here (each link opens a page to confirm):"
-            paragraphs.append("\n".join([lead, *asked]))
+            paragraphs.append("\n".join([_LEADS.get(specs[0].purpose, _LEADS[Purpose.CONCERN]), *asked]))
         if always:
             paragraphs.append("\n".join(always))
+        paragraphs.extend(line for line, purpose in lines if purpose is Purpose.MUTE)
         return paragraphs
 
 
 _ALWAYS = frozenset({Purpose.MY_RELATIONSHIP, Purpose.CONCERN})
+# What introduces the links of what a message asks (the concern's: any other question).
+_LEADS = {
+    Purpose.FEEDBACK: "Your score, 1 (poorly) to 5 (very well):",
+    Purpose.NUDGE: "Send the reminder of what waits again (each link opens a page to confirm):",
+    Purpose.CONCERN: "Answer here (each link opens a page to confirm):",
+}

@@ -4,6 +4,10 @@ In this order, each answered with a page that says what to do instead (never an 
 stack trace): the token itself (shape, key, signature, expiry: `mentorflow.action_links`),
 the person (still in the directory and not left), the relationship (not forgotten, still
 there, and the person still one of its two people). Only then is the link's page shown.
+
+A link to stop a kind of email (`Purpose.MUTE`) is about its person alone, who may be a
+coordinator and not a party, or get the programme's digest: it is checked for the token, the
+person and a forgotten relationship (`open_mute`), not against the relationship's state.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from activities.templates import recipient_zone
 from events.people import Participant
 from events.refusals import RefusalCode
 from events.state import RelationshipState
-from mentorflow.action_links import ActionLink, LinkRefused, verify
+from mentorflow.action_links import ActionLink, LinkRefused, Purpose, verify
 from mentorflow.api.app import ApiContext
 from mentorflow.api.problems import ApiProblem
 from mentorflow.pages.views import Reader
@@ -59,6 +63,9 @@ GONE = Refusal("This link is no longer valid", "It belongs to someone who is no 
 NOT_YOURS = Refusal("This link is no longer valid", "This page is only for the mentee and the mentor of the "
                     "relationship, and you are not (or no longer) one of them. Your programme coordinator can help.",
                     410, "not_a_party")  # fmt: skip
+NOT_COORDINATOR = Refusal("This link is no longer valid", "This page is only for the coordinators of the "
+                          "relationship's programme, and you are not (or no longer) one of them.", 410,
+                          "not_a_coordinator")  # fmt: skip
 BUSY = Refusal("Please try again in a minute", "We could not reach your mentoring relationship just now. Nothing "
                "was changed.", 503, "unavailable")  # fmt: skip
 
@@ -71,9 +78,17 @@ def check_token(context: ApiContext, token: str, now: datetime) -> ActionLink:
         raise _TOKEN_REFUSALS[refused.reason].again() from None
 
 
-async def open_link(context: ApiContext, token: str, now: datetime) -> Opened:
-    """The link, its relationship's state and its reader; `Refusal` when it may not be used."""
-    link = check_token(context, token, now)
+@dataclass(frozen=True)
+class OpenedMute:
+    """A link to stop one kind of email (its template is the link's subject), and its person."""
+
+    token: str
+    link: ActionLink
+    person: Participant
+
+
+async def _person(context: ApiContext, link: ActionLink) -> Participant:
+    """The link's person, still in the directory, of a relationship not forgotten."""
     person = await context.directory.get_participant(link.person_id)
     if person is None or person.status == "left":
         raise GONE.again()
@@ -82,6 +97,21 @@ async def open_link(context: ApiContext, token: str, now: datetime) -> Opened:
     )
     if forgotten:
         raise GONE.again()
+    return person
+
+
+async def open_any(context: ApiContext, token: str, now: datetime) -> Opened | OpenedMute:
+    """`open_link`, or for a link to stop a kind of email, its person alone."""
+    link = check_token(context, token, now)
+    if link.purpose is Purpose.MUTE:
+        return OpenedMute(token, link, await _person(context, link))
+    return await open_link(context, token, now, link)
+
+
+async def open_link(context: ApiContext, token: str, now: datetime, link: ActionLink | None = None) -> Opened:
+    """The link, its relationship's state and its reader; `Refusal` when it may not be used."""
+    link = link or check_token(context, token, now)
+    person = await _person(context, link)
     try:
         state = await context.state_of(link.programme_id, link.relationship_id)
     except ApiProblem as problem:
@@ -90,7 +120,11 @@ async def open_link(context: ApiContext, token: str, now: datetime) -> Opened:
         raise BUSY.again() from None
     if state.version == 0:
         raise BUSY.again()
-    if link.person_id not in state.participant_ids():
+    if link.purpose is Purpose.NUDGE:
+        # A coordinator's link (from the digest): the relationship's coordinators, as it knows them.
+        if link.person_id not in state.settings.coordinator_ids:
+            raise NOT_COORDINATOR.again()
+    elif link.person_id not in state.participant_ids():
         raise NOT_YOURS.again()
     others = [p for p in state.participant_ids() if p != link.person_id]
     people: dict[str, Participant] = {p.participant_id: p for p in await context.directory.get_participants(others)}

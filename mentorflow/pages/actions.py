@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from events.health import NUDGE_EVERY, waiting_reminder
+from events.refusals import Rejection
 from events.state import Phase, RelationshipState
 from mentorflow.action_links import ActionLink, Purpose
 from mentorflow.pages.views import (
@@ -214,6 +216,33 @@ def _required_text(label: str) -> Field:
     return Field("textarea", "text", label, required=True)
 
 
+REMINDER_WORDS = {
+    "match_proposal": "the proposed match waits for an answer",
+    "agreement": "the agreement waits for signatures",
+    "meeting": "their next meeting is coming up",
+    "meeting_report": "their last meeting waits to be reported",
+    "review": "the review waits for answers",
+    "reflection": "the closing reflections are due",
+}
+
+
+def _nudge(link: ActionLink, state: RelationshipState, reader: Reader, query: Mapping[str, str], now: datetime) -> Page:
+    """A coordinator's: send the reminder of what the relationship waits for again."""
+    title = "Nudge a mentoring relationship"
+    names = " and ".join(reader.name_of(p) for p in state.participant_ids())
+    nudged = state.coordinator_nudged_at
+    if nudged is not None and now < nudged + NUDGE_EVERY:
+        return done(title, f"{names} were sent the reminder again on {reader.when(nudged)}; they can be nudged once a day.")
+    waiting = waiting_reminder(state, now)
+    if isinstance(waiting, Rejection) or state.paused_until is not None:
+        return over(title, f"Nothing waits for {names} to be reminded of right now.")
+    reminder, parties = waiting
+    mentor = state.mentor_id or (state.candidate.mentor_id if state.candidate else None)
+    to = " and ".join(reader.name_of(state.mentee_id if p == "mentee" else mentor) for p in parties)
+    return Page(title, intro=(f"{names}: {REMINDER_WORDS[reminder]}.", f"This sends the reminder again to {to}."),
+                forms=(Form("nudge", "Send the reminder again"),))  # fmt: skip
+
+
 def _mine(link: ActionLink, state: RelationshipState, reader: Reader, query: Mapping[str, str], now: datetime) -> Page:
     return relationship_page(state, reader.person.participant_id, reader)
 
@@ -229,6 +258,7 @@ CHOICES: dict[Purpose, tuple[str, ...]] = {
     Purpose.REFLECTION: ("reflect",),
     Purpose.CONCERN: ("concern",),
     Purpose.MY_RELATIONSHIP: ("progress",),
+    Purpose.NUDGE: ("nudge",),
 }
 
 PageMaker = Callable[[ActionLink, RelationshipState, Reader, Mapping[str, str], datetime], Page]
@@ -242,6 +272,7 @@ PAGES: dict[Purpose, PageMaker] = {
     Purpose.REFLECTION: _reflection,
     Purpose.CONCERN: _concern,
     Purpose.MY_RELATIONSHIP: _mine,
+    Purpose.NUDGE: _nudge,
 }
 
 
@@ -286,6 +317,8 @@ def command_for(
         raise FormProblem("That answer is not open any more; the page shows what is.")
     if choice == "accept":
         return "accept_match", {}
+    if choice == "nudge":
+        return "nudge_relationship", {}
     if choice == "decline":
         return "decline_match", {"reason": _text(form, "reason")}
     if choice.startswith("sign:"):

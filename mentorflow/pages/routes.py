@@ -11,6 +11,8 @@
   sent again is the same command, applied once. Every POST on a valid link is audited in
   `api_audit` with credential kind `link` (the link's person and purpose).
 - `GET /p/{token}/meeting.ics`: the next meeting as a calendar entry.
+- A link to stop one kind of email (`Purpose.MUTE`, `mute.py`) takes the same road: GET shows,
+  a POST with the CSRF pair mutes (or unmutes) it in the directory, audited the same way.
 
 No page carries a script; forms are plain HTML, so a mail scanner that fetches or renders a
 link (even running scripts) submits nothing.
@@ -45,13 +47,15 @@ from mentorflow.api.problems import ApiProblem
 from mentorflow.api.temporal import bounded
 from mentorflow.pages.access import (
     Opened,
+    OpenedMute,
     Refusal,
     csrf_cookie_name,
     csrf_field,
     csrf_valid,
-    open_link,
+    open_any,
 )
 from mentorflow.pages.actions import FormProblem, command_for, page_for
+from mentorflow.pages.mute import AUDITED, may_mute, mute_choice, mute_done, mute_page
 from mentorflow.pages.views import Page
 
 log = logging.getLogger("mentorflow.pages")
@@ -85,6 +89,7 @@ DONE_WORDS = {
     "submit_reflection": "Thank you for your reflection.",
     "raise_concern": "Your concern went to the programme coordinators; the other person is not told.",
     "record_goal_progress": "Thank you: your goal's progress is saved.",
+    "nudge_relationship": "The reminder went out to them again.",
 }
 REFUSED_WORDS = {
     "invalid_payload": "That did not work: please check what you entered.",
@@ -109,15 +114,22 @@ def _link_url(context: ApiContext, link: ActionLink, purpose: Purpose) -> str:
     return f"/p/{sign(context.keyring, sibling)}"
 
 
-def _message(context: ApiContext, opened: Opened | None, title: str, message: str, status: int, kind: str = "note",
-             back: bool = False) -> HTMLResponse:  # fmt: skip
-    mine = concern = None
-    if opened is not None:
-        mine = _link_url(context, opened.link, Purpose.MY_RELATIONSHIP)
-        concern = _link_url(context, opened.link, Purpose.CONCERN)
+def _footer(context: ApiContext, opened: Opened | OpenedMute | None, *, every: bool = False) -> dict[str, str | None]:
+    """ "My relationship" and "Raise a concern privately", for the two people of a relationship
+    (not on the page of a mute link, which a coordinator may open); `every`: even the page's own."""
+    if not isinstance(opened, Opened) or opened.link.purpose is Purpose.NUDGE:
+        return {"mine_url": None, "concern_url": None}
+    purpose = opened.link.purpose
+    mine = None if purpose is Purpose.MY_RELATIONSHIP and not every else _link_url(context, opened.link, Purpose.MY_RELATIONSHIP)
+    concern = None if purpose is Purpose.CONCERN and not every else _link_url(context, opened.link, Purpose.CONCERN)
+    return {"mine_url": mine, "concern_url": concern}
+
+
+def _message(context: ApiContext, opened: Opened | OpenedMute | None, title: str, message: str, status: int,
+             kind: str = "note", back: bool = False, back_label: str = "Back to the page") -> HTMLResponse:  # fmt: skip
     back_url = f"/p/{opened.token}" if back and opened is not None else None
-    return _html("message.html", status, title=title, message=message, kind=kind, mine_url=mine, concern_url=concern,
-                 back_url=back_url)  # fmt: skip
+    return _html("message.html", status, title=title, message=message, kind=kind, back_url=back_url,
+                 back_label=back_label, **_footer(context, opened, every=True))  # fmt: skip
 
 
 def _refused(context: ApiContext, request: Request, refusal: Refusal) -> HTMLResponse:
@@ -131,14 +143,13 @@ def _refused(context: ApiContext, request: Request, refusal: Refusal) -> HTMLRes
     return _html("message.html", refusal.status, title=refusal.title, message=refusal.message, kind="problem")
 
 
-def _show(context: ApiContext, opened: Opened, page: Page, problem: str = "", status: int | None = None) -> HTMLResponse:
+def _show(context: ApiContext, opened: Opened | OpenedMute, page: Page, problem: str = "",
+          status: int | None = None) -> HTMLResponse:  # fmt: skip
     nonce = secrets.token_urlsafe(24)
     downloads = [(label, f"/p/{opened.token}{suffix}") for label, suffix in page.downloads]
-    mine = None if opened.link.purpose is Purpose.MY_RELATIONSHIP else _link_url(context, opened.link, Purpose.MY_RELATIONSHIP)
-    concern = None if opened.link.purpose is Purpose.CONCERN else _link_url(context, opened.link, Purpose.CONCERN)
     response = _html(
         "page.html", status or page.status, title=page.title, page=page, problem=problem, downloads=downloads,
-        action=f"/p/{opened.token}", csrf=csrf_field(context, opened.token, nonce), mine_url=mine, concern_url=concern,
+        action=f"/p/{opened.token}", csrf=csrf_field(context, opened.token, nonce), **_footer(context, opened),
     )  # fmt: skip
     if page.forms:
         response.set_cookie(
@@ -154,11 +165,12 @@ def _secure(context: ApiContext) -> bool:
     return bool(public and public.startswith("https://"))
 
 
-async def _opened(request: Request, token: str, now: datetime) -> Opened | Response:
-    """The link's relationship and reader, or the page saying why the link cannot be used."""
+async def _opened(request: Request, token: str, now: datetime) -> Opened | OpenedMute | Response:
+    """The link's relationship and reader (a mute link's person), or the page saying why the
+    link cannot be used."""
     context = context_of(request)
     try:
-        return await open_link(context, token, now)
+        return await open_any(context, token, now)
     except Refusal as refusal:
         return _refused(context, request, refusal)
 
@@ -169,6 +181,8 @@ async def show(request: Request, token: str) -> Response:
     now = datetime.now(UTC)
     if isinstance(opened := await _opened(request, token, now), Response):
         return opened
+    if isinstance(opened, OpenedMute):
+        return _show(context_of(request), opened, mute_page(opened.link.subject, opened.person))
     query = {key: value for key, value in request.query_params.items()}
     return _show(context_of(request), opened, page_for(opened.link, opened.state, opened.reader, query, now))
 
@@ -179,8 +193,8 @@ async def meeting_ics(request: Request, token: str) -> Response:
     context = context_of(request)
     if isinstance(opened := await _opened(request, token, datetime.now(UTC)), Response):
         return opened
-    meeting = opened.state.next_meeting
-    if meeting is None or opened.state.is_closed:
+    meeting = opened.state.next_meeting if isinstance(opened, Opened) else None
+    if not isinstance(opened, Opened) or meeting is None or opened.state.is_closed:
         return _message(context, opened, "No meeting planned", "There is no next meeting to add to a calendar.", 404)
     invite = MeetingInvite(f"{opened.state.relationship_id}-meeting-{meeting.meeting_number}@mentorflow",
                            meeting.starts_at, meeting.ends_at, meeting.revision)  # fmt: skip
@@ -208,6 +222,8 @@ async def act(request: Request, token: str) -> Response:
         return _message(context, opened, "Please press the button on the page", "This form could not be accepted (it "
                         "did not come from the page, or the page is too old). Nothing was changed: open the link "
                         "again and press the button there.", 403, kind="problem")  # fmt: skip
+    if isinstance(opened, OpenedMute):
+        return await _mute(context, opened, form, audit)
     try:
         context.limiter.check(f"link:{link.person_id}")
         message, fields = command_for(link, opened.state, opened.reader, form, now)
@@ -243,6 +259,27 @@ async def act(request: Request, token: str) -> Response:
     if result.replay:
         words = "This was done already (your earlier press counted). " + words
     return _message(context, opened, "Done", words, 200)
+
+
+async def _mute(context: ApiContext, opened: OpenedMute, form: dict[str, str], audit: dict[str, Any]) -> Response:
+    """Stop (or restart) one kind of email for the link's person, in the directory."""
+    link, template = opened.link, opened.link.subject
+    try:
+        context.limiter.check(f"link:{link.person_id}")
+        muted = mute_choice(form)
+    except FormProblem as problem:
+        return _show(context, opened, mute_page(template, opened.person), problem=str(problem), status=422)
+    except ApiProblem as problem:
+        return _message(context, opened, "Please wait a moment", "Too many presses; nothing was changed.", problem.status)
+    choice = "mute" if muted else "unmute"
+    audit.update(message=AUDITED[choice], command_id=link.command_id(choice))
+    if not may_mute(template):
+        await _audit(context, link, audit, "not_allowed", 403)
+        return _show(context, opened, mute_page(template, opened.person))
+    changed = await context.directory.set_muted(link.person_id, template, muted)
+    await _audit(context, link, audit, "applied" if changed else "replay", 200)
+    words, again = mute_done(template, muted)
+    return _message(context, opened, "Done", words, 200, back=True, back_label=again)
 
 
 async def _form(request: Request) -> dict[str, str] | None:
