@@ -78,3 +78,70 @@ def _profile(rng: np.random.Generator) -> dict[str, Any]:
         "availability": [{"day": str(day), "start": f"{start:02d}:00", "end": f"{start + 2:02d}:00"}
                          for day in rng.choice(DAYS, size=2, replace=False)],  # fmt: skip
     }
+
+
+def _distinct(rng: np.random.Generator, rows: int, pool: int, k: int) -> np.ndarray:
+    """`rows` × k distinct indices below `pool`, drawn at once."""
+    return np.argsort(rng.random((rows, pool)), axis=1)[:, :k]
+
+
+def large_people(n: int, m: int, seed: int, *, popular: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The people of `people()` (full profiles and the public-sector attributes), drawn a
+    column at a time so that 100,000 × 25,000 takes seconds. `popular`: 1 % of mentors are
+    experts (level 5) in the 5 topics that 80 % of mentees want and no other mentor offers,
+    and those mentees ask for 2 of them by name: everybody wants the same few mentors."""
+    rng = np.random.default_rng(seed)
+    hot = 5 if popular else 0
+
+    def common(count: int, prefix: str, mentor: bool) -> list[dict[str, Any]]:
+        zones = rng.integers(0, len(ZONES), count)
+        german = rng.random(count) < 0.1
+        formats = _distinct(rng, count, 3, 2)
+        two_formats = rng.random(count) < 0.5
+        days = _distinct(rng, count, len(DAYS), 2)
+        starts = rng.integers(8, 18, count)
+        grades = rng.integers(3, 8, count) if mentor else rng.integers(1, 6, count)
+        organisations = rng.integers(0, len(ORGANISATIONS), count)
+        professions = rng.integers(0, len(PROFESSIONS), count)
+        traits = _distinct(rng, count, len(CHARACTERISTICS), 2)
+        trait_count = rng.integers(0, 3, count)
+        names = ["video", "phone", "in_person"]
+        rows = []
+        for k in range(count):
+            attributes: dict[str, Any] = {"organisation": ORGANISATIONS[organisations[k]], "grade": int(grades[k]),
+                                          "profession": PROFESSIONS[professions[k]]}  # fmt: skip
+            if trait_count[k]:
+                attributes["characteristics"] = [CHARACTERISTICS[t] for t in traits[k, : trait_count[k]]]
+            rows.append({
+                "participant_id": f"{prefix}-{k}", "role": "mentor" if mentor else "mentee", "attributes": attributes,
+                "timezone": ZONES[zones[k]], "languages": ["de"] if german[k] else ["en"],
+                "formats": [names[f] for f in formats[k, : 1 + two_formats[k]]], "seniority": int(grades[k]),
+                "availability": [{"day": DAYS[d], "start": f"{starts[k]:02d}:00", "end": f"{starts[k] + 2:02d}:00"}
+                                 for d in days[k]],
+            })  # fmt: skip
+        return rows
+
+    mentees, mentors = common(n, "e", False), common(m, "m", True)
+    stars = rng.choice(m, max(1, m // 100), replace=False) if popular else np.zeros(0, dtype=np.int64)
+    followers = rng.random(n) < (0.8 if popular else 0.0)
+    goals = _distinct(rng, n, len(TOPICS) - hot, 3) + hot
+    hot_goals = _distinct(rng, n, max(hot, 3), 3)
+    priorities = rng.integers(1, 4, (n, 3))
+    asked = rng.integers(0, max(1, len(stars)), (n, 2))
+    for i, row in enumerate(mentees):
+        topics = hot_goals[i] if followers[i] else goals[i]
+        row["goals"] = [{"topic": TOPICS[t], "priority": int(p)} for t, p in zip(topics, priorities[i], strict=True)]
+        if followers[i]:
+            row["preferred"] = sorted({f"m-{stars[a]}" for a in asked[i]})
+    strengths = _distinct(rng, m, len(TOPICS) - hot, 5) + hot
+    levels = rng.integers(1, 6, (m, 5))
+    capacities = rng.integers(1, 6, m)
+    is_star = np.zeros(m, dtype=bool)
+    is_star[stars] = True
+    for j, row in enumerate(mentors):
+        if is_star[j]:
+            row["strengths"] = [{"topic": TOPICS[t], "level": 5} for t in range(hot)]
+        else:
+            row["strengths"] = [{"topic": TOPICS[t], "level": int(v)} for t, v in zip(strengths[j], levels[j], strict=True)]
+        row["capacity"] = int(capacities[j])
+    return mentees, mentors

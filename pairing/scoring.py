@@ -261,6 +261,32 @@ GAP_TOO_SMALL = "seniority gap too small"
 BELOW_MINIMUM = "score below the programme's minimum"
 
 
+def goal_matrices(mentees: Sequence[MenteeProfile], mentors: Sequence[MentorProfile]) -> tuple[np.ndarray, np.ndarray]:
+    """(priority: mentees × topics, level: mentors × topics) over the topics mentees want."""
+    topics = {t: k for k, t in enumerate(sorted({g.topic for p in mentees for g in p.goals}))}
+    priority = np.zeros((len(mentees), max(1, len(topics))), dtype=np.float64)
+    for i, mentee in enumerate(mentees):
+        for goal in mentee.goals:
+            priority[i, topics[goal.topic]] = goal.priority
+    level = np.zeros((len(mentors), priority.shape[1]), dtype=np.float64)
+    for j, mentor in enumerate(mentors):
+        for strength in mentor.strengths:
+            if (k := topics.get(strength.topic)) is not None:
+                level[j, k] = strength.level
+    return priority, level
+
+
+def asked_pairs(mentees: Sequence[MenteeProfile], mentors: Sequence[MentorProfile]) -> tuple[np.ndarray, np.ndarray]:
+    """Preferences are a few named ids per profile: (mentee, mentor) of each ask, sorted by
+    mentee so that a block finds its own with a binary search (a pair asked both ways twice)."""
+    mentor_index = {p.participant_id: j for j, p in enumerate(mentors)}
+    mentee_index = {p.participant_id: i for i, p in enumerate(mentees)}
+    asked = [(i, mentor_index[x]) for i, p in enumerate(mentees) for x in p.preferred if x in mentor_index]
+    asked += [(mentee_index[x], j) for j, p in enumerate(mentors) for x in p.preferred if x in mentee_index]
+    asked.sort()
+    return np.array([i for i, _ in asked], dtype=np.int64), np.array([j for _, j in asked], dtype=np.int64)
+
+
 class _Cohort:
     """Everything about a cohort that the blocks of the score matrix share, encoded once."""
 
@@ -275,16 +301,7 @@ class _Cohort:
         self.settings = settings
         n, m = len(mentees), len(mentors)
         self.shape = (n, m)
-        topics = {t: k for k, t in enumerate(sorted({g.topic for p in mentees for g in p.goals}))}
-        self.priority = np.zeros((n, max(1, len(topics))), dtype=np.float64)
-        for i, mentee in enumerate(mentees):
-            for goal in mentee.goals:
-                self.priority[i, topics[goal.topic]] = goal.priority
-        self.level = np.zeros((m, self.priority.shape[1]), dtype=np.float64)
-        for j, mentor in enumerate(mentors):
-            for strength in mentor.strengths:
-                if (k := topics.get(strength.topic)) is not None:
-                    self.level[j, k] = strength.level
+        self.priority, self.level = goal_matrices(mentees, mentors)
         self.goal_weight = (5 * self.priority.sum(axis=1)).astype(np.int64)
 
         self.mentee_slots, self.mentor_slots = _slot_matrix(mentees, week_of), _slot_matrix(mentors, week_of)
@@ -302,15 +319,7 @@ class _Cohort:
         self.mentor_level = np.array([p.seniority if p.seniority is not None else -1 for p in mentors], dtype=np.int64)
         self.rules = RuleColumns(mentees, mentors, settings, has_mentor) if settings.rules else None
 
-        # Preferences are a few named ids per profile: (mentee, mentor, points) triples,
-        # sorted by mentee so that a block finds its own with a binary search.
-        mentor_index = {p.participant_id: j for j, p in enumerate(mentors)}
-        mentee_index = {p.participant_id: i for i, p in enumerate(mentees)}
-        asked = [(i, mentor_index[x]) for i, p in enumerate(mentees) for x in p.preferred if x in mentor_index]
-        asked += [(mentee_index[x], j) for j, p in enumerate(mentors) for x in p.preferred if x in mentee_index]
-        asked.sort()
-        self.asked_i = np.array([i for i, _ in asked], dtype=np.int64)
-        self.asked_j = np.array([j for _, j in asked], dtype=np.int64)
+        self.asked_i, self.asked_j = asked_pairs(mentees, mentors)
 
     def block(self, rows: slice) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
         """Points of the block's pairs before any hard rule (int64), and each hard rule's
