@@ -85,8 +85,12 @@ def build_worker(
         # seconds while updates' went straight through (p99 9.4 s, autoscaled 2.7 s: bench/README.md).
         workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
         # MENTORFLOW_WORKFLOW_TASK_SLOTS: no more workflow tasks at once than the worker
-        # finishes within the task timeout (docs/deploying.md, "Tuning a worker").
+        # finishes within the task timeout; the rest wait at the server, on this worker's
+        # sticky queue, up to MENTORFLOW_STICKY_SCHEDULE_TO_START_SECONDS (with 100 slots and
+        # Temporal's 10 s, 350 tasks timed out under load, with 10 and 60 s one did:
+        # docs/deploying.md "Tuning a worker", bench/README.md).
         max_concurrent_workflow_tasks=settings.workflow_task_slots,
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_schedule_to_start_seconds),
         activities=[
             store.append_events,
             store.read_stream,

@@ -56,10 +56,14 @@ from temporalio.client import Client
 from temporalio.common import RawValue, SearchAttributeKey
 
 NAMESPACE = "mentorflow"
+# The programme every bench relationship belongs to: created in the database before the
+# drive (a relationship takes its rules from its programme and refuses to start without one).
+PROGRAMME = "load"
 # workflows.search_attributes.MEETINGS_HELD, spelt out: this module holds a workflow and
 # imports as little of the project as it can.
 MEETINGS_HELD = SearchAttributeKey.for_int("MeetingsHeld")
 TICKS = os.sysconf("SC_CLK_TCK")
+# The agreement every bench relationship signs (bench/api.py and bench/history_cost.py too).
 AGREEMENT = {
     "objective": "Become confident leading technical design",
     "goals": [{"title": "Lead two design reviews"}, {"title": "Meet three staff engineers"}],
@@ -333,7 +337,7 @@ def plan(index: int, meetings: int) -> tuple[str, str, list[Callable[[], Command
     ]
     for meeting in range(meetings):
         kind = "update" if (len(steps) + meeting) % 2 == 0 else "signal"
-        builders.append(_meeting_builder(kind, mentee if meeting % 2 == 0 else mentor))
+        builders.append(_meeting_builder(kind, mentee if meeting % 2 == 0 else mentor, meeting + 1))
     return relationship_id, mentee, builders
 
 
@@ -341,10 +345,16 @@ def _builder(kind: str, name: str, actor: str, fields: dict[str, Any]) -> Callab
     return lambda: Command(kind, name, {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, **fields})
 
 
-def _meeting_builder(kind: str, actor: str) -> Callable[[], Command]:
+def _meeting_builder(kind: str, actor: str, number: int) -> Callable[[], Command]:
+    """Meeting `number` of the schedule, held now: without its number a meeting held now
+    would be taken for the first one again, and refused as already recorded."""
+
     def build() -> Command:
         held_at = datetime.now(timezone.utc).isoformat()
-        payload = {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, "held_at": held_at, "duration_minutes": 45}
+        payload = {
+            "command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, "held_at": held_at,
+            "duration_minutes": 45, "meeting_number": number,
+        }  # fmt: skip
         return Command(kind, "record_meeting", payload)
 
     return build
@@ -379,10 +389,13 @@ class Contestant:
 
         return RelationshipInput(
             relationship_id=relationship_id,
-            programme_id="load",
+            programme_id=PROGRAMME,
             mentee_id=mentee,
             settings=ProgrammeSettings(coordinator_ids=("coord-1",)),
         )
+
+    def workflow_id(self, relationship_id: str) -> str:
+        return f"{self.name}/{relationship_id}"
 
     async def applied(self, handle: Any, command: Command, sent_so_far: int) -> bool:
         raise NotImplementedError
@@ -390,6 +403,12 @@ class Contestant:
 
 class Ours(Contestant):
     name, workflow_type = "ours", "Relationship"
+
+    def workflow_id(self, relationship_id: str) -> str:
+        # A relationship refuses any other workflow id (workflows/patches.py, CHECK_WORKFLOW_ID).
+        from events.relationship_io import relationship_workflow_id
+
+        return relationship_workflow_id(PROGRAMME, relationship_id)
 
     async def applied(self, handle: Any, command: Command, sent_so_far: int) -> bool:
         from events.state import RelationshipState
@@ -432,7 +451,7 @@ async def drive(
     async def one(index: int) -> None:
         nonlocal done
         relationship_id, mentee, builders = plan(index, meetings)
-        workflow_id = f"{contestant.name}/{relationship_id}"
+        workflow_id = contestant.workflow_id(relationship_id)
         handle = await client.start_workflow(
             contestant.workflow_type,
             contestant.start_input(relationship_id, mentee),
@@ -506,7 +525,7 @@ async def lost_commands(database_url: str, tally: Tally) -> dict[str, int]:
     """Commands sent whose event is not in the event store, or is only a rejection."""
     import asyncpg
 
-    stream_of = {command_id: wid.split("/", 1)[1] for wid, ids in tally.command_ids.items() for command_id in ids}
+    stream_of = {command_id: wid.rsplit("/", 1)[1] for wid, ids in tally.command_ids.items() for command_id in ids}
     connection = await asyncpg.connect(database_url)
     try:
         rows = await connection.fetch(
@@ -535,12 +554,16 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 async def run_contestant(
-    contestant_class: type[Contestant], args: argparse.Namespace, base_env: dict[str, str], scratch: Path
+    contestant_class: type[Contestant],
+    args: argparse.Namespace,
+    base_env: dict[str, str],
+    scratch: Path,
+    label: str | None = None,
 ) -> dict[str, Any]:
     from mentorflow.client import connect, converter_for
     from mentorflow.config import Settings
 
-    directory = scratch / contestant_class.name
+    directory = scratch / (label or contestant_class.name)
     directory.mkdir()
     task_queue = f"load-{contestant_class.name}"
     contestant = contestant_class(task_queue)
@@ -640,6 +663,22 @@ async def ceiling_lost(client: Client, tally: Tally) -> dict[str, int]:
     return {"commands_without_event": missing, "commands_rejected": 0}
 
 
+async def create_programme(database_url: str) -> None:
+    """The programme `load` with the settings the relationships are started with."""
+    from activities.database import create_pool, migrate
+    from activities.directory import Directory
+    from events.people import Programme
+    from events.settings import ProgrammeSettings
+
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        await migrate(pool)
+        settings = ProgrammeSettings(coordinator_ids=("coord-1",))
+        await Directory(pool).create_or_update_programme(Programme(programme_id=PROGRAMME, name="Load", settings=settings))
+    finally:
+        await pool.close()
+
+
 @asynccontextmanager
 async def database(scratch: Path) -> AsyncIterator[str]:
     given = os.environ.get("MENTORFLOW_DATABASE_URL")
@@ -666,6 +705,11 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--poll-max-ms", type=float, default=100, help="longest query interval (100)")
     parser.add_argument("--only", choices=("ours", "ceiling", "ceiling_upserting"), help="run one contestant")
     parser.add_argument(
+        "--ours-variants",
+        help="ours' worker settings, e.g. 'workflow_task_slots=100;workflow_task_slots=10,sticky_schedule_to_start_seconds=30':"
+        " ours runs once per variant (;), as ours, ours_2 … (MENTORFLOW_<NAME>=VALUE, comma-separated)",
+    )
+    parser.add_argument(
         "--with-upserting-ceiling",
         action="store_true",
         help="also run the ceiling with one search-attribute upsert per message (what an upsert costs)",
@@ -680,11 +724,22 @@ async def main(argv: list[str]) -> dict[str, Any]:
         scratch = Path(tmp)
         async with database(scratch) as url:
             base_env["MENTORFLOW_DATABASE_URL"] = url
+            await create_programme(url)
             result: dict[str, Any] = {}
             for contestant in (Ceiling, UpsertingCeiling, Ours):
                 if args.only and contestant.name != args.only:
                     continue
                 if contestant is UpsertingCeiling and not (args.with_upserting_ceiling or args.only == contestant.name):
+                    continue
+                if contestant is Ours and args.ours_variants:
+                    # Ours once per variant, each on a fresh server: "ours" is the first one.
+                    for position, variant in enumerate(args.ours_variants.split(";")):
+                        settings = dict(item.split("=", 1) for item in variant.split(",") if item)
+                        key = "ours" if position == 0 else f"ours_{position + 1}"
+                        progress(f"{key}: starting a fresh dev server and worker with {settings}")
+                        env = {**base_env, **{f"MENTORFLOW_{name.upper()}": value for name, value in settings.items()}}
+                        result[key] = await run_contestant(contestant, args, env, scratch, label=key)
+                        result[key]["settings"] = settings
                     continue
                 progress(f"{contestant.name}: starting a fresh dev server and worker")
                 result[contestant.name] = await run_contestant(contestant, args, base_env, scratch)
@@ -702,6 +757,21 @@ async def main(argv: list[str]) -> dict[str, Any]:
         upserting = result.get("ceiling_upserting")
         if upserting and upserting["commands_per_s"]:
             result["upserting_ceiling_throughput_ratio"] = round(upserting["commands_per_s"] / ceiling["commands_per_s"], 3)
+        # Issue #16's goals, against the ceiling that upserts once per message, per run of ours.
+        result["against_the_upserting_ceiling"] = {
+            key: {
+                "settings": figures.get("settings"),
+                "throughput_ratio": round(figures["commands_per_s"] / upserting["commands_per_s"], 3),
+                "p99_ratio": round(figures["latency_ms"]["p99"] / upserting["latency_ms"]["p99"], 2),
+                "signal_p99_ratio": round(figures["latency_ms"]["signal_p99"] / upserting["latency_ms"]["signal_p99"], 2),
+                "worker_cpu_ratio_to_ceiling": round(
+                    figures["worker_cpu_ms_per_command"] / ceiling["worker_cpu_ms_per_command"], 2
+                ),
+                "timed_out_workflow_tasks": figures["timed_out_workflow_tasks"],
+            }
+            for key, figures in result.items()
+            if key.startswith("ours") and upserting and upserting["commands_per_s"] and figures["commands_per_s"]
+        }
         result["goal_met"] = (
             result["throughput_ratio"] >= 0.7
             and result["p99_ratio"] < 2
@@ -727,8 +797,8 @@ if __name__ == "__main__":
         asyncio.run(serve_ceiling())
         sys.exit(0)
     outcome = asyncio.run(main(sys.argv[1:]))
-    for name in ("ceiling", "ceiling_upserting", "ours"):
-        if name in outcome:
+    for name in ("ceiling", "ceiling_upserting", *(key for key in outcome if key.startswith("ours"))):
+        if name in outcome and isinstance(outcome[name], dict) and "commands_per_s" in outcome[name]:
             figures = outcome[name]
             progress(
                 f"{name:>8}: {figures['commands_per_s']} commands/s, p50 {figures['latency_ms']['p50']} ms, "

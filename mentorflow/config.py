@@ -92,6 +92,23 @@ class Settings(BaseModel):
     # choose its own rules (coordinators, limits). Off, given settings must equal the
     # programme's or the start fails (not_allowed).
     trust_start_settings: bool = False
+    # Worker tuning (docs/deploying.md, "Tuning a worker"). How many workflow tasks one worker
+    # works on at once: a task holds its slot while its local activities (the append, the
+    # notifications' first try) run, and Python runs all of them on one core, so past what
+    # the worker finishes within the 10 s workflow-task timeout more slots only make every
+    # task late (bench/README.md, 2026-12-05).
+    workflow_task_slots: int = Field(default=10, ge=2, le=1000)
+    # How long a workflow task may wait on this worker's own (sticky) queue before the server
+    # hands it to any worker, as a timed-out workflow task, with its whole history to replay
+    # (seconds). A busy worker with few slots keeps tasks waiting there; a worker that died
+    # without stopping leaves the tasks already queued for it waiting this long. Temporal's
+    # default is 10 s: with 10 slots a saturated worker let 113 tasks time out there.
+    sticky_schedule_to_start_seconds: float = Field(default=60, gt=0, le=300)
+    # The longest the first try of a command's notifications may take inside its workflow
+    # task (seconds; after it they go to the `send_notifications` activity, which retries with
+    # backoff). Kept well inside the 10 s task timeout: a slow mail server must not make the
+    # task time out, nor hold the relationship's next commands up.
+    notify_first_try_seconds: float = Field(default=4, gt=0, le=8)
 
     # Email notifications over SMTP; without a host they are written to the log instead.
     smtp_host: str | None = None
