@@ -362,7 +362,10 @@ class RoundActivities:
                 log.info("round %s: not proposing %s: %s", request.round_id, row["relationship_id"], row["blocked"])
                 return str(row["blocked"])
             async with gate:
-                return await self._propose(request, row)
+                outcome = await self._propose(request, row)
+            if activity.in_activity():
+                activity.heartbeat()  # alive: a killed worker's batch is retried after the heartbeat timeout
+            return outcome
 
         outcomes = await asyncio.gather(*(propose(row) for row in rows))
         for row, outcome in zip(rows, outcomes, strict=True):

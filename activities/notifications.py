@@ -35,7 +35,9 @@ activity fails with `NotificationsHeld`, which Temporal retries when the first w
 Failures. A channel that is down (refused connection, timeout, SMTP 4xx, HTTP 408, 425,
 429 or 5xx, a bad SMTP login) fails only its own deliveries: everything else in the batch
 is still delivered, then the activity raises a retryable `ApplicationError`, and
-Temporal's backoff retries the batch; what went out is not sent again. Deliveries to the
+Temporal's backoff retries the batch; what went out is not sent again. When the mail server
+throttles (421/450/451/452), the retry comes at that backoff spread at random, so that a
+burst throttled together does not come back together (`_throttle_delay`). Deliveries to the
 same destination keep their order: after a failure the rest for that destination wait
 for the retry. A destination that refuses a message for good (SMTP 5xx for the
 recipient or the message, HTTP 4xx, an unusable address) is recorded as `rejected`,
@@ -49,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import ssl
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -174,6 +177,8 @@ class _Job:
     problem: str = ""
     # Held for the recipient's daytime: when their delivery window opens.
     held_until: datetime | None = None
+    # It failed because the mail server throttles (SMTP 421/450/451/452): see _throttle_delay.
+    throttled: bool = False
     # How long the email's links work: its relationship's `link_lifetime_days`.
     link_lifetime: timedelta | None = None
 
@@ -244,6 +249,7 @@ class NotificationActivities:
                 f"{len(left)} of {len(jobs)} deliveries are still to be sent and will be retried "
                 f"({sent} sent in this attempt{waiting}): {problems}",
                 type="NotificationsPending",
+                next_retry_delay=_throttle_delay(left),
             )
         if held:
             raise _held(held, len(jobs), sent, now)
@@ -396,7 +402,7 @@ class NotificationActivities:
             await self._deliveries.failed(key, token, str(error), permanent=True)
             return
         except Exception as error:
-            job.outcome, job.problem = "failed", _short(error)
+            job.outcome, job.problem, job.throttled = "failed", _short(error), _throttled(error)
             log.warning("delivery %s failed and will be retried: %s", job.describe(), _short(error))
             await self._deliveries.failed(key, token, _short(error), permanent=False)
             return
@@ -439,6 +445,35 @@ def _held(held: Sequence[_Job], total: int, sent: int, now: datetime) -> Applica
     if activity.in_activity() and activity.info().is_local:
         return ApplicationError(message, type="NotificationsHeld", non_retryable=True)
     return ApplicationError(message, type="NotificationsHeld", next_retry_delay=max(opens - now, MIN_HOLD))
+
+
+# SMTP answers that say "too much at once, try later" (RFC 5321 4.2.5, 4.5.3.1.10): providers
+# throttle with them.
+THROTTLED_CODES = frozenset({421, 450, 451, 452})
+# The retrying activity's backoff (workflows/calls.py NOTIFY_RETRY), repeated here for the
+# throttled case below: first retry after 5 s, doubling, at most 10 minutes.
+THROTTLE_FIRST_RETRY, THROTTLE_MAX_RETRY = timedelta(seconds=5), timedelta(minutes=10)
+
+
+def _throttled(error: BaseException) -> bool:
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        return any(refused.code in THROTTLED_CODES for refused in error.recipients)
+    return isinstance(error, aiosmtplib.SMTPResponseException) and error.code in THROTTLED_CODES
+
+
+def _throttle_delay(left: Sequence[_Job]) -> timedelta | None:
+    """When the mail server throttled: the retry policy's backoff for this attempt, spread at
+    random over half to one and a half times it. Without the spread, every delivery throttled
+    in the same second comes back in the same second (Temporal adds no jitter), the server
+    takes its rate's worth and throttles the rest again, and a burst (a whole programme's
+    Monday reminders) drains in ever longer waves with the server idle in between
+    (bench/storm.py, bench/README.md). None otherwise: the retry policy's own backoff. A
+    local first try does not wait (it hands over to the retrying activity)."""
+    if not any(job.throttled for job in left) or not activity.in_activity() or activity.info().is_local:
+        return None
+    attempt = max(1, activity.info().attempt)
+    base = min(THROTTLE_FIRST_RETRY.total_seconds() * 2 ** (attempt - 1), THROTTLE_MAX_RETRY.total_seconds())
+    return timedelta(seconds=base * random.uniform(0.5, 1.5))
 
 
 def _digest(address: str) -> str:
