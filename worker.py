@@ -54,7 +54,7 @@ def build_worker(
 ) -> Worker:
     """`channels` see every notification besides the recipients' own channels (tests record with one).
 
-    `workflows`: tests run other implementations of the same workflow types (tests/workflow_variants.py).
+    `workflows`: tests run other implementations of the same workflow types (tests/support/workflow_variants.py).
     `notification_clock`: when a notification attempt runs, for daytime delivery (tests pass the
     time-skipping server's clock)."""
     settings = settings or Settings.from_env()

@@ -432,7 +432,7 @@ def _held(held: Sequence[_Job], total: int, sent: int, now: datetime) -> Applica
     """The error that brings the held deliveries back when the first window opens.
 
     A regular activity is retried after `next_retry_delay`, whatever the retry policy's
-    backoff and maximum interval (tests/test_daytime_delivery.py); the delivery log keeps
+    backoff and maximum interval (tests/notifications/test_daytime_delivery.py); the delivery log keeps
     what this attempt sent from going out again. A local activity (the workflow's quick
     first try) does not wait: its failure hands the notifications straight to the retrying
     regular activity (workflows/outbox.py `Deliveries`)."""

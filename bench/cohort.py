@@ -13,7 +13,7 @@ process, the same PostgreSQL (embedded unless MENTORFLOW_DATABASE_URL is set), i
   so the round matches nearly everyone). The round collects, solves and proposes every
   pair to a new `Relationship` (update-with-start); each proposal emails the mentee and
   the mentor (`match_proposed`) through a real SMTP server on loopback (aiosmtpd,
-  `tests/peers.py`, no rate limit). Rate: pairs / (`round run` started → the last
+  `tests/support/peers.py`, no rate limit). Rate: pairs / (`round run` started → the last
   proposal's email arrived). While it runs, this process asks the round's `progress`
   query every `--progress-every` seconds and counts the answers.
 

@@ -16,7 +16,7 @@ worker in a separate process, in this order:
   storm; the programme has no delivery window and no digest, and the agreements ask for no
   agenda (nothing else falls due at T).
 
-The sink is a real SMTP server on loopback (aiosmtpd, `tests/peers.py`) that accepts at most
+The sink is a real SMTP server on loopback (aiosmtpd, `tests/support/peers.py`) that accepts at most
 `--sink-rate` messages a second (20; 0: no limit) from T on and answers the rest "451 4.7.1"
 or "421 4.7.0", in turn, as providers throttle. (During the setup it has no limit.)
 
@@ -268,7 +268,7 @@ async def run_ceiling(args: argparse.Namespace, base_env: dict[str, str], scratc
 
 
 def timed_sink() -> Any:
-    from tests.peers import Inbox, SmtpServer
+    from tests.support.peers import Inbox, SmtpServer
 
     class TimedInbox(Inbox):
         """Records when each message was accepted, with its template and notification id."""

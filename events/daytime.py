@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 # Template names of the messages that wait for daytime (issue #15): reminders, agenda
 # requests, review and feedback requests, nudges, the coordinators' digest
-# (tests/test_daytime.py checks every name here is one the core sends). Everything else — a
+# (tests/domain/test_daytime.py checks every name here is one the core sends). Everything else — a
 # match to answer, a concern, a cancellation, a closure — goes out when it happens.
 NOT_URGENT = frozenset(
     {

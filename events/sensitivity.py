@@ -11,7 +11,7 @@ programme settings), carries one of two markers in its type annotation:
 * `NOT_CONFIDENTIAL` — only what is not free text and is needed in plain by a report, a
   projection, a search or SQL: ids, codes, message names, digests, IANA time zone names,
   texts the system writes itself (refusal reasons). Each such field says why where it is
-  declared; `tests/test_data_keys.py` lists every plain field, so adding one is deliberate.
+  declared; `tests/store/test_data_keys.py` lists every plain field, so adding one is deliberate.
 
 `unmarked_text_fields` lists any `str` with neither marker; a test keeps that list empty
 for every event type, so a new field has to be classified before it can be stored.

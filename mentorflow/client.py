@@ -108,7 +108,7 @@ def __getattr__(name: str) -> Any:
     if name == "DATA_CONVERTER":
         raise ImportError(
             "mentorflow.client.DATA_CONVERTER is gone: payloads are encrypted now; build one with "
-            "data_converter(keyring) or converter_for(settings, ...) (tests: tests.session.DATA_CONVERTER)"
+            "data_converter(keyring) or converter_for(settings, ...) (tests: tests.support.session.DATA_CONVERTER)"
         )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

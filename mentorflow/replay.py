@@ -4,7 +4,7 @@ A workflow's code must make the same decisions (timers, activities, markers, in 
 order) for the history it already has; otherwise the next worker to pick it up fails its
 workflow task with a non-determinism error and the relationship stops moving. Replaying
 real histories with `temporalio.worker.Replayer` finds such a change before it is
-deployed: `mentorflow replay-check` takes them from a server, tests/test_replay.py from
+deployed: `mentorflow replay-check` takes them from a server, tests/workflow/test_replay.py from
 the recorded files in tests/histories/ (see docs/deploying.md).
 """
 

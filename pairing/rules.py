@@ -1,6 +1,6 @@
 """A programme's own rules (pairing.settings.MatchingRule) judged on profile attributes: for
 one pair, with words for explanations, and for a whole block of pairs at once (numpy), the
-two agreeing exactly (tests/test_matching_rules.py).
+two agreeing exactly (tests/matching/test_matching_rules.py).
 
 A rule reads only the attributes it names, and only the values: never written anywhere.
 Values are compared as the profile importer normalised them (text case- and

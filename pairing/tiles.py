@@ -1,7 +1,7 @@
 """The scores of a cohort a few mentee rows at a time, fast enough to walk every pair of the
 largest cohorts (100,000 × 25,000) more than once: never the whole matrix.
 
-The same points as `pairing.scoring.score_matrix` to the point (tests/test_matching_large.py),
+The same points as `pairing.scoring.score_matrix` to the point (tests/matching/test_matching_large.py),
 computed differently. Apart from goals, every criterion and every rule depends on a small
 code per profile (its availability pattern in the round's week, its set of formats, its
 languages, its seniority, each rule attribute's value), so each is a small table indexed by

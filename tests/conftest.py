@@ -16,10 +16,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_pool, migrate, scratch_database
 from mentorflow.client import search_attribute_types
-from tests.api_support import SIGNING_JWK
-from tests.dev_stack import DevProcess
-from tests.peers import SmtpServer, WebhookReceiver
-from tests.session import DATA_CONVERTER, start_dev_server
+from tests.support.api_support import SIGNING_JWK
+from tests.support.dev_stack import DevProcess
+from tests.support.peers import SmtpServer, WebhookReceiver
+from tests.support.session import DATA_CONVERTER, start_dev_server
 
 # The tests configure every server and worker they start themselves: settings exported in
 # the shell that runs them (a MENTORFLOW_BUILD_ID would make every test worker versioned and
@@ -31,7 +31,7 @@ for _name in [name for name in os.environ if name.startswith("MENTORFLOW_")]:
 # worker.workflow_runner), so a non-deterministic call in workflow code fails a test.
 os.environ["MENTORFLOW_WORKFLOW_SANDBOX"] = "true"
 # Test relationships bring their settings instead of creating a programme for each; the
-# tests of that check (tests/test_refusals.py) turn it off.
+# tests of that check (tests/contract/test_refusals.py) turn it off.
 os.environ["MENTORFLOW_TRUST_START_SETTINGS"] = "true"
 
 @pytest.fixture(scope="session")
@@ -89,7 +89,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture
 async def smtp_server() -> AsyncIterator[SmtpServer]:
-    """A real SMTP server on a free loopback port (tests/peers.py)."""
+    """A real SMTP server on a free loopback port (tests/support/peers.py)."""
     server = await SmtpServer().start()
     yield server
     await server.stop()
@@ -97,7 +97,7 @@ async def smtp_server() -> AsyncIterator[SmtpServer]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A real HTTP webhook receiver on a free loopback port (tests/peers.py)."""
+    """A real HTTP webhook receiver on a free loopback port (tests/support/peers.py)."""
     server = await WebhookReceiver().start()
     yield server
     await server.stop()
@@ -118,7 +118,7 @@ async def dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture
 async def start_dev(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], DevProcess]]:
-    """Starts `mentorflow dev` processes (tests/dev_stack.py) in the test's folder, and stops
+    """Starts `mentorflow dev` processes (tests/support/dev_stack.py) in the test's folder, and stops
     every one of them, and its servers, when the test ends."""
     started: list[DevProcess] = []
 
@@ -134,7 +134,7 @@ async def start_dev(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], 
 
 @pytest.fixture
 async def jwks_url() -> AsyncIterator[str]:
-    """A JWKS on a loopback port that holds the key `tests.api_support.token` signs with."""
+    """A JWKS on a loopback port that holds the key `tests.support.api_support.token` signs with."""
     app = web.Application()
 
     async def keys(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ Temporal's Python SDK types a call when the workflow passes the activity's own f
 ours never import activities/ (the layers: activities do the I/O, workflows decide), so each
 activity is named here once, with its types. `call`/`call_local` (workflows/calls.py) take a
 reference, so a call site gets the result's type (for mypy) and its decoding (`result_type`)
-from one place, and tests/test_activity_refs.py checks every reference against the
+from one place, and tests/workflow/test_activity_refs.py checks every reference against the
 activity the worker really registers: name, argument and result annotations.
 """
 

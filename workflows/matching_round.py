@@ -111,7 +111,7 @@ class MatchingRound:
                 ),
                 start_to_close_timeout=timedelta(minutes=10),
                 # It heartbeats after each proposal: a batch whose worker died is tried again
-                # within a minute, not after the 10 minutes (tests/test_cohort_round_restart.py).
+                # within a minute, not after the 10 minutes (tests/matching/test_cohort_round_restart.py).
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=RETRY,
                 summary=f"Propose up to {input.batch_size} pairs",

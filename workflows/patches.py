@@ -2,7 +2,7 @@
 
 A run that began before a patch keeps the old path until it ends or continues as new (the
 SDK decides a patch once per run). docs/deploying.md lists each id with the recordings that
-cover its new path and when it may be deprecated; tests/test_replay.py checks that every id
+cover its new path and when it may be deprecated; tests/workflow/test_replay.py checks that every id
 used in workflows/ has its row there.
 """
 

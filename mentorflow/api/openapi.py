@@ -5,7 +5,7 @@ A command endpoint's request body is exactly the message's schema of `contract/`
 `mentorflow.contract.schema_of` from the same model); the endpoint validates the body with
 `read_command`, as the workflow does, not with FastAPI. JSON Schema's `$defs` move into
 `components/schemas` (OpenAPI 3.1 resolves `$ref`s from the document root);
-tests/test_api_openapi.py checks each body still equals its contract file.
+tests/api/test_api_openapi.py checks each body still equals its contract file.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 // Opens the pages people reach from their emails (mentorflow/pages/) in headless Chromium at
-// a phone's width, checks each with axe-core, and presses its button, for tests/test_pages_server.py.
+// a phone's width, checks each with axe-core, and presses its button, for tests/api/test_pages_server.py.
 //
 //   node pages.mjs '{"chromium": "/usr/bin/chromium", "axe": "…/axe.min.js", "screenshots": "/tmp/dir",
 //                    "width": 375, "pages": [{"name": "match", "url": "http://…/p/…",

@@ -1,0 +1,1 @@
+"""The HTTP API, its clients (Node.js) and the pages it serves."""

@@ -1,0 +1,1 @@
+"""The messages other systems send: the contract files, schemas, refusals, payload checks."""

@@ -1,0 +1,1 @@
+"""Matching: pairing rules and quotas, rounds, mentor load, profiles."""

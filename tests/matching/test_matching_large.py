@@ -1,0 +1,198 @@
+"""The largest cohorts (issue #16): scores a tile at a time equal the score matrix, the
+sparse solver priced over every pair finds the optimum (against the dense graph and brute
+force, also where its first candidate graph misses it), and the certificate — a check over
+every pair, independent of the solver — accepts the optimum and rejects anything less."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pairing.tiles
+from bench.matching_cohorts import PUBLIC_SECTOR_RULES, large_people
+from pairing.pricing import MatrixSource, certify, solve_tiled
+from pairing.profiles import MenteeProfile, MentorProfile
+from pairing.scoring import score_matrix
+from pairing.settings import MatchingSettings, Objective
+from pairing.solver import greedy, solve, solve_dense
+from pairing.tiles import TileScorer
+from tests.support.matching_cohorts import WEEK, WINTER, brute_assignment, cohorts, ruled_cohorts
+
+
+def tiled(scorer: TileScorer, rows: int) -> np.ndarray:
+    n, m = scorer.shape
+    return np.concatenate([scorer.tile(slice(s, s + rows)) for s in range(0, n, rows)] or [np.zeros((0, m), np.int32)])
+
+
+# -- scores a tile at a time -------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts(), st.booleans(), st.integers(1, 3))
+def test_tiles_equal_the_score_matrix(
+    cohort: tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings], fallback: bool, rows: int
+) -> None:
+    mentees, mentors, matching = cohort
+    limit = pairing.tiles._FACTOR_LIMIT
+    pairing.tiles._FACTOR_LIMIT = 0 if fallback else limit  # too many distinct values: the block path
+    try:
+        scorer = TileScorer(mentees, mentors, matching, WINTER)
+    finally:
+        pairing.tiles._FACTOR_LIMIT = limit
+    assert np.array_equal(tiled(scorer, rows), score_matrix(mentees, mentors, matching, WINTER))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ruled_cohorts(), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_tiles_equal_the_score_matrix_under_every_rule_kind(
+    cohort: tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings, list[Any]], has_mentor: list[bool]
+) -> None:
+    mentees, mentors, matching, _ = cohort
+    flags = has_mentor[: len(mentees)]
+    scorer = TileScorer(mentees, mentors, matching, WEEK, has_mentor=flags)
+    assert np.array_equal(tiled(scorer, 2), score_matrix(mentees, mentors, matching, WEEK, has_mentor=flags))
+
+
+def bench_cohort(n: int, m: int, popular: bool) -> tuple[list[MenteeProfile], list[MentorProfile], np.ndarray]:
+    mentee_rows, mentor_rows = large_people(n, m, 7, popular=popular)
+    mentees = [MenteeProfile.model_validate(r) for r in mentee_rows]
+    mentors = [MentorProfile.model_validate(r) for r in mentor_rows]
+    return mentees, mentors, np.array([p.capacity for p in mentors])
+
+
+@pytest.mark.parametrize("popular", [False, True])
+@pytest.mark.parametrize("rules", [False, True])
+def test_the_benchmark_cohort_tiled_scores_and_solves_as_the_matrix_does(popular: bool, rules: bool) -> None:
+    mentees, mentors, caps = bench_cohort(400, 100, popular)
+    matching = MatchingSettings.model_validate({**(PUBLIC_SECTOR_RULES if rules else {}), "min_score": 30 if rules else 0})
+    excluded = [(0, 0), (5, 3)]
+    scorer = TileScorer(mentees, mentors, matching, WEEK, excluded=excluded)
+    matrix = score_matrix(mentees, mentors, matching, WEEK)
+    matrix[tuple(zip(*excluded, strict=True))] = -1
+    assert np.array_equal(tiled(scorer, 7), matrix)
+    assert scorer._fallback is None  # the fast tables, not the block path
+    for objective in ("max_total", "max_matched"):
+        found = solve_tiled(scorer, caps, objective, quotas=np.full(len(mentees), 2), workers=2)
+        reference = solve(matrix, caps, objective, quotas=np.full(len(mentees), 2))
+        assert found.certificate.valid
+        assert (found.assignment.total_points, found.assignment.matched) == (reference.total_points, reference.matched)
+
+
+# -- the solver priced over every pair ---------------------------------------------------------
+
+
+@st.composite
+def instances(draw: st.DrawFn) -> tuple[np.ndarray, list[int], list[int]]:
+    n, m = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    values = draw(st.lists(st.integers(-1, 20), min_size=n * m, max_size=n * m))
+    caps = draw(st.lists(st.integers(0, 3), min_size=m, max_size=m))
+    quotas = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    return np.array(values, dtype=np.int32).reshape(n, m), caps, quotas
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances(), st.sampled_from(["max_total", "max_matched"]), st.integers(1, 3), st.integers(1, 2))
+def test_the_tiled_solver_is_optimal_against_brute_force(
+    instance: tuple[np.ndarray, list[int], list[int]], objective: Objective, candidates: int, workers: int
+) -> None:
+    scores, caps, quotas = instance
+    found = solve_tiled(MatrixSource(scores), caps, objective, quotas=quotas, mentee_candidates=candidates,
+                        mentor_candidates_per_slot=0, workers=workers)  # fmt: skip
+    pairs = found.assignment.pairs()
+    assert len(set(pairs)) == len(pairs) and all(scores[i, j] >= 0 for i, j in pairs)
+    assert all(sum(1 for _, b in pairs if b == j) <= caps[j] for j in range(len(caps)))
+    assert all(sum(1 for a, _ in pairs if a == i) <= quotas[i] for i in range(len(quotas)))
+    assert found.certificate.valid
+    matched, total = brute_assignment(scores, caps, quotas, objective)
+    assert found.assignment.total_points == total
+    if objective == "max_matched":
+        assert found.assignment.matched == matched
+
+
+def cohort_scores(n: int, m: int, seed: int, popular: bool) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 1000, (n, m))
+    if popular:
+        favourites = rng.choice(m, max(1, m // 20), replace=False)
+        scores[np.ix_(rng.random(n) < 0.8, favourites)] += 2000
+    scores[rng.random((n, m)) < 0.05] = -1
+    return scores.astype(np.int32), rng.integers(0, 4, m)
+
+
+@pytest.mark.parametrize("objective", ["max_total", "max_matched"])
+@pytest.mark.parametrize("popular", [False, True])
+@pytest.mark.parametrize(("n", "m", "seed"), [(300, 60, 1), (200, 120, 2), (60, 200, 3)])
+def test_a_starved_candidate_graph_is_priced_up_to_the_dense_optimum(
+    n: int, m: int, seed: int, popular: bool, objective: Objective
+) -> None:
+    scores, caps = cohort_scores(n, m, seed, popular)
+    quotas = np.random.default_rng(seed).integers(0, 3, n)
+    reference = solve_dense(scores, caps, objective, quotas=quotas)
+    # One mentor per mentee and none per mentor: the first graph misses the optimum.
+    starved = solve_tiled(MatrixSource(scores), caps, objective, quotas=quotas, mentee_candidates=1,
+                          mentor_candidates_per_slot=0)  # fmt: skip
+    if popular or n > m:  # (with mentors to spare, each mentee's own best is the optimum)
+        assert starved.assignment.stats.pricing_rounds > 1 and starved.assignment.stats.added_pairs > 0
+    assert (starved.assignment.total_points, starved.assignment.matched) == (reference.total_points, reference.matched)
+    assert starved.certificate.valid and starved.certificate.pairs_checked == n * m
+    roomy = solve_tiled(MatrixSource(scores), caps, objective, quotas=quotas)
+    assert roomy.assignment.total_points == reference.total_points
+
+
+# -- the certificate -----------------------------------------------------------------------------
+
+
+def test_the_certificate_rejects_a_suboptimal_solution_and_broken_prices() -> None:
+    scores, caps = cohort_scores(200, 50, 4, True)
+    source = MatrixSource(scores)
+    best = solve_tiled(source, caps)
+    a, u, v = best.assignment, best.u, best.v
+
+    def check(mentees: np.ndarray, mentors: np.ndarray, u: np.ndarray = u, v: np.ndarray = v, **options: Any) -> Any:
+        return certify(source, caps, options.pop("objective", "max_total"), mentees, mentors, u, v, **options)
+
+    assert check(a.mentees, a.mentors).valid
+    # The same pairs found another way certify with the same prices.
+    dense = solve_dense(scores, caps)
+    assert dense.total_points == a.total_points and check(dense.mentees, dense.mentors).valid
+    # Greedy's pairs: feasible, but below the optimum, so below the dual bound whatever the prices.
+    worse = greedy(scores, caps)
+    assert worse.total_points < a.total_points
+    rejected = check(worse.mentees, worse.mentors)
+    assert not rejected.valid and not rejected.problems and rejected.dual > rejected.primal
+    assert len(rejected.violations[0]) > 0
+    # One pair dropped: still feasible, not optimal.
+    assert not check(a.mentees[1:], a.mentors[1:]).valid
+    # Prices lowered: the bound no longer holds the solution (or is no bound at all).
+    lowered = check(a.mentees, a.mentors, u=np.maximum(u - 50, 0))
+    assert not lowered.valid and lowered.dual != lowered.primal or lowered.problems
+    assert "dual prices" in " ".join(check(a.mentees, a.mentors, u=u - 10**9).problems)
+    # Infeasible pairs are named.
+    full = int(np.argmax(np.bincount(a.mentors, minlength=len(caps)) == caps))
+    spare = int(np.setdiff1d(np.arange(len(scores)), a.mentees)[0])
+    crowded = check(np.append(a.mentees, spare), np.append(a.mentors, full))
+    assert "over capacity" in " ".join(crowded.problems)
+    twice = check(np.append(a.mentees, a.mentees[0]), np.append(a.mentors, a.mentors[0]))
+    assert "used twice" in " ".join(twice.problems)
+    excluded = np.argwhere(scores < 0)[0]
+    assert "not allowed" in " ".join(check(np.array([excluded[0]]), np.array([excluded[1]])).problems)
+    # max_matched: a bonus too small to put one more pair above any total is refused.
+    matched = solve_tiled(source, caps, "max_matched")
+    assert check(matched.assignment.mentees, matched.assignment.mentors, matched.u, matched.v,
+                 objective="max_matched", bonus=matched.certificate.bonus).valid  # fmt: skip
+    small = check(matched.assignment.mentees, matched.assignment.mentors, matched.u, matched.v,
+                  objective="max_matched", bonus=5)  # fmt: skip
+    assert not small.valid
+
+
+def test_empty_and_one_sided_cohorts() -> None:
+    for shape in ((0, 3), (3, 0), (2, 2)):
+        scores = np.full(shape, -1, dtype=np.int32)
+        found = solve_tiled(MatrixSource(scores), np.ones(shape[1], dtype=int))
+        assert found.assignment.matched == 0 and found.certificate.valid
+    assert TileScorer([], [], MatchingSettings(), date(2027, 1, 11)).shape == (0, 0)

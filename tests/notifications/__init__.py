@@ -1,0 +1,1 @@
+"""Notifications from decision to delivery: rules, channels, daytime, digests."""

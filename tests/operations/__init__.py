@@ -1,0 +1,1 @@
+"""Running it: the CLI, `mentorflow dev`, deployment files, metrics, faults, the README, typing and layers."""

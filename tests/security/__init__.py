@@ -1,0 +1,1 @@
+"""Keys, the codec, confidentiality, forgetting, audit, the deployment's security."""

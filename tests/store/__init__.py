@@ -1,0 +1,1 @@
+"""The PostgreSQL event store: appends, owners, projections, data keys, races."""

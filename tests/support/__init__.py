@@ -1,0 +1,1 @@
+"""Helpers, fixtures' pieces and stand-in peers shared by the tests (no tests here)."""

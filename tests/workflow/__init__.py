@@ -1,0 +1,1 @@
+"""The Relationship workflow on Temporal: lifecycle, replay, versioning, long life."""
