@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from bench.load import (
     dev_server,
     mentorflow_command,
     progress,
+    serve_ceiling_worker,
     spawn,
     wait_for_poller,
 )
@@ -81,21 +81,7 @@ class CohortCeiling:
 
 
 async def serve_ceiling() -> None:
-    from temporalio.worker import Worker
-
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
-    settings = Settings.from_env()
-    client = await connect(
-        settings.temporal_address, settings.temporal_namespace, data_converter=converter_for(settings, sends_commands=False)
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, stop.set)
-    async with Worker(client, task_queue=settings.task_queue, workflows=[CohortCeiling], activities=[cohort_ceiling_activity]):
-        await stop.wait()
+    await serve_ceiling_worker([CohortCeiling], [cohort_ceiling_activity])
 
 
 async def run_ceiling(args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:

@@ -123,8 +123,9 @@ class LoadCeilingUpserting(LoadCeiling):
         workflow.upsert_search_attributes([MEETINGS_HELD.value_set(self.count)])
 
 
-async def serve_ceiling() -> None:
-    """The ceiling's worker process: the same settings and converter as `mentorflow worker`."""
+async def serve_ceiling_worker(workflows: Sequence[type], activities: Sequence[Any] = (), **options: Any) -> None:
+    """A ceiling's worker process, until SIGINT or SIGTERM: the same settings and converter as
+    `mentorflow worker` (the benches' `--serve-ceiling`); `options` go to the Worker."""
     from temporalio.worker import Worker
 
     from mentorflow.client import connect, converter_for
@@ -140,8 +141,15 @@ async def serve_ceiling() -> None:
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stop.set)
-    async with Worker(client, task_queue=settings.task_queue, workflows=[LoadCeiling, LoadCeilingUpserting]):
+    worker = Worker(
+        client, task_queue=settings.task_queue, workflows=list(workflows), activities=list(activities), **options
+    )
+    async with worker:
         await stop.wait()
+
+
+async def serve_ceiling() -> None:
+    await serve_ceiling_worker([LoadCeiling, LoadCeilingUpserting])
 
 
 # -- processes and what they cost ------------------------------------------------------------------
@@ -287,7 +295,11 @@ async def dev_server(directory: Path) -> AsyncIterator[tuple[str, Process]]:
         server.stop()
 
 
-async def wait_for_poller(client: Client, task_queue: str, worker: Process, timeout: float = 120) -> None:
+async def wait_for_poller(
+    client: Client, task_queue: str, worker: Process, timeout: float = 120, *, its_own: bool = False
+) -> None:
+    """Until a worker polls `task_queue`; with `its_own`, the process `worker` itself (its
+    identity is pid@host), not one still left from before a restart."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         worker.check_alive()
@@ -298,10 +310,11 @@ async def wait_for_poller(client: Client, task_queue: str, worker: Process, time
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
             )
         )
-        if response.pollers:
+        if any(not its_own or poller.identity.startswith(f"{worker.pid}@") for poller in response.pollers):
             return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"no worker polls {task_queue} after {timeout} s")
+        await asyncio.sleep(0.1 if its_own else 0.2)
+    polling = f"the worker {worker.pid} does not poll" if its_own else "no worker polls"
+    raise RuntimeError(f"{polling} {task_queue} after {timeout} s")
 
 
 # -- the workload ------------------------------------------------------------------------------------

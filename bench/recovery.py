@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -39,18 +38,19 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity, workflow
-from temporalio.api.enums.v1 import EventType, TaskQueueType, TimeoutType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import RawValue
+from temporalio.service import RPCError, RPCStatusCode
 
 from bench.load import (
     NAMESPACE,
     Command,
     Ours,
-    Process,
     _meeting_builder,
     cpu_seconds,
     create_programme,
@@ -61,7 +61,9 @@ from bench.load import (
     percentile,
     plan,
     progress,
+    serve_ceiling_worker,
     spawn,
+    wait_for_poller,
 )
 
 # What the server answers when it gave up waiting for an update, or refuses it for now
@@ -108,28 +110,11 @@ class RecoveryCeiling:
 
 
 async def serve_ceiling() -> None:
-    """The ceiling's worker process: `mentorflow worker`'s settings, converter and slots."""
-    from temporalio.worker import Worker
-
-    from mentorflow.client import connect, converter_for
+    """The ceiling's worker process, with `mentorflow worker`'s workflow-task slots too."""
     from mentorflow.config import Settings
 
-    settings = Settings.from_env()
-    client = await connect(
-        settings.temporal_address, settings.temporal_namespace, data_converter=converter_for(settings, sends_commands=False)
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, stop.set)
-    async with Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=[RecoveryCeiling],
-        activities=[nothing],
-        max_concurrent_workflow_tasks=settings.workflow_task_slots,
-    ):
-        await stop.wait()
+    slots = Settings.from_env().workflow_task_slots
+    await serve_ceiling_worker([RecoveryCeiling], [nothing], max_concurrent_workflow_tasks=slots)
 
 
 # -- building the histories ---------------------------------------------------------------------
@@ -232,24 +217,6 @@ async def build_ceiling(client: Client, task_queue: str, relationships: int, eve
 # -- a restart ------------------------------------------------------------------------------------
 
 
-async def wait_for_worker(client: Client, task_queue: str, worker: Process, timeout: float = 120) -> None:
-    """Until the worker process `worker` itself polls (its identity is pid@host)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        worker.check_alive()
-        response = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        if any(poller.identity.startswith(f"{worker.pid}@") for poller in response.pollers):
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"the worker {worker.pid} does not poll {task_queue} after {timeout} s")
-
-
 async def task_timeouts(client: Client, workflow_ids: list[str], concurrency: int = 16) -> dict[str, Any]:
     """Workflow-task timeouts and failures over every history, by kind; and the history lengths."""
     counts: dict[str, int] = {}
@@ -324,7 +291,7 @@ async def run_contestant(name: str, args: argparse.Namespace, base_env: dict[str
         client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
         worker = spawn(f"{name} worker", command, env, directory / "worker-build.log")
         try:
-            await wait_for_worker(client, task_queue, worker)
+            await wait_for_poller(client, task_queue, worker, its_own=True)
             progress(f"{name}: building {args.relationships} histories of at least {args.events} events")
             started = time.perf_counter()
             if name == "ours":
@@ -345,7 +312,7 @@ async def run_contestant(name: str, args: argparse.Namespace, base_env: dict[str
                         worker.stop()
                     env["MENTORFLOW_WORKFLOW_TASK_SLOTS"] = str(slots)
                     worker = spawn(f"{name} worker", command, env, directory / f"worker-{number}-{slots}.log")
-                    await wait_for_worker(client, task_queue, worker)
+                    await wait_for_poller(client, task_queue, worker, its_own=True)
                     cpu_before = cpu_seconds(worker.pid)
                     load = round(os.getloadavg()[0], 2)
                     progress(f"{name}: round {number + 1}, {slots} slots: a cold worker; one update to each of {len(ids)} (load {load})")

@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -61,6 +60,7 @@ from bench.load import (
     dev_server,
     mentorflow_command,
     progress,
+    serve_ceiling_worker,
     spawn,
     wait_for_poller,
 )
@@ -101,24 +101,7 @@ class StormCeiling:
 
 
 async def serve_ceiling() -> None:
-    """The ceiling's worker process: the same settings and converter as `mentorflow worker`."""
-    from temporalio.worker import Worker
-
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
-    settings = Settings.from_env()
-    client = await connect(
-        settings.temporal_address, settings.temporal_namespace, data_converter=converter_for(settings, sends_commands=False)
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, stop.set)
-    async with Worker(
-        client, task_queue=settings.task_queue, workflows=[StormCeiling], activities=[storm_ceiling_activity]
-    ):
-        await stop.wait()
+    await serve_ceiling_worker([StormCeiling], [storm_ceiling_activity])
 
 
 # -- histories ------------------------------------------------------------------------------------
