@@ -24,7 +24,8 @@ async def test_keys_are_stored_as_keyed_hashes_and_verified(pool: asyncpg.Pool) 
     assert (await store.verify(presented)) == key
     # Nothing in the table is the key, and another server secret verifies nothing.
     dump = json.dumps([dict(row) for row in await pool.fetch("SELECT * FROM api_keys")], default=str)
-    assert presented not in dump and presented.split("_", 2)[2] not in dump  # mfk_<key id>_<secret>: the secret may hold "_" itself
+    # mfk_<key id>_<secret>: the secret may hold "_" itself.
+    assert presented not in dump and presented.split("_", 2)[2] not in dump
     assert await ApiKeyStore(pool, b"z" * 32).verify(presented) is None
     for forged in (presented[:-1] + ("A" if presented[-1] != "A" else "B"), presented + "x", "mfk_" + key.key_id, ""):
         assert await store.verify(forged) is None, forged
