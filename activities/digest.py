@@ -14,7 +14,8 @@ digest built from the read models (events/digest.py decides what is in it).
   when two runs race.
 
 The workflow (workflows/digest.py) hands the notifications to `send_notifications`, the
-road every notification takes (activities/notifications.py).
+road every notification takes (activities/notifications.py), which holds each until its
+coordinator's daytime.
 """
 
 from __future__ import annotations
@@ -33,14 +34,12 @@ from events.digest import (
     DigestRow,
     DueProgrammes,
     MentorLoad,
-    TEMPLATE,
     PreparedDigest,
     ProgrammeDigestRequest,
     coordinator_digests,
     digest_notification,
     is_due,
 )
-from events.daytime import deliver_at
 from events.projections import DIGEST
 from events.settings import ProgrammeSettings
 
@@ -117,18 +116,10 @@ class DigestActivities:
         notifications = tuple(
             digest_notification(request.programme_id, programme.name, day, settings, digest) for digest in digests
         )
-        coordinators = await self._directory.get_participants([digest.coordinator_id for digest in digests])
-        zones = {coordinator.participant_id: coordinator.timezone for coordinator in coordinators}
-        # Not urgent: each waits for its coordinator's daytime (events/daytime.py).
-        send_at = {
-            n.notification_id: deliver_at(request.now, zones.get(n.recipient_id, "UTC"), settings.delivery_window, template=TEMPLATE)
-            for n in notifications
-        }
         # Recorded earlier that day: by this activity's previous try, whose sending may not have
         # finished (the delivery log sends only what is still to go), or by another run.
         return PreparedDigest(
-            programme_id=request.programme_id, day=day, notifications=notifications, send_at=send_at,
-            recorded_before=not recorded,
+            programme_id=request.programme_id, day=day, notifications=notifications, recorded_before=not recorded
         )
 
     def all_activities(self) -> list[Callable[..., Any]]:

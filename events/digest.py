@@ -382,8 +382,9 @@ class PreparedDigest(_Frozen):
     day: date
     # Empty when nothing needs anyone (then nothing is recorded and the next day looks again).
     notifications: tuple[Notification, ...] = ()
-    # When each one may go (by notification id): in its coordinator's daytime
-    # (events/daytime.py, the programme's `delivery_window`); absent: at once.
+    # Only in results of workers from before the notification activity held the digest for
+    # daytime: when each one was to go (by notification id). Runs begun then replay their
+    # waves from it (workflows/digest.py `_send_in_waves`); it goes with that path.
     send_at: dict[str, AwareDatetime] = {}
     # The day was recorded before: by an earlier try whose sending may not have finished, or
     # by another run; the delivery log sends only what has not gone out.

@@ -5,12 +5,15 @@ directory)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows.activity_refs import ActivityRef
+from workflows.activity_refs import SEND_NOTIFICATIONS, ActivityRef
+
+if TYPE_CHECKING:
+    from events.notifications import Notification
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -46,3 +49,17 @@ async def call_activity(
     otherwise: one marker in history instead of three events and a task."""
     options: dict[str, Any] = {"start_to_close_timeout": timeout, "retry_policy": STORE_RETRY, "summary": summary}
     return await (call_local if local else call)(ref, argument, **options)
+
+
+async def send_retrying(notifications: list[Notification], *, summary: str, **options: Any) -> int:
+    """`send_notifications` as the retrying activity: with NOTIFY_RETRY's backoff until all is
+    sent (the delivery log keeps what went out from going again), each message held for its
+    recipient's daytime when it is not urgent (the activity's retry waits for the window)."""
+    return await call(
+        SEND_NOTIFICATIONS,
+        notifications,
+        start_to_close_timeout=timedelta(minutes=1),
+        retry_policy=NOTIFY_RETRY,
+        summary=summary,
+        **options,
+    )

@@ -2,11 +2,12 @@
 programmes are due for their coordinators' digest, and each one's digest sent.
 
 One run asks `digest_programmes_due`, then per due programme `prepare_programme_digest`
-(which decides the items, records the day, and says when each coordinator's daytime
-begins), waits for that on a durable timer, and hands the notifications to
-`send_notifications`, the activity every notification goes out through, retried with
-backoff like a relationship's. Programmes go side by side: one whose digest cannot be
-prepared or sent is reported in the result and does not hold up the others.
+(which decides the items and records the day) and hands all of that programme's
+notifications to `send_notifications` at once: the activity every notification goes out
+through, which holds each digest until its coordinator's daytime begins (events/daytime.py,
+the programme's `delivery_window`) and retries with backoff like a relationship's
+notifications. Programmes go side by side: one whose digest cannot be prepared or sent is
+reported in the result and does not hold up the others.
 
 `ensure_digest_schedule` creates the schedule when a worker starts; several workers
 starting at once create it once (the others find it there).
@@ -35,11 +36,12 @@ from temporalio.exceptions import ActivityError
 from temporalio.service import RPCError
 
 with workflow.unsafe.imports_passed_through():
-    from events.digest import DigestRunResult, DueProgrammes, ProgrammeDigestRequest
+    from events.digest import DigestRunResult, DueProgrammes, PreparedDigest, ProgrammeDigestRequest
     from events.notifications import Notification
 
-from workflows.activity_refs import DIGEST_PROGRAMMES_DUE, PREPARE_PROGRAMME_DIGEST, SEND_NOTIFICATIONS
-from workflows.calls import NOTIFY_RETRY, call
+from workflows.activity_refs import DIGEST_PROGRAMMES_DUE, PREPARE_PROGRAMME_DIGEST
+from workflows.calls import call, send_retrying
+from workflows.patches import DIGEST_HELD_BY_THE_NOTIFICATION_ACTIVITY
 
 WORKFLOW_NAME = "CoordinatorDigests"
 SCHEDULE_ID = "coordinator-digests"
@@ -52,10 +54,12 @@ log = logging.getLogger("mentorflow.digest")
 # Like the store's calls (workflows/calls.py), but bounded: a programme whose digest cannot be prepared (its stored
 # settings no longer fit, say) is reported in the result instead of holding the run forever.
 PREPARE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=10)
-# How long one digest may keep retrying to go out: past it, it is given up (the day stays
-# recorded, so it is not sent again): a digest days late is no digest.
-SEND_FOR_AT_MOST = timedelta(hours=20)
-# A run waits up to a day for the coordinators' daytime, then sends for up to SEND_FOR_AT_MOST.
+# How long one digest may take to go out: held until its coordinator's daytime (a window opens
+# at least once a day: the activity's retry waits for it, `next_retry_delay`, and the retry
+# policy sets no maximum of attempts), then up to 20 hours of retries. Past it, it is given
+# up (the day stays recorded, so it is not sent again): a digest days late is no digest.
+SEND_FOR_AT_MOST = timedelta(days=1, hours=20)
+# A run prepares (minutes), then sends for up to SEND_FOR_AT_MOST; the rest is to spare.
 RUN_FOR_AT_MOST = timedelta(days=3)
 
 
@@ -86,33 +90,41 @@ class CoordinatorDigests:
                 retry_policy=PREPARE_RETRY,
                 summary=f"Prepare the digest of {programme_id}",
             )
-            waves: dict[datetime, list[Notification]] = {}
-            for notification in prepared.notifications:
-                waves.setdefault(prepared.send_at.get(notification.notification_id, now), []).append(notification)
-            outcomes = await asyncio.gather(
-                *(self._send(programme_id, at, wave) for at, wave in sorted(waves.items())), return_exceptions=True
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            if not prepared.notifications:
+                return 0
+            if workflow.patched(DIGEST_HELD_BY_THE_NOTIFICATION_ACTIVITY):
+                await self._send(programme_id, list(prepared.notifications))
+            else:
+                await self._send_in_waves(programme_id, prepared, now)
         except ActivityError as error:
             workflow.logger.warning("digest of programme %s failed: %s", programme_id, error.cause or error)
             return None
         return len(prepared.notifications)
 
-    async def _send(self, programme_id: str, at: datetime, notifications: list[Notification]) -> None:
-        """Send at `at`: the coordinators' daytime (a durable timer until then)."""
+    async def _send(self, programme_id: str, notifications: list[Notification]) -> None:
+        await send_retrying(
+            notifications, summary=f"Send the digest of {programme_id}", schedule_to_close_timeout=SEND_FOR_AT_MOST
+        )
+
+    async def _send_in_waves(self, programme_id: str, prepared: PreparedDigest, now: datetime) -> None:
+        """Runs begun before DIGEST_HELD_BY_THE_NOTIFICATION_ACTIVITY: they waited on a timer
+        of their own until each coordinator's daytime (`send_at`), then sent that wave. Kept so
+        that they replay; it goes with the patch (docs/deploying.md)."""
+        waves: dict[datetime, list[Notification]] = {}
+        for notification in prepared.notifications:
+            waves.setdefault(prepared.send_at.get(notification.notification_id, now), []).append(notification)
+        outcomes = await asyncio.gather(
+            *(self._wave(programme_id, at, wave) for at, wave in sorted(waves.items())), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _wave(self, programme_id: str, at: datetime, notifications: list[Notification]) -> None:
         wait = at - workflow.now()
         if wait > timedelta(0):
             await workflow.sleep(wait, summary=f"Wait for the coordinators' daytime ({programme_id})")
-        await call(
-            SEND_NOTIFICATIONS,
-            notifications,
-            start_to_close_timeout=timedelta(minutes=1),
-            schedule_to_close_timeout=SEND_FOR_AT_MOST,
-            retry_policy=NOTIFY_RETRY,
-            summary=f"Send the digest of {programme_id}",
-        )
+        await self._send(programme_id, notifications)
 
 
 async def ensure_digest_schedule(client: Client, task_queue: str) -> str:
@@ -127,8 +139,10 @@ async def ensure_digest_schedule(client: Client, task_queue: str) -> str:
             execution_timeout=RUN_FOR_AT_MOST,
         ),
         spec=ScheduleSpec(calendars=[ScheduleCalendarSpec(hour=[ScheduleRange(RUN_AT_HOUR_UTC)])]),
-        # A run still waiting for someone's daytime must not hold up the next day's: runs may
-        # overlap, and each sends only what is due and not recorded yet.
+        # A run lasts as long as its digests are held for their coordinators' daytime and
+        # retried, up to SEND_FOR_AT_MOST (more than a day): with the default policy (skip), such
+        # a run would cost a programme the next day's run. Runs may overlap: each sends only what
+        # is due and not recorded yet, and a digest's id has the delivery log send it once.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.ALLOW_ALL, catchup_window=timedelta(days=1)),
     )
     try:

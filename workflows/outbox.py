@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from workflows.activity_refs import APPEND_EVENTS, APPEND_EVENTS_AND_NOTIFY, READ_STREAM, SEND_NOTIFICATIONS
-from workflows.calls import NOTIFY_FIRST_TRY, NOTIFY_RETRY, call, call_activity, call_local
+from workflows.calls import NOTIFY_FIRST_TRY, call_activity, call_local, send_retrying
 from workflows.patches import ADOPT_AFTER_CONFLICT, RETRY_AFTER_FAILED_FIRST_TRY, STORE_AND_NOTIFY_TOGETHER
 
 if TYPE_CHECKING:
@@ -214,10 +214,4 @@ class Deliveries:
         current = asyncio.current_task()
         assert current is not None
         self._retrying.add(current)
-        await call(
-            SEND_NOTIFICATIONS,
-            notifications,
-            start_to_close_timeout=timedelta(minutes=1),
-            retry_policy=NOTIFY_RETRY,
-            summary=f"{summary} (retrying)"[:200],
-        )
+        await send_retrying(notifications, summary=f"{summary} (retrying)"[:200])

@@ -1,4 +1,5 @@
-"""The `workflow.patched()` ids of the Relationship workflow, each with the change it guards.
+"""The `workflow.patched()` ids of the Relationship workflow (and, last, one of
+`CoordinatorDigests`), each with the change it guards.
 
 A run that began before a patch keeps the old path until it ends or continues as new (the
 SDK decides a patch once per run). docs/deploying.md lists each id with the recordings that
@@ -33,3 +34,7 @@ SETTINGS_FROM_THE_PROGRAMME = "settings-come-from-the-programme"
 # when the first such payload reaches a run: a run that accepted plain payloads before keeps
 # them on replay.
 REFUSE_PLAIN_PAYLOADS = "refuse-plain-payloads"
+# CoordinatorDigests (workflows/digest.py): a programme's digests go to the notification
+# activity at once, which holds each until its coordinator's daytime (before: the run waited
+# for each coordinator's daytime on a timer of its own, then sent that wave).
+DIGEST_HELD_BY_THE_NOTIFICATION_ACTIVITY = "digest-held-for-daytime-by-the-notification-activity"

@@ -40,6 +40,7 @@ from events.people import Participant, Programme
 from events.settings import ProgrammeSettings
 from events.state import Phase
 from mentorflow.config import Settings
+from tests.support.daytime import ServerClock, delivered, local_eight
 from tests.support.helpers import cmd, ended_on_failure, sleep_until, start_relationship, state_of
 from tests.support.owners import owner
 from tests.support.peers import Received, SmtpServer, eventually
@@ -52,23 +53,6 @@ MENTOR = Participant(participant_id="emp-nyc-1", display_name="Grace Hopper", em
 NEIGHBOUR = Participant(participant_id="emp-ber-2", display_name="Lise Meitner", email="lise@example.org", timezone=BERLIN)
 COORDINATOR = Participant(participant_id="coord-ber", display_name="Lena Ortiz", email="lena@example.org", timezone=BERLIN)
 PEOPLE = [MENTEE, MENTOR, NEIGHBOUR, COORDINATOR]
-
-
-class ServerClock:
-    """The time-skipping server's clock, as the notification activity reads it once per
-    attempt; `readings` keeps every reading."""
-
-    def __init__(self, env: WorkflowEnvironment):
-        self._env = env
-        self.readings: list[datetime] = []
-
-    async def __call__(self) -> datetime:
-        now = await self._env.get_current_time()
-        self.readings.append(now)
-        return now
-
-    def between(self, start: datetime, end: datetime) -> list[datetime]:
-        return [reading for reading in self.readings if start < reading < end]
 
 
 @asynccontextmanager
@@ -93,15 +77,6 @@ async def delivering(
 
 def emails(server: SmtpServer, to: Participant, template: str) -> list[Received]:
     return [m for m in server.inbox.messages if m.rcpt_tos == [to.email] and m.message["X-Mentorflow-Template"] == template]
-
-
-def local_eight(after: datetime, zone: str) -> datetime:
-    """The first 08:00 on the clock in `zone` after `after`."""
-    local = after.astimezone(ZoneInfo(zone))
-    eight = datetime.combine(local.date(), time(8), tzinfo=ZoneInfo(zone))
-    if eight <= local:
-        eight = datetime.combine(local.date() + timedelta(days=1), time(8), tzinfo=ZoneInfo(zone))
-    return eight.astimezone(UTC)
 
 
 def signing_for_a_night_midpoint(now: datetime) -> datetime:
@@ -135,14 +110,6 @@ async def close(handle: WorkflowHandle[Any, Any], mentee: Participant, mentor: P
     for party in (mentee, mentor):
         await handle.execute_update("submit_reflection", cmd(party.participant_id, text="thank you"))
     await handle.result()
-
-
-async def delivered(pool: asyncpg.Pool, template: str) -> list[tuple[str, str, int]]:
-    rows = await pool.fetch(
-        "SELECT recipient_id, status, attempts FROM notification_deliveries WHERE template = $1 ORDER BY recipient_id",
-        template,
-    )
-    return [(row["recipient_id"], row["status"], row["attempts"]) for row in rows]
 
 
 async def test_a_midpoint_review_decided_at_night_reaches_each_party_at_eight_their_time(

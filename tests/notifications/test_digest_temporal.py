@@ -16,23 +16,26 @@ from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.directory import Directory
 from activities.event_store import PostgresEventStore
-from events.daytime import DeliveryWindow, deliver_at
 from events.commands import AcceptMatch, ProposeAgreement, ProposeMatch, RaiseConcern, SignAgreement
-from events.digest import DigestRunResult
+from events.digest import TEMPLATE, DigestRunResult
 from events.model import Health
 from events.people import Participant, Programme
 from events.settings import ProgrammeSettings
 from mentorflow.config import Settings
-from mentorflow.replay import replay_histories
-from tests.support.session import TEST_KEYRING
+from mentorflow.replay import load_histories, replay_histories
+from tests.support.daytime import ServerClock, delivered, local_eight
+from tests.support.db_gate import until
 from tests.support.domain_story import Story, terms
+from tests.support.helpers import sleep_until
 from tests.support.owners import owner
 from tests.support.peers import SmtpServer, eventually
+from tests.support.record_histories import HISTORIES, histories_converter
+from tests.support.session import TEST_KEYRING
 from worker import build_worker
 from workflows.digest import SCHEDULE_ID, WORKFLOW_NAME, ensure_digest_schedule
 
@@ -41,21 +44,24 @@ SECRET = "SECRET-digest-4c1d"
 ON, OFF = "spring-2027", "pilot"
 COORDINATORS = ("coord-a", "coord-b")
 NOW = datetime.now(UTC)
+# Runs recorded by the code before the digest's daytime was left to the notification activity.
+OLD_RUNS = HISTORIES / "coordinator-digests"
 
 
-def zone_at(hour: int) -> str:
-    """A time zone where it is about `hour` o'clock now, when it is asked (the suite may reach
-    a test an hour after importing it; a digest waits for its reader's daytime)."""
-    offset = (hour - datetime.now(UTC).hour) % 24
+def zone_at(hour: int, now: datetime | None = None) -> str:
+    """A time zone where it is about `hour` o'clock at `now` (default: now, when it is asked:
+    the suite may reach a test an hour after importing it; a digest waits for its reader's daytime)."""
+    offset = (hour - (now or datetime.now(UTC)).astimezone(UTC).hour) % 24
     offset = offset - 24 if offset > 12 else offset
     # Etc/GMT-N is N hours ahead of UTC (the sign is POSIX's).
     return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 
-def person(participant_id: str, name: str) -> Participant:
+def person(participant_id: str, name: str, timezone: str | None = None) -> Participant:
     return Participant(
-        participant_id=participant_id, display_name=name, email=f"{participant_id}@example.org", timezone=zone_at(12)
-    )
+        participant_id=participant_id, display_name=name, email=f"{participant_id}@example.org",
+        timezone=timezone or zone_at(12),
+    )  # fmt: skip
 
 
 def relationship(stream: str, programme_id: str, started: datetime, coordinator: str) -> Story:
@@ -227,30 +233,70 @@ async def test_the_digest_reads_events_no_follower_has_applied_yet(
     assert await pool.fetchval("SELECT count(*) FROM digest_relationships") == 3
 
 
-async def test_each_digest_waits_for_its_coordinators_daytime(
+async def test_each_digest_is_held_by_the_notification_activity_until_its_coordinators_daytime(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool, smtp_server: SmtpServer, programmes: dict[str, Story]
 ) -> None:
-    night = zone_at(1)  # 01:xx: the window opens more than 6 hours later
-    await Directory(pool).upsert_participant(person("coord-b", "Coordinator B").model_copy(update={"timezone": night}))
-    client, task_queue = time_skipping_env.client, f"tq-{uuid.uuid4()}"
-    async with build_worker(client, pool, task_queue, settings=delivering_settings(smtp_server)):
-        handle = await client.start_workflow(
+    env = time_skipping_env
+    started = await env.get_current_time()
+    # Zones from the server's clock as the test runs: noon for coord-a, 01:xx for coord-b
+    # (the programme's window, the default 08:00–20:00, opens there more than 6 hours later).
+    night = zone_at(1, started)
+    await Directory(pool).upsert_participants(
+        [person("coord-a", "Coordinator A", zone_at(12, started)), person("coord-b", "Coordinator B", night)]
+    )
+    opens = local_eight(started, night)
+    assert opens - started > timedelta(hours=6)
+    clock = ServerClock(env)
+    task_queue = f"tq-{uuid.uuid4()}"
+    settings = delivering_settings(smtp_server)
+    async with build_worker(env.client, pool, task_queue, settings=settings, notification_clock=clock):
+        handle = await env.client.start_workflow(
             WORKFLOW_NAME, id=f"digest-test-{uuid.uuid4()}", task_queue=task_queue, result_type=DigestRunResult
         )
+        # One send for the whole programme: coord-a's goes, coord-b's is held by the activity.
         await eventually(lambda: "coord-a" in digests_to(smtp_server), "the digest of the coordinator in daytime")
-        await asyncio.sleep(1)
-        assert "coord-b" not in digests_to(smtp_server)  # about 01:00 where coord-b is
-        assert await handle.result() == DigestRunResult(programmes_due=1, digests=2)  # time skips to their morning
+        pending = await until(lambda: held_send(handle), "the send, held for coord-b's daytime", poll=0.1)
+        held = await env.client.data_converter.decode_failure(pending.last_failure)
+        assert "email to coord-b" in str(held) and "coord-a" not in str(held), held
+        assert "coord-b" not in digests_to(smtp_server)
+        assert await delivered(pool, TEMPLATE) == [("coord-a", "delivered", 1)]  # a held one is not even claimed
+        history = await handle.fetch_history()
+        assert not [event for event in history.events if event.HasField("timer_started_event_attributes")]
+        # On the patched path: runs begun before it kept their timers (the test below).
+        markers = [e.marker_recorded_event_attributes for e in history.events if e.HasField("marker_recorded_event_attributes")]
+        assert [marker.marker_name for marker in markers] == ["core_patch"]
+
+        # Time skips to coord-b's 08:00: nothing a minute before, the digest a minute after.
+        await sleep_until(env, opens - timedelta(minutes=1))
+        assert "coord-b" not in digests_to(smtp_server)
+        await sleep_until(env, opens + timedelta(minutes=1))
+        await eventually(lambda: "coord-b" in digests_to(smtp_server), "coord-b's digest once their window opens")
+        assert await handle.result() == DigestRunResult(programmes_due=1, digests=2)
+    # The retry waited for the window, not for its backoff: no attempt in the hours between.
+    assert clock.between(started + timedelta(minutes=10), opens) == []
+    assert [reading for reading in clock.readings if opens <= reading <= opens + timedelta(minutes=2)]
     assert {c: len(messages) for c, messages in digests_to(smtp_server).items()} == {"coord-a": 1, "coord-b": 1}
-    started = (await handle.describe()).start_time
-    opens = deliver_at(started, night, DeliveryWindow(), template="coordinator_digest")
-    assert opens - started > timedelta(hours=5)
-    [timer] = [
-        event.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-        for event in (await handle.fetch_history()).events
-        if event.HasField("timer_started_event_attributes")
-    ]
-    assert abs(timer - (opens - started)) < timedelta(minutes=1)
     # Its history replays with the code (what `mentorflow replay` checks before a deploy).
-    [outcome] = await replay_histories([await handle.fetch_history()], client.data_converter)
+    [outcome] = await replay_histories([await handle.fetch_history()], env.client.data_converter)
     assert (outcome.workflow_type, outcome.verdict) == (WORKFLOW_NAME, "ok"), outcome.detail
+
+
+async def held_send(handle: WorkflowHandle[Any, Any]) -> Any:
+    """The pending send, once the activity has held it for someone's daytime (else None)."""
+    for pending in (await handle.describe()).raw_description.pending_activities:
+        failure = pending.last_failure.application_failure_info
+        if pending.activity_type.name == "send_notifications" and failure.type == "NotificationsHeld":
+            return pending
+    return None
+
+
+async def test_runs_begun_when_the_digest_waited_on_its_own_timer_still_replay() -> None:
+    """Recorded by the code before `digest-held-for-daytime-by-the-notification-activity`: a
+    run waiting on its timer for coord-b's daytime (coord-a's wave sent), and one that went on
+    to send it. Without the patch, the first timer (which this code no longer starts) fails both."""
+    histories = load_histories(OLD_RUNS)
+    assert [history.workflow_id for history in histories] == ["sent-in-waves", "waiting-for-daytime"]
+    for history in histories:
+        assert [event for event in history.events if event.HasField("timer_started_event_attributes")]
+    outcomes = await replay_histories(histories, histories_converter())
+    assert [(o.workflow_type, o.verdict, o.detail) for o in outcomes] == [(WORKFLOW_NAME, "ok", "")] * 2
