@@ -41,8 +41,11 @@ class RelationshipInput(BaseModel):
     # is then asked only if that proposal is declined or expires.
     ask_pool_first: bool = True
     # Continue as new once history passes this many events (Temporal's own suggestion,
-    # at about 10k events, applies too). Lower it to exercise continue-as-new.
-    history_event_limit: int = Field(default=8000, ge=100)
+    # at about 10k events, applies too). 1,000 is about a year and a half of a relationship:
+    # a cold worker replays such a run in about 0.4 s of CPU, and ten at once (its workflow
+    # task slots) fit the 10 s task timeout on a busy core (docs/deploying.md, "Replay after
+    # a restart"). Lower it to exercise continue-as-new.
+    history_event_limit: int = Field(default=1000, ge=100)
 
 
 class CommandResult(BaseModel):
