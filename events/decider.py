@@ -152,15 +152,9 @@ def _applied(state: RelationshipState, event: AnyEvent, phase: object) -> dict[s
 
 
 def _rejected(event: CommandRejected, state: RelationshipState) -> Changes:
-    rejection = RejectedCommand(
-        command_id=event.command_id,
-        command_name=event.command_name,
-        code=event.code,
-        reason=event.reason,
-        problems=event.problems,
-        rejected_at=event.occurred_at,
-        payload_digest=event.payload_digest,
-    )
+    # The state keeps what the event says, under the same names, and when it was refused.
+    kept = {name: getattr(event, name) for name in RejectedCommand.model_fields if name != "rejected_at"}
+    rejection = RejectedCommand(**kept, rejected_at=event.occurred_at)
     return {"rejected_commands": (*state.rejected_commands, rejection)[-REJECTIONS_KEPT:]}
 
 

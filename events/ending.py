@@ -34,31 +34,25 @@ def finish(emit: Emitter) -> None:
     )
 
 
+# What the summary says as the state keeps it: the ids, the dates and the running counts.
+_AS_KEPT = (
+    "relationship_id", "programme_id", "mentee_id", "mentor_id", "started_at", "activated_at", "meetings_held",
+    "meetings_missed", "meetings_cancelled", "late_cancellations", "meeting_minutes_total", "concerns_raised",
+    "reviews_completed", "extensions", "reflections_from",
+)  # fmt: skip
+
+
 def summarize(state: RelationshipState, reason: ClosureReason, now: datetime) -> RelationshipSummary:
     rounds: dict[int, list[int]] = {}
     for score in state.feedback_scores:
         rounds.setdefault(score.feedback_round, []).append(score.score)
     return RelationshipSummary(
-        relationship_id=state.relationship_id,
-        programme_id=state.programme_id,
-        mentee_id=state.mentee_id,
-        mentor_id=state.mentor_id,
+        **{name: getattr(state, name) for name in _AS_KEPT},
         closure_reason=reason,
-        started_at=state.started_at,
-        activated_at=state.activated_at,
         closed_at=now,
         duration_days=(now - state.started_at).days,
-        meetings_held=state.meetings_held,
-        meetings_missed=state.meetings_missed,
-        meetings_cancelled=state.meetings_cancelled,
-        late_cancellations=state.late_cancellations,
-        meeting_minutes_total=state.meeting_minutes_total,
         goals_total=len(state.goals),
         goals_achieved=sum(1 for goal in state.goals.values() if goal.achieved_at is not None),
         goal_progress={goal_id: goal.progress_percent for goal_id, goal in state.goals.items()},
         feedback_trend=tuple(round(sum(s) / len(s), 2) for _, s in sorted(rounds.items())),
-        concerns_raised=state.concerns_raised,
-        reviews_completed=state.reviews_completed,
-        extensions=state.extensions,
-        reflections_from=state.reflections_from,
     )

@@ -5,7 +5,8 @@ are reported as one line on stderr with exit code 2 (bad usage) or 1 (everything
 a traceback means a bug.
 
 One module per noun, all adding to the one `app` of shared.py (with the consoles,
-`Problem`, `reports_problems`, the exit codes and the connections every command uses):
+`Problem`, `reports_problems` that every command goes through, the exit codes and the
+connections every command uses):
 
     system.py                 dev, worker, migrate, codec-server, replay-check
     relationship.py           relationship start, show (and the `relationship` sub-app)

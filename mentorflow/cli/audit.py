@@ -13,14 +13,13 @@ import asyncpg
 import typer
 from rich.markup import escape
 
-from mentorflow.cli.shared import JsonOption, _connect, _with_database, command_group, out, reports_problems
+from mentorflow.cli.shared import JsonOption, _connect, _with_database, command_group, out
 from mentorflow.config import Settings
 
 audit_app = command_group("audit", "Read-only checks of a running deployment.")
 
 
 @audit_app.command("streams")
-@reports_problems
 def audit_streams_command(
     store_only: Annotated[bool, typer.Option("--store-only", help="Only the event store's own traces; do not ask Temporal.")] = False,
     as_json: JsonOption = False,
@@ -45,7 +44,6 @@ def audit_streams_command(
 
 
 @audit_app.command("internal-actors")
-@reports_problems
 def audit_internal_actors_command(as_json: JsonOption = False) -> None:
     """List stored commands that name an internal actor (matching-engine, matching-round, directory) but that no part of the system sent: sent from outside before such messages were refused. Read-only. Exit 1 if something was found."""
     from mentorflow.audit_actors import forged_internal_commands

@@ -8,11 +8,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mentorflow.cli.shared import Problem, app, err, launcher_name, out, reports_problems
+from mentorflow.cli.shared import Problem, app, err, launcher_name, out
 
 
 @app.command("contract")
-@reports_problems
 def export_contract(
     check: Annotated[
         bool, typer.Option("--check", help="Only compare: exit 1 and list the differences if the files are not what the code exports.")

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mentorflow.cli.shared import JsonOption, Problem, _connect, command_group, out, reports_problems, run
+from mentorflow.cli.shared import JsonOption, Problem, _connect, command_group, out, reported_as_problem, run
 from mentorflow.config import Settings
 
 deployment_app = command_group(
@@ -19,7 +19,6 @@ deployment_app = command_group(
 
 
 @deployment_app.command("set-current")
-@reports_problems
 def deployment_set_current(
     build_id: Annotated[str | None, typer.Argument(help="The build id; default MENTORFLOW_BUILD_ID.")] = None,
     wait: Annotated[
@@ -39,17 +38,14 @@ def deployment_set_current(
 
     async def apply() -> str | None:
         client = await _connect(settings, wait=wait)
-        try:
+        with reported_as_problem(DeploymentError):
             return await set_current_version(client, settings.deployment_name, build, wait=wait)
-        except DeploymentError as error:
-            raise Problem(str(error)) from None
 
     previous = run(apply())
     out.print(escape(f"{settings.deployment_name}.{build} is the current version (before: {previous or 'unversioned workers'})"))
 
 
 @deployment_app.command("show")
-@reports_problems
 def deployment_show(as_json: JsonOption = False) -> None:
     """The current and ramping versions of MENTORFLOW_DEPLOYMENT_NAME and every known build."""
     from mentorflow.deployment import describe_deployment

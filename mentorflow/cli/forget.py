@@ -11,13 +11,12 @@ import asyncpg
 import typer
 from rich.markup import escape
 
-from mentorflow.cli.shared import JsonOption, Problem, _connect, _with_database, app, out, reports_problems
+from mentorflow.cli.shared import JsonOption, Problem, _connect, _with_database, app, out, reported_as_problem
 from mentorflow.config import Settings
 from mentorflow.start_options import relationship_id_of
 
 
 @app.command()
-@reports_problems
 def forget(
     relationship: Annotated[str, typer.Argument(help="The relationship id (or its workflow id relationship/PROGRAMME/ID).")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -34,10 +33,8 @@ def forget(
     if not yes:
         if not sys.stdin.isatty():
             raise Problem("forgetting cannot be undone: pass --yes to confirm", exit_code=2)
-        try:
+        with reported_as_problem(ValueError, exit_code=2):
             relationship_id = relationship_id_of(relationship)
-        except ValueError as error:
-            raise Problem(str(error), exit_code=2) from None
         typer.confirm(
             f"Make the notes, concerns, comments and reflections of {relationship_id} "
             "unreadable for good, and delete its workflow's history from Temporal?", abort=True,

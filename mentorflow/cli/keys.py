@@ -6,13 +6,12 @@ from typing import Annotated
 
 import typer
 
-from mentorflow.cli.shared import Problem, command_group, reports_problems
+from mentorflow.cli.shared import command_group, reported_as_problem
 
 keys_app = command_group("keys", "Encryption keys for Temporal payloads (MENTORFLOW_ENCRYPTION_KEYS).")
 
 
 @keys_app.command("generate")
-@reports_problems
 def generate_key(
     key_id: Annotated[str, typer.Option("--id", help="The new key's id, e.g. k2 (letters, digits, . _ -).")] = "k1",
 ) -> None:
@@ -22,7 +21,5 @@ def generate_key(
     """
     from mentorflow.keyring import KeyringError, format_key, generate_key as new_key
 
-    try:
+    with reported_as_problem(KeyringError, exit_code=2):
         print(format_key(key_id, new_key()))
-    except KeyringError as error:
-        raise Problem(str(error), exit_code=2) from None

@@ -21,7 +21,7 @@ from activities.directory import (
 from events.people import Participant
 from mentorflow.cli.shared import (
     JsonOption, Problem, _input_problem, _parse_moment, _with_directory, command_group, details_table, err,
-    import_summary, out, reports_problems,
+    import_summary, out, reported_as_problem,
 )
 from mentorflow.directory_input import read_people
 
@@ -31,7 +31,6 @@ people_app = command_group(
 
 
 @people_app.command("add")
-@reports_problems
 def add_person(
     participant_id: Annotated[str, typer.Option("--id", help="The participant's id, e.g. emp-1042.")],
     name: Annotated[str | None, typer.Option("--name", help="Display name (needed for someone new).")] = None,
@@ -87,7 +86,6 @@ IMPORT_BATCH_SIZE = 500
 
 
 @people_app.command("import")
-@reports_problems
 def import_people(
     file: Annotated[Path, typer.Argument(help="A JSON list, a YAML list or a CSV file with a header row (see examples/people.csv).")],
     as_json: JsonOption = False,
@@ -135,7 +133,6 @@ def import_people(
 
 
 @people_app.command("show")
-@reports_problems
 def show_person(
     participant_id: Annotated[str, typer.Argument(help="The participant's id.")],
     as_json: JsonOption = False,
@@ -165,7 +162,6 @@ def show_person(
 
 
 @people_app.command("leave")
-@reports_problems
 def leave(
     participant_id: Annotated[str, typer.Argument(help="The participant's id.")],
     at: Annotated[
@@ -177,10 +173,8 @@ def leave(
     left_at = _parse_moment(at) if at is not None else None
 
     async def mark(directory: Directory) -> tuple[Participant, bool]:
-        try:
+        with reported_as_problem(UnknownParticipant):
             return await directory.mark_left(participant_id, left_at)
-        except UnknownParticipant as error:
-            raise Problem(str(error)) from None
 
     participant, changed = _with_directory(mark)
     assert participant.left_at is not None

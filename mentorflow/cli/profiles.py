@@ -15,26 +15,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from mentorflow.cli.shared import (
-    DIRECTORY_DATABASE_HELP,
     JsonOption,
     Problem,
     ProgrammeOption,
     R,
     _with_database,
-    app,
+    command_group,
     err,
     import_summary,
     out,
-    reports_problems,
 )
 
-profiles_app = typer.Typer(
-    help="Mentor and mentee profiles for matching: strengths, goals, availability, languages, "
-    "formats, seniority, capacity and exclusions; and a programme's matching settings.\n\n"
-    + DIRECTORY_DATABASE_HELP,
-    no_args_is_help=True,
+profiles_app = command_group(
+    "profiles",
+    "Mentor and mentee profiles for matching: strengths, goals, availability, languages, "
+    "formats, seniority, capacity and exclusions; and a programme's matching settings.",
+    on_database=True,
 )
-app.add_typer(profiles_app, name="profiles")
 
 RoleOption = Annotated[str | None, typer.Option("--role", help="mentor or mentee (for rows that do not say).")]
 
@@ -86,7 +83,6 @@ def _read_text(source: str) -> str:
 
 
 @profiles_app.command("import")
-@reports_problems
 def import_profiles(
     file: Annotated[Path, typer.Argument(help="A CSV file with a header row, a JSON array or JSON Lines.")],
     programme: ProgrammeOption,
@@ -146,7 +142,6 @@ def import_profiles(
 
 
 @profiles_app.command("set")
-@reports_problems
 def set_profile(
     profile: Annotated[str, typer.Argument(help="One profile as a JSON object, a file holding one, or '-' for stdin.")],
     programme: ProgrammeOption,
@@ -171,7 +166,6 @@ def set_profile(
 
 
 @profiles_app.command("show")
-@reports_problems
 def show_profile(
     participant_id: Annotated[str, typer.Argument(help="The participant's id.")],
     programme: ProgrammeOption,
@@ -189,7 +183,6 @@ def show_profile(
 
 
 @profiles_app.command("list")
-@reports_problems
 def list_profiles(programme: ProgrammeOption, as_json: JsonOption = False) -> None:
     """List a programme's mentors (with free slots) and mentees.
 
@@ -228,7 +221,6 @@ def list_profiles(programme: ProgrammeOption, as_json: JsonOption = False) -> No
 
 
 @profiles_app.command("explain")
-@reports_problems
 def explain_pair(
     mentee_id: Annotated[str, typer.Argument(help="The mentee's id.")],
     programme: ProgrammeOption,
@@ -304,7 +296,6 @@ def _settings_document(source: str) -> Any:
 
 
 @profiles_app.command("settings")
-@reports_problems
 def matching_settings(
     programme: ProgrammeOption,
     new: Annotated[str | None, typer.Option("--set", help="New settings: JSON object, a file holding one, or '-'.")] = None,

@@ -22,7 +22,7 @@ from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.cli.shared import (
     JsonOption, Problem, _input_problem, _with_database, _with_directory, command_group, details_table, launcher_name,
-    out, reports_problems,
+    out, reported_as_problem,
 )
 from mentorflow.cli.profiles import matching_on, read_matching_settings
 from mentorflow.directory_input import apply_setting_overrides, read_programme_document
@@ -41,7 +41,6 @@ def _format_setting(value: object) -> str:
 
 
 @programme_app.command("create")
-@reports_problems
 def create_programme(
     file: Annotated[
         Path | None,
@@ -143,7 +142,6 @@ def create_programme(
 
 
 @programme_app.command("show")
-@reports_problems
 def show_programme(
     programme_id: Annotated[str, typer.Argument(help="The programme id.")],
     as_json: JsonOption = False,
@@ -151,10 +149,8 @@ def show_programme(
     """Show a programme and every setting (--json prints a file that `programme create --file` takes)."""
 
     async def load(directory: Directory) -> Programme | None:
-        try:
+        with reported_as_problem(StoredProgrammeInvalid):
             return await directory.get_programme(programme_id)
-        except StoredProgrammeInvalid as error:
-            raise Problem(str(error)) from None
 
     programme = _with_directory(load)
     if programme is None:
@@ -174,7 +170,6 @@ def show_programme(
 
 
 @programme_app.command("list")
-@reports_problems
 def list_programmes(as_json: JsonOption = False) -> None:
     """List the programmes."""
 

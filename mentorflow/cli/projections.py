@@ -9,7 +9,7 @@ import asyncpg
 import typer
 from rich.markup import escape
 
-from mentorflow.cli.shared import JsonOption, Problem, _with_database, command_group, err, out, reports_problems
+from mentorflow.cli.shared import JsonOption, _with_database, command_group, err, out, reported_as_problem
 
 projections_app = command_group(
     "projections", "The read models behind `report`: how far they are, and rebuilding them from the events.", on_database=True
@@ -37,7 +37,6 @@ async def _catch_up_with_progress(follower: Any, pool: asyncpg.Pool, description
 
 
 @projections_app.command("status")
-@reports_problems
 def projections_status(as_json: JsonOption = False) -> None:
     """Each projection's checkpoint against the event store's head (behind > 0: not caught up yet)."""
     from activities.projections import ProjectionFollower
@@ -52,7 +51,6 @@ def projections_status(as_json: JsonOption = False) -> None:
 
 
 @projections_app.command("rebuild")
-@reports_problems
 def rebuild_projections(
     projection: Annotated[
         list[str] | None,
@@ -65,10 +63,8 @@ def rebuild_projections(
 
     from activities.projections import ProjectionFollower, UnknownProjection, projections_named
 
-    try:
+    with reported_as_problem(UnknownProjection, exit_code=2):
         chosen = projections_named(projection)
-    except UnknownProjection as error:
-        raise Problem(str(error), exit_code=2) from None
     names = ", ".join(p.name for p in chosen)
     started = time.monotonic()
 

@@ -9,12 +9,11 @@ import typer
 
 from rich.markup import escape
 
-from mentorflow.cli.shared import JsonOption, Problem, _with_database, app, out, reports_problems
+from mentorflow.cli.shared import JsonOption, _with_database, app, out, reported_as_problem
 from mentorflow.config import Settings
 
 
 @app.command()
-@reports_problems
 def reencrypt(
     relationship: Annotated[
         str | None, typer.Argument(help="Only this relationship (its id or workflow id); default: every one.")
@@ -30,10 +29,8 @@ def reencrypt(
 
     stream_id = None
     if relationship is not None:
-        try:
+        with reported_as_problem(ValueError, exit_code=2):
             stream_id = relationship_id_of(relationship)
-        except ValueError as error:
-            raise Problem(str(error), exit_code=2) from None
     # Counting needs no keys; encrypting does (the error names MENTORFLOW_ENCRYPTION_KEYS).
     keyring = None if dry_run else Settings.from_env().keyring()
     done = _with_database(lambda pool: reencrypt_plain_text(pool, keyring, stream_id=stream_id, dry_run=dry_run))

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from events.state import RelationshipState
 from mentorflow.cli.shared import (
     JsonOption, Problem, R, _connect, _with_directory, command_group, details_table, err, launcher_name, out,
-    reports_problems, run,
+    run,
 )
 from mentorflow.config import Settings
 from mentorflow.start_options import relationship_start_options, relationship_workflow_id
@@ -41,7 +41,6 @@ def _new_id() -> str:
     epilog="Exit codes: 0 started; 1 Temporal or the database unreachable, the relationship exists already; "
     "2 bad input: a malformed id, a programme that does not exist.",
 )
-@reports_problems
 def start_relationship(
     programme: Annotated[str, typer.Option("--programme", help="Programme id.")],
     mentee: Annotated[str, typer.Option("--mentee", help="Mentee id.")],
@@ -93,7 +92,6 @@ def start_relationship(
 
 
 @relationship_app.command("show")
-@reports_problems
 def show_relationship(
     workflow_id: Annotated[str, typer.Argument(help="The workflow id, e.g. relationship/PROGRAMME/ID.")],
     as_json: JsonOption = False,

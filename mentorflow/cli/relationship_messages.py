@@ -28,7 +28,6 @@ from mentorflow.cli.shared import (
     _connect,
     err,
     out,
-    reports_problems,
     run,
 )
 from mentorflow.config import Settings
@@ -81,7 +80,6 @@ def _message_outcome(as_json: bool, send: Callable[[], None]) -> None:
 
 
 @relationship_app.command("update", epilog=MESSAGE_EXIT_CODES)
-@reports_problems
 def update_command(
     workflow_id: WorkflowIdArgument,
     command_name: CommandArgument,
@@ -97,7 +95,6 @@ def update_command(
 
 
 @relationship_app.command("signal", epilog=MESSAGE_EXIT_CODES)
-@reports_problems
 def signal_command(
     workflow_id: WorkflowIdArgument,
     command_name: CommandArgument,
@@ -117,7 +114,6 @@ def signal_command(
 
 
 @relationship_app.command("send", epilog=MESSAGE_EXIT_CODES)
-@reports_problems
 def send_command(
     workflow_id: WorkflowIdArgument,
     command_name: CommandArgument,

@@ -25,7 +25,7 @@ from mentorflow.cli.shared import (
     _with_database,
     err,
     out,
-    reports_problems,
+    reported_as_problem,
     run,
 )
 from mentorflow.config import Settings
@@ -54,7 +54,6 @@ def _when(moment: datetime | None) -> str:
 
 
 @relationship_app.command("list", epilog=WATCH_EXIT_CODES)
-@reports_problems
 def list_relationships(
     programme: Annotated[str | None, typer.Option("--programme", help="Only this programme.")] = None,
     phase: Annotated[str | None, typer.Option("--phase", help="matching, agreement, active, review, closing or closed.")] = None,
@@ -126,7 +125,6 @@ def _print_relationship_rows(rows: list[Any]) -> None:
 
 
 @relationship_app.command("history", epilog=WATCH_EXIT_CODES)
-@reports_problems
 def relationship_history(
     workflow_id: Annotated[str, typer.Argument(help="The workflow id, e.g. relationship/PROGRAMME/ID.")],
     run_id: Annotated[str | None, typer.Option("--run-id", help="An earlier run (default: the latest).")] = None,
@@ -164,7 +162,6 @@ def relationship_history(
     "the API has no record of it, or \"internal\"; see docs/api.md, \"Audit\"); payloads are not "
     "shown.\n\n" + DIRECTORY_DATABASE_HELP,
 )
-@reports_problems
 def relationship_events(
     relationship: Annotated[str, typer.Argument(help="The workflow id (relationship/PROGRAMME/ID) or the relationship id.")],
     as_json: JsonOption = False,
@@ -174,10 +171,8 @@ def relationship_events(
     from activities.audit_trail import SentBy, sent_by_of_event, stream_senders
     from mentorflow.operations import OperationError, StoredEventRow, stream_events, stream_id_of
 
-    try:
+    with reported_as_problem(OperationError, exit_code=2):
         stream_id = stream_id_of(relationship)
-    except OperationError as error:
-        raise Problem(str(error), exit_code=2) from None
 
     async def read(pool: asyncpg.Pool) -> tuple[Sequence[StoredEventRow], dict[str | None, SentBy]]:
         return await stream_events(pool, stream_id), await stream_senders(pool, stream_id)

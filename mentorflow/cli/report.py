@@ -13,12 +13,11 @@ from rich.markup import escape
 
 from mentorflow.cli.projections import _catch_up_with_progress
 from mentorflow.cli.shared import (
-    JsonOption, Problem, ProgrammeOption, _with_database, app, err, launcher_name, out, reports_problems,
+    JsonOption, Problem, ProgrammeOption, _with_database, app, err, launcher_name, out,
 )
 
 
 @app.command()
-@reports_problems
 def report(
     programme: ProgrammeOption,
     as_json: JsonOption = False,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -17,7 +19,7 @@ from temporalio.service import RPCError
 
 from mentorflow.cli.profiles import _with_matching
 from mentorflow.cli.shared import (
-    JsonOption, Problem, ProgrammeOption, _connect, command_group, err, launcher_name, out, reports_problems, run,
+    JsonOption, Problem, ProgrammeOption, _connect, command_group, err, launcher_name, out, run,
 )
 from mentorflow.config import Settings
 from mentorflow.start_options import round_start_options
@@ -37,7 +39,6 @@ RuleSetOption = Annotated[str | None, typer.Option("--rule-set", help="One of th
 
 
 @round_app.command("start")
-@reports_problems
 def start_round(
     programme: ProgrammeOption,
     round_id: RoundOption,
@@ -109,22 +110,28 @@ async def _with_round_progress(handle: WorkflowHandle[Any, Any]) -> MatchingRoun
     return MatchingRoundResult.model_validate(await result)
 
 
+def _options_but(option: str, of: Callable[..., None]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command every option of the command `of` but `option` (Typer reads a command's
+    options from its signature): one that runs `of` with that option set."""
+    signature = inspect.signature(of, eval_str=True)
+    parameters = [parameter for parameter in signature.parameters.values() if parameter.name != option]
+
+    def give(command: Callable[..., None]) -> Callable[..., None]:
+        command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return command
+
+    return give
+
+
 @round_app.command("run")
-def run_round(
-    programme: ProgrammeOption,
-    round_id: RoundOption,
-    coordinator: CoordinatorOption = "matching-round",
-    objective: ObjectiveOption = None,
-    mentees: MenteesOption = None,
-    as_json: JsonOption = False,
-    rule_set: RuleSetOption = None,
-) -> None:
+@_options_but("wait", of=start_round)
+def run_round(**options: Any) -> None:
     """Run a programme's matching round to the end, with a progress bar: `round start --wait`."""
-    start_round(programme, round_id, coordinator, objective, mentees, wait=True, as_json=as_json, rule_set=rule_set)
+    start_round(**options, wait=True)
 
 
 @round_app.command("show")
-@reports_problems
 def show_round(
     programme: ProgrammeOption,
     round_id: Annotated[str, typer.Option("--round", help="Round id.")],

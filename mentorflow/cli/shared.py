@@ -1,7 +1,7 @@
-"""What every command module of the CLI shares: the `app` and its sub-apps (`command_group`),
-the consoles and the `… show` grid (`details_table`), `Problem` and `reports_problems`, the
-exit codes, `run`, and the connections to Temporal (`_connect`) and to the database
-(`_with_database`, `_with_directory`).
+"""What every command module of the CLI shares: the `app` and its sub-apps (`command_group`;
+every command of theirs reports problems), the consoles and the `… show` grid
+(`details_table`), `Problem` and `reports_problems`, the exit codes, `run`, and the
+connections to Temporal (`_connect`) and to the database (`_with_database`, `_with_directory`).
 
 Problems the caller can fix (bad input, a rejected command, a server that is not running)
 are reported as one line on stderr with exit code 2 (bad usage) or 1 (everything else);
@@ -11,12 +11,13 @@ a traceback means a bug.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar, cast
 
 import asyncpg
 import typer
@@ -25,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.client import Client
 from temporalio.runtime import Runtime
+from typer.models import CommandFunctionType
 
 from activities.directory import Directory, DirectoryError
 from mentorflow.config import ConfigurationError, Settings
@@ -33,7 +35,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Typer(typer.Typer):
+class CommandGroup(typer.Typer):
+    """A Typer whose every command reports the problems a caller can fix (`reports_problems`):
+    the commands are registered with `@group.command(…)` alone."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        register = super().command(*args, **kwargs)
+
+        def registered(command: CommandFunctionType) -> CommandFunctionType:
+            return register(cast(CommandFunctionType, reports_problems(command)))
+
+        return registered
+
+
+class _Typer(CommandGroup):
     """Exits without interpreter finalization once a command is done.
 
     The Temporal SDK's native threads outlive the client, and if they touch Python while
@@ -77,10 +92,10 @@ DIRECTORY_DATABASE_HELP = (
 )
 
 
-def command_group(name: str, help: str, *, on_database: bool = False) -> typer.Typer:
+def command_group(name: str, help: str, *, on_database: bool = False) -> CommandGroup:
     """The sub-app of `mentorflow NAME …`, added to `app`; `on_database`: its help says which
     database its commands use (DIRECTORY_DATABASE_HELP)."""
-    group = typer.Typer(help=f"{help}\n\n{DIRECTORY_DATABASE_HELP}" if on_database else help, no_args_is_help=True)
+    group = CommandGroup(help=f"{help}\n\n{DIRECTORY_DATABASE_HELP}" if on_database else help, no_args_is_help=True)
     app.add_typer(group, name=name)
     return group
 
@@ -116,6 +131,15 @@ class Problem(Exception):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def reported_as_problem(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
+    """Report one of `errors` raised inside as a `Problem` that says what the error says."""
+    try:
+        yield
+    except errors as error:
+        raise Problem(str(error), exit_code=exit_code) from None
 
 
 def fail(message: str, exit_code: int) -> NoReturn:

@@ -12,14 +12,13 @@ from rich.table import Table
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from mentorflow.cli.shared import JsonOption, Problem, _connect, app, err, launcher_name, out, reports_problems, run
+from mentorflow.cli.shared import JsonOption, Problem, _connect, app, err, launcher_name, out, run
 from mentorflow.config import Settings
 
 log = logging.getLogger("mentorflow.cli")
 
 
 @app.command()
-@reports_problems
 def dev() -> None:
     """Start Temporal (Web UI on :8233), PostgreSQL and a worker, all local; Ctrl-C stops them."""
     from mentorflow.dev import run_dev
@@ -28,7 +27,6 @@ def dev() -> None:
 
 
 @app.command()
-@reports_problems
 def worker() -> None:
     """Run a production worker: needs MENTORFLOW_DATABASE_URL, MENTORFLOW_ENCRYPTION_KEYS and a Temporal server; stops on SIGTERM."""
     from mentorflow.dev import configure_logging, run_until_stopped
@@ -63,7 +61,6 @@ async def _serve_worker(
 
 
 @app.command()
-@reports_problems
 def migrate() -> None:
     """Apply the database migrations to MENTORFLOW_DATABASE_URL (safe to repeat)."""
     database_url = Settings.from_env().require_database_url()
@@ -83,7 +80,6 @@ def migrate() -> None:
 
 
 @app.command("codec-server")
-@reports_problems
 def codec_server() -> None:
     """Decrypt payloads for the Temporal Web UI (its codec endpoint) and `temporal --codec-endpoint`.
 
@@ -100,7 +96,6 @@ def codec_server() -> None:
 
 
 @app.command("replay-check")
-@reports_problems
 def replay_check(
     query: Annotated[
         str | None,

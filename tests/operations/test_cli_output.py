@@ -154,3 +154,22 @@ def test_start_in_a_programme_that_does_not_exist_is_bad_input(
     result = invoke("relationship", "start", "--programme", "nope", "--mentee", "emp-1")
     assert result.exit_code == 2
     assert_one_clean_error_line(result.stderr, "programme nope does not exist", "programme create --id nope")
+
+
+# -- round run -------------------------------------------------------------------------------
+
+
+def test_round_run_is_round_start_with_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer.main
+
+    rounds = typer.main.get_command(app).commands["round"].commands  # type: ignore[attr-defined]
+    assert {p.name for p in rounds["run"].params} == {p.name for p in rounds["start"].params} - {"wait"}
+    started: dict[str, Any] = {}
+    monkeypatch.setattr("mentorflow.cli.rounds.start_round", lambda **options: started.update(options))
+    result = invoke("round", "run", "--programme", "spring", "--round", "r-1", "--coordinator", "coord-7",
+                    "--objective", "max_matched", "--mentee", "emp-1", "--mentee", "emp-2", "--json",
+                    "--rule-set", "second")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert started == {"programme": "spring", "round_id": "r-1", "coordinator": "coord-7", "objective": "max_matched",
+                       "mentees": ["emp-1", "emp-2"], "as_json": True, "rule_set": "second", "wait": True}  # fmt: skip
+    assert invoke("round", "run", "--programme", "spring", "--round", "r-1", "--wait").exit_code == 2
