@@ -41,7 +41,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.api_keys import ApiKeyStore
-from bench.load import AGREEMENT as TERMS, cpu_seconds, free_port, progress
+from bench.load import to_active
+from bench.stage import cpu_seconds, free_port, progress
 from activities.database import create_pool, migrate
 from activities.directory import Directory
 from events.people import Programme
@@ -56,14 +57,7 @@ COORDINATOR, MENTOR = "coord-7", "emp-311"
 
 
 def script(mentee: str, introductions: int) -> list[tuple[str, dict[str, Any]]]:
-    steps: list[tuple[str, dict[str, Any]]] = [
-        ("propose_match", {"actor_id": COORDINATOR, "mentor_id": MENTOR}),
-        ("accept_match", {"actor_id": mentee}),
-        ("accept_match", {"actor_id": MENTOR}),
-        ("propose_agreement", {"actor_id": mentee, "terms": TERMS}),
-        ("sign_agreement", {"actor_id": mentee, "agreement_version": 1}),
-        ("sign_agreement", {"actor_id": MENTOR, "agreement_version": 1}),
-    ]
+    steps = [(name, {"actor_id": actor, **fields}) for name, actor, fields in to_active(COORDINATOR, mentee, MENTOR)]
     steps += [("record_introduction", {"actor_id": MENTOR, "introduced_to": f"person {n}"}) for n in range(introductions)]
     return steps
 

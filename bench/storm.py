@@ -38,10 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -49,20 +45,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity, workflow
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from bench.load import (
-    NAMESPACE,
-    cpu_seconds,
-    database,
-    dev_server,
-    mentorflow_command,
-    progress,
-    serve_ceiling_worker,
-    spawn,
-    wait_for_poller,
+from bench.load import to_active
+from bench.stage import (
+    ceiling_clock, ceiling_then_ours, command_line, cpu_seconds, progress, serve_ceiling_worker, worker_command,
+    worker_on_dev_server,
 )
 
 PROGRAMME = "storm"
@@ -80,11 +70,6 @@ AGREEMENT = {
 # -- the ceiling: a timer and one activity ------------------------------------------------------
 
 
-@activity.defn(name="storm_ceiling_activity")
-async def storm_ceiling_activity() -> float:
-    return time.time()
-
-
 @workflow.defn(name="StormCeiling", sandboxed=False)
 class StormCeiling:
     """Sleeps until `at` (seconds since the epoch), then runs one activity; returns when it ran."""
@@ -95,13 +80,13 @@ class StormCeiling:
         if delay > 0:
             await workflow.sleep(delay)
         ran: float = await workflow.execute_activity(
-            storm_ceiling_activity, start_to_close_timeout=timedelta(minutes=1)
+            ceiling_clock, start_to_close_timeout=timedelta(minutes=1)
         )
         return ran
 
 
 async def serve_ceiling() -> None:
-    await serve_ceiling_worker([StormCeiling], [storm_ceiling_activity])
+    await serve_ceiling_worker([StormCeiling], [ceiling_clock])
 
 
 # -- histories ------------------------------------------------------------------------------------
@@ -170,11 +155,6 @@ def seconds_after(moment: float, times: list[float]) -> dict[str, float | None]:
     }
 
 
-def base_settings(base_env: dict[str, str], address: str, task_queue: str) -> dict[str, str]:
-    return {**base_env, "MENTORFLOW_TEMPORAL_ADDRESS": address, "MENTORFLOW_TEMPORAL_NAMESPACE": NAMESPACE,
-            "MENTORFLOW_TASK_QUEUE": task_queue}  # fmt: skip
-
-
 async def results(client: Client, ids: list[str], concurrency: int = 16) -> list[float]:
     """Every workflow's result (a float), at most `concurrency` waits at once: the server
     limits the long polls one namespace may hold."""
@@ -201,39 +181,31 @@ async def in_parallel(count: int, concurrency: int, job: Any) -> None:
 
 
 async def run_ceiling(args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
-
     directory = scratch / "ceiling"
     directory.mkdir()
     task_queue = "storm-ceiling"
-    async with dev_server(directory) as (address, server):
-        env = base_settings(base_env, address, task_queue)
-        client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
-        worker = spawn("ceiling worker", [sys.executable, "-m", "bench.storm", "--serve-ceiling"], env, directory / "worker.log")
-        try:
-            await wait_for_poller(client, task_queue, worker)
-            # Starts ran at 30/s on a busy 2-core machine here: T is set well after the last.
-            lead = args.lead if args.lead else 30 + args.relationships * 0.05
-            at = time.time() + lead
-            ids = [f"storm-ceiling-{k}" for k in range(args.relationships)]
-            started_late = 0
+    command = worker_command("ceiling", "bench.storm")
+    async with worker_on_dev_server(directory, base_env, task_queue, "ceiling worker", command) as stage:
+        client, server, worker = stage.client, stage.server, stage.worker
+        # Starts ran at 30/s on a busy 2-core machine here: T is set well after the last.
+        lead = args.lead if args.lead else 30 + args.relationships * 0.05
+        at = time.time() + lead
+        ids = [f"storm-ceiling-{k}" for k in range(args.relationships)]
+        started_late = 0
 
-            async def start(index: int) -> None:
-                nonlocal started_late
-                await client.start_workflow(StormCeiling.run, at, id=ids[index], task_queue=task_queue)
-                started_late += time.time() > at
+        async def start(index: int) -> None:
+            nonlocal started_late
+            await client.start_workflow(StormCeiling.run, at, id=ids[index], task_queue=task_queue)
+            started_late += time.time() > at
 
-            progress(f"ceiling: starting {len(ids)} workflows, timers at T = now + {lead:.0f} s")
-            await in_parallel(len(ids), 50, start)
-            progress(f"ceiling: started ({started_late} after T); waiting for T and the activities")
-            await asyncio.sleep(max(0.0, at - time.time()))
-            cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
-            ran = await results(client, ids)
-            worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
-            histories = await read_histories(client, ids, since=at)
-        finally:
-            worker.stop()
+        progress(f"ceiling: starting {len(ids)} workflows, timers at T = now + {lead:.0f} s")
+        await in_parallel(len(ids), 50, start)
+        progress(f"ceiling: started ({started_late} after T); waiting for T and the activities")
+        await asyncio.sleep(max(0.0, at - time.time()))
+        cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
+        ran = await results(client, ids)
+        worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
+        histories = await read_histories(client, ids, since=at)
     drain = max(ran) - at
     return {
         "workflows": len(ids),
@@ -273,6 +245,32 @@ def timed_sink() -> Any:
     sink = SmtpServer()
     sink.inbox = TimedInbox()
     return sink
+
+
+def sink_settings(sink: Any) -> dict[str, str]:
+    """The worker's mail settings for `timed_sink()`."""
+    return {
+        "MENTORFLOW_SMTP_HOST": "127.0.0.1",
+        "MENTORFLOW_SMTP_PORT": str(sink.port),
+        "MENTORFLOW_SMTP_SECURITY": "none",
+        "MENTORFLOW_SMTP_FROM": "Mentoring programme <mentoring@example.org>",
+    }
+
+
+def arrivals(sink: Any, template: str) -> list[tuple[float, str]]:
+    """(when, notification id) of every message of `template` the sink accepted."""
+    return [(t, nid) for t, kind, nid in sink.inbox.arrived if kind == template]
+
+
+def mail_counts(arrived: list[tuple[float, str]], expected: int) -> dict[str, int]:
+    """What arrived against `expected` emails: each notification once is the goal."""
+    per_notification = Counter(nid for _, nid in arrived)
+    return {
+        "emails_expected": expected,
+        "emails_arrived": len(arrived),
+        "emails_distinct": len(per_notification),
+        "emails_duplicated": sum(count - 1 for count in per_notification.values()),
+    }
 
 
 async def people_and_programme(pool: Any, count: int) -> None:
@@ -319,8 +317,6 @@ async def wait_for_events(pool: Any, event_type: str, count: int, what: str, tim
 async def run_ours(args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:
     from activities.database import create_pool, migrate
     from events.relationship_io import RelationshipInput, relationship_workflow_id
-    from mentorflow.client import connect, converter_for
-    from mentorflow.config import Settings
     from mentorflow.start_options import relationship_start_options
 
     directory = scratch / "ours"
@@ -333,104 +329,87 @@ async def run_ours(args: argparse.Namespace, base_env: dict[str, str], scratch: 
     try:
         await migrate(pool)
         await people_and_programme(pool, n)
-        async with dev_server(directory) as (address, server):
-            env = base_settings(base_env, address, task_queue) | {
-                "MENTORFLOW_SMTP_HOST": "127.0.0.1",
-                "MENTORFLOW_SMTP_PORT": str(sink.port),
-                "MENTORFLOW_SMTP_SECURITY": "none",
-                "MENTORFLOW_SMTP_FROM": "Mentoring programme <mentoring@example.org>",
-            }
-            client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
-            worker = spawn("ours worker", mentorflow_command() + ["worker"], env, directory / "worker.log")
-            try:
-                await wait_for_poller(client, task_queue, worker)
-                await asyncio.sleep(1)
-                ids = [relationship_workflow_id(PROGRAMME, f"storm-{k}") for k in range(n)]
+        async with worker_on_dev_server(
+            directory, base_env, task_queue, "ours worker", worker_command("ours", "bench.storm"), settings=sink_settings(sink)
+        ) as stage:
+            client, server, worker = stage.client, stage.server, stage.worker
+            await asyncio.sleep(1)
+            ids = [relationship_workflow_id(PROGRAMME, f"storm-{k}") for k in range(n)]
 
-                def command(actor: str, **fields: Any) -> dict[str, Any]:
-                    return {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, **fields}
+            def command(actor: str, **fields: Any) -> dict[str, Any]:
+                return {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, **fields}
 
-                async def activate(index: int) -> None:
-                    mentee, mentor = f"mentee-{index}", f"mentor-{index}"
-                    relationship = RelationshipInput(relationship_id=f"storm-{index}", programme_id=PROGRAMME, mentee_id=mentee)
-                    handle = await client.start_workflow(
-                        "Relationship", relationship, id=ids[index], task_queue=task_queue,
-                        **relationship_start_options(relationship, started_by="bench/storm.py"),
-                    )  # fmt: skip
-                    for name, payload in (
-                        ("propose_match", command(COORDINATOR, mentor_id=mentor)),
-                        ("accept_match", command(mentee)),
-                        ("accept_match", command(mentor)),
-                        ("propose_agreement", command(mentee, terms=AGREEMENT)),
-                        ("sign_agreement", command(mentee, agreement_version=1)),
-                        ("sign_agreement", command(mentor, agreement_version=1)),
-                    ):
-                        await handle.signal(name, payload)
+            async def activate(index: int) -> None:
+                mentee, mentor = f"mentee-{index}", f"mentor-{index}"
+                relationship = RelationshipInput(relationship_id=f"storm-{index}", programme_id=PROGRAMME, mentee_id=mentee)
+                handle = await client.start_workflow(
+                    "Relationship", relationship, id=ids[index], task_queue=task_queue,
+                    **relationship_start_options(relationship, started_by="bench/storm.py"),
+                )  # fmt: skip
+                for name, actor, fields in to_active(COORDINATOR, mentee, mentor, AGREEMENT):
+                    await handle.signal(name, command(actor, **fields))
 
-                setup_started = time.monotonic()
-                progress(f"ours: starting {n} relationships and driving them to the active phase (signals)")
-                await in_parallel(n, 50, activate)
-                active = await wait_for_events(pool, "RelationshipActivated", n, "relationships active", 60 + n * 0.5, worker)
-                setup_seconds = time.monotonic() - setup_started
-                progress(f"ours: {active} of {n} active after {setup_seconds:.0f} s")
+            setup_started = time.monotonic()
+            progress(f"ours: starting {n} relationships and driving them to the active phase (signals)")
+            await in_parallel(n, 50, activate)
+            active = await wait_for_events(pool, "RelationshipActivated", n, "relationships active", 60 + n * 0.5, worker)
+            setup_seconds = time.monotonic() - setup_started
+            progress(f"ours: {active} of {n} active after {setup_seconds:.0f} s")
 
-                # The reschedules must all be applied before T: at the rate the setup's seven
-                # commands per relationship went through here, twice over, and 30 s more.
-                lead = args.lead if args.lead else 30 + 2 * setup_seconds / 7
-                at = time.time() + lead
-                starts_at = datetime.fromtimestamp(at, UTC) + timedelta(hours=1)
-                progress(f"ours: rescheduling meeting 1 of each to T + 1 h, reminders due at T = now + {lead:.0f} s")
+            # The reschedules must all be applied before T: at the rate the setup's seven
+            # commands per relationship went through here, twice over, and 30 s more.
+            lead = args.lead if args.lead else 30 + 2 * setup_seconds / 7
+            at = time.time() + lead
+            starts_at = datetime.fromtimestamp(at, UTC) + timedelta(hours=1)
+            progress(f"ours: rescheduling meeting 1 of each to T + 1 h, reminders due at T = now + {lead:.0f} s")
 
-                async def reschedule(index: int) -> None:
-                    payload = command(f"mentee-{index}", meeting_number=1, starts_at=starts_at.isoformat())
-                    await client.get_workflow_handle(ids[index]).signal("reschedule_meeting", payload)
+            async def reschedule(index: int) -> None:
+                payload = command(f"mentee-{index}", meeting_number=1, starts_at=starts_at.isoformat())
+                await client.get_workflow_handle(ids[index]).signal("reschedule_meeting", payload)
 
-                await in_parallel(n, 50, reschedule)
-                rescheduled = await wait_for_events(pool, "MeetingRescheduled", n, "meetings rescheduled", max(5.0, at - time.time()), worker)
-                rescheduled_late = time.time() > at
-                progress(f"ours: {rescheduled} rescheduled{' (after T!)' if rescheduled_late else ''}; waiting for T")
-                await asyncio.sleep(max(0.0, at - time.time() - 1))
-                sink.inbox.rate_limit = args.sink_rate or None
-                await asyncio.sleep(max(0.0, at - time.time()))
-                cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
+            await in_parallel(n, 50, reschedule)
+            rescheduled = await wait_for_events(pool, "MeetingRescheduled", n, "meetings rescheduled", max(5.0, at - time.time()), worker)
+            rescheduled_late = time.time() > at
+            progress(f"ours: {rescheduled} rescheduled{' (after T!)' if rescheduled_late else ''}; waiting for T")
+            await asyncio.sleep(max(0.0, at - time.time() - 1))
+            sink.inbox.rate_limit = args.sink_rate or None
+            await asyncio.sleep(max(0.0, at - time.time()))
+            cpu_before, server_before = cpu_seconds(worker.pid), cpu_seconds(server.pid)
 
-                expected = 2 * n
-                timeout = 300 + 3 * expected / (args.sink_rate or 100)
-                deadline = time.monotonic() + timeout
-                last_report = 0.0
-                while time.monotonic() < deadline:
-                    worker.check_alive()
-                    stored = await count_events(pool, "MeetingReminderIssued")
-                    delivered = len({nid for _, template, nid in sink.inbox.arrived if template == "meeting_reminder"})
-                    if stored >= n and delivered >= expected:
-                        break
-                    if time.monotonic() - last_report > 15:
-                        throttled = sum(sink.inbox.throttled.values())
-                        progress(f"ours: T+{time.time() - at:.0f} s: {stored} of {n} reminders stored, {delivered} of {expected} emails in, {throttled} throttled")
-                        last_report = time.monotonic()
-                    await asyncio.sleep(0.5)
-                worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
-                await asyncio.sleep(2)  # anything arriving twice arrives now
-                recorded = [
-                    row["recorded_at"].timestamp()
-                    for row in await pool.fetch("SELECT recorded_at FROM events WHERE event_type = 'MeetingReminderIssued'")
-                ]
-                log_rows = await pool.fetch(
-                    "SELECT status, count(*) AS n, sum(attempts) AS attempts, max(attempts) AS max_attempts, "
-                    "count(*) FILTER (WHERE attempts > 1) AS retried "
-                    "FROM notification_deliveries WHERE template = 'meeting_reminder' AND channel = 'email' GROUP BY status"
-                )
-                other_mail = sum(1 for _, template, _ in sink.inbox.arrived if template != "meeting_reminder")
-                progress(f"ours: reading {n} histories")
-                histories = await read_histories(client, ids, since=at)
-            finally:
-                worker.stop()
+            expected = 2 * n
+            timeout = 300 + 3 * expected / (args.sink_rate or 100)
+            deadline = time.monotonic() + timeout
+            last_report = 0.0
+            while time.monotonic() < deadline:
+                worker.check_alive()
+                stored = await count_events(pool, "MeetingReminderIssued")
+                delivered = len({nid for _, nid in arrivals(sink, "meeting_reminder")})
+                if stored >= n and delivered >= expected:
+                    break
+                if time.monotonic() - last_report > 15:
+                    throttled = sum(sink.inbox.throttled.values())
+                    progress(f"ours: T+{time.time() - at:.0f} s: {stored} of {n} reminders stored, {delivered} of {expected} emails in, {throttled} throttled")
+                    last_report = time.monotonic()
+                await asyncio.sleep(0.5)
+            worker_cpu, server_cpu = cpu_seconds(worker.pid) - cpu_before, cpu_seconds(server.pid) - server_before
+            await asyncio.sleep(2)  # anything arriving twice arrives now
+            recorded = [
+                row["recorded_at"].timestamp()
+                for row in await pool.fetch("SELECT recorded_at FROM events WHERE event_type = 'MeetingReminderIssued'")
+            ]
+            log_rows = await pool.fetch(
+                "SELECT status, count(*) AS n, sum(attempts) AS attempts, max(attempts) AS max_attempts, "
+                "count(*) FILTER (WHERE attempts > 1) AS retried "
+                "FROM notification_deliveries WHERE template = 'meeting_reminder' AND channel = 'email' GROUP BY status"
+            )
+            other_mail = sum(1 for _, template, _ in sink.inbox.arrived if template != "meeting_reminder")
+            progress(f"ours: reading {n} histories")
+            histories = await read_histories(client, ids, since=at)
     finally:
         await pool.close()
         await sink.stop()
 
-    reminder_arrivals = [(t, nid) for t, template, nid in sink.inbox.arrived if template == "meeting_reminder"]
-    per_notification = Counter(nid for _, nid in reminder_arrivals)
+    reminder_arrivals = arrivals(sink, "meeting_reminder")
     timer_drain = max(recorded) - at if recorded else None
     mail_drain = max(t for t, _ in reminder_arrivals) - at if reminder_arrivals else None
     delivery_log = {row["status"]: {"deliveries": row["n"], "attempts": row["attempts"], "max_attempts": row["max_attempts"],
@@ -444,10 +423,7 @@ async def run_ours(args: argparse.Namespace, base_env: dict[str, str], scratch: 
         "reminders_stored_after_t": seconds_after(at, recorded),
         "timer_drain_seconds": round(timer_drain, 2) if timer_drain else None,
         "timer_drain_per_s": round(n / timer_drain, 1) if timer_drain else None,
-        "emails_expected": 2 * n,
-        "emails_arrived": len(reminder_arrivals),
-        "emails_distinct": len(per_notification),
-        "emails_duplicated": sum(count - 1 for count in per_notification.values()),
+        **mail_counts(reminder_arrivals, 2 * n),
         "emails_other_templates": other_mail,
         "emails_after_t": seconds_after(at, [t for t, _ in reminder_arrivals]),
         "mail_drain_seconds": round(mail_drain, 2) if mail_drain else None,
@@ -466,28 +442,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--relationships", type=int, default=2000, help="N: relationships, and ceiling workflows (2000)")
     parser.add_argument("--sink-rate", type=float, default=20, help="messages per second the sink accepts (20; 0: no limit)")
     parser.add_argument("--lead", type=float, default=0, help="seconds from the setup's end to T (default: by N)")
-    parser.add_argument("--only", choices=("ours", "ceiling"), help="run one contestant")
-    args = parser.parse_args(argv)
-
-    from mentorflow.keyring import format_key, generate_key
-
-    base_env = dict(os.environ)
-    base_env.setdefault("MENTORFLOW_ENCRYPTION_KEYS", format_key("storm", generate_key()))
-    result: dict[str, Any] = {}
-    load_at_start = round(os.getloadavg()[0], 2)
-    with tempfile.TemporaryDirectory(prefix="mentorflow-storm-") as tmp:
-        scratch = Path(tmp)
-        async with database(scratch) as url:
-            base_env["MENTORFLOW_DATABASE_URL"] = url
-            if args.only != "ours":
-                progress("ceiling: a fresh dev server and worker")
-                result["ceiling"] = await run_ceiling(args, base_env, scratch)
-            if args.only != "ceiling":
-                progress("ours: a fresh dev server and worker")
-                result["ours"] = await run_ours(args, base_env, scratch)
-    ours, ceiling = result.get("ours"), result.get("ceiling")
-    if ours and ceiling and ours["timer_drain_per_s"] and ceiling["drain_per_s"]:
-        result["drain_ratio"] = round(ours["timer_drain_per_s"] / ceiling["drain_per_s"], 3)
+    rate = ("drain_ratio", "timer_drain_per_s", "drain_per_s")
+    args, result = await ceiling_then_ours("storm", parser, argv, run_ceiling, run_ours, rate)
+    ours = result.get("ours")
     if ours:
         log = ours["delivery_log"]
         result["exactly_once"] = (
@@ -505,19 +462,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
             and ours["workflow_task_timeouts"] == 0
             and result.get("drain_ratio", 0) >= 0.7
         )
-    result.update(
-        relationships=args.relationships,
-        sink_rate=args.sink_rate,
-        cpus=os.cpu_count(),
-        load_average_1m_at_start=load_at_start,
-        load_average_1m_at_end=round(os.getloadavg()[0], 2),
-    )
+    result.update(relationships=args.relationships, sink_rate=args.sink_rate)
     return result
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve-ceiling"]:
-        asyncio.run(serve_ceiling())
-        sys.exit(0)
-    outcome = asyncio.run(main(sys.argv[1:]))
-    print(json.dumps(outcome))
+    command_line(main, serve_ceiling)

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from activities.matching import MatchingActivities, RoundRequest, SlotRequest
+from activities.matching import MatchingActivities, RoundMembers, RoundRequest, SlotRequest
 from pairing.profiles import MenteeProfile, MentorProfile
 from tests.support.db_gate import Gate, line_up
 
@@ -44,6 +44,18 @@ async def taken(pool: asyncpg.Pool) -> dict[str, int]:
     return {row["mentor_id"]: row["n"] for row in rows}
 
 
+async def each_round(
+    activities: MatchingActivities, pool: asyncpg.Pool, mentees: int, times: int = 3
+) -> AsyncIterator[tuple[int, RoundRequest, RoundMembers]]:
+    """`times` rounds of a cohort of `mentees` and the two mentors, each on empty mentor
+    slots, its members collected: (attempt, request, members)."""
+    await activities.profiles.save_profiles(PROGRAMME, cohort(mentees))
+    for attempt in range(times):
+        await pool.execute("DELETE FROM mentor_slots")
+        request = RoundRequest(programme_id=PROGRAMME, round_id=f"r-{attempt}", week_of=WEEK)
+        yield attempt, request, await activities.collect_round_members(request)
+
+
 @pytest.fixture
 async def gate(pool: asyncpg.Pool) -> AsyncIterator[tuple[Gate, asyncpg.Connection]]:
     """While closed, a round waits inside its transaction at the insert of its pairs: it has
@@ -62,12 +74,8 @@ async def test_two_runs_of_the_same_round_at_once_solve_it_once(
     """Four runs of one round let go together, three rounds over: one solves it and
     reserves its slots, the others wait for it and return what it stored."""
     activities = MatchingActivities(pool)
-    await activities.profiles.save_profiles(PROGRAMME, cohort(4))
     pairs_gate, connection = gate
-    for attempt in range(3):
-        await pool.execute("DELETE FROM mentor_slots")
-        request = RoundRequest(programme_id=PROGRAMME, round_id=f"r-{attempt}", week_of=WEEK)
-        members = await activities.collect_round_members(request)
+    async for attempt, request, members in each_round(activities, pool, 4):
         assert (members.mentees, members.mentors) == (4, 2)
         await pairs_gate.close()
         runs = [asyncio.ensure_future(activities.solve_round(request)) for _ in range(4)]
@@ -92,12 +100,8 @@ async def test_hand_reservations_wait_for_a_round_that_holds_their_mentor(
     for the same mentors arrive before it commits. They must wait for it, then find the
     mentors full: counted before the round's slots were committed, they would oversubscribe."""
     activities = MatchingActivities(pool)
-    await activities.profiles.save_profiles(PROGRAMME, cohort(3))
     pairs_gate, connection = gate
-    for attempt in range(3):
-        await pool.execute("DELETE FROM mentor_slots")
-        request = RoundRequest(programme_id=PROGRAMME, round_id=f"r-{attempt}", week_of=WEEK)
-        await activities.collect_round_members(request)
+    async for attempt, request, _ in each_round(activities, pool, 3):
         await pairs_gate.close()
         solving = asyncio.ensure_future(activities.solve_round(request))
         racers: list[asyncio.Future[Any]] = [solving]

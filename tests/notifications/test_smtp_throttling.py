@@ -15,6 +15,8 @@ import dataclasses
 import uuid
 from collections import Counter
 from datetime import timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -90,15 +92,24 @@ class Answers(Inbox):
         return self._once("DATA") or await super().handle_DATA(server, session, envelope)
 
 
+@asynccontextmanager
+async def answering(stage: str, code: int) -> AsyncIterator[SmtpServer]:
+    """A mail server that answers the first message with `code` at `stage`, then accepts."""
+    server = SmtpServer()
+    server.inbox = Answers(stage, code)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.mark.parametrize(
     ("stage", "code"),
     [("MAIL", 421), ("RCPT", 450), ("RCPT", 452), ("DATA", 451), ("DATA", 421), ("MAIL", 451), ("DATA", 452)],
 )
 async def test_an_smtp_4xx_is_retried_and_then_sent_once(pool: asyncpg.Pool, stage: str, code: int) -> None:
-    server = SmtpServer()
-    server.inbox = Answers(stage, code)
-    await server.start()
-    try:
+    async with answering(stage, code) as server:
         ada = person(1)
         acts = email_activities(pool, server.port, [ada])
         batch = [closed(ada)]
@@ -118,8 +129,6 @@ async def test_an_smtp_4xx_is_retried_and_then_sent_once(pool: asyncpg.Pool, sta
         assert [m.rcpt_tos for m in server.inbox.messages] == [["p1@example.org"]]
         [row] = await deliveries(pool)
         assert (row["status"], row["attempts"]) == ("delivered", 2)
-    finally:
-        await server.stop()
 
 
 async def test_throttled_retries_spread_around_the_backoff_and_other_failures_keep_the_policy(pool: asyncpg.Pool) -> None:
@@ -153,10 +162,7 @@ async def test_throttled_retries_spread_around_the_backoff_and_other_failures_ke
 
 @pytest.mark.parametrize(("stage", "code"), [("RCPT", 550), ("RCPT", 553), ("DATA", 554), ("DATA", 552)])
 async def test_an_smtp_5xx_for_the_recipient_or_the_message_is_final(pool: asyncpg.Pool, stage: str, code: int) -> None:
-    server = SmtpServer()
-    server.inbox = Answers(stage, code)
-    await server.start()
-    try:
+    async with answering(stage, code) as server:
         ada = person(1)
         acts = email_activities(pool, server.port, [ada])
         batch = [closed(ada)]
@@ -166,8 +172,6 @@ async def test_an_smtp_5xx_for_the_recipient_or_the_message_is_final(pool: async
         [row] = await deliveries(pool)
         assert (row["status"], row["attempts"]) == ("rejected", 1) and str(code) in row["last_error"]
         assert server.inbox.messages == []
-    finally:
-        await server.stop()
 
 
 # -- a burst against a throttling server, retried by Temporal ---------------------------------

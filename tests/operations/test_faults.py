@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import re
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,8 +62,9 @@ from events.people import ChannelAddress, Participant
 from events.settings import ProgrammeSettings
 from events.state import RelationshipState
 from mentorflow.dev import ensure_database
+from tests.support.db_gate import Gate, until
 from tests.support.session import DATA_CONVERTER, TEST_KEYRING
-from tests.support.helpers import AGREEMENT, cmd, failed_workflow_tasks
+from tests.support.helpers import AGREEMENT, cmd, failed_workflow_tasks, sleep_until
 from tests.support.peers import SmtpServer, WebhookReceiver, eventually
 from tests.support.processes import StoppablePostgres, TemporalServer, WorkerProcess
 from workflows.relationship import Relationship, RelationshipInput
@@ -214,70 +216,41 @@ async def scene_on(
         scene.kill_workers()
 
 
+SceneOn = Callable[[Client, str], AbstractAsyncContextManager[Scene]]
+
+
 @pytest.fixture
-async def scene(
-    temporal: TemporalServer,
-    pool: asyncpg.Pool,
-    database_url: str,
-    smtp_server: SmtpServer,
-    receiver: WebhookReceiver,
-    tmp_path: Path,
-) -> AsyncIterator[Scene]:
+def scene_on_temporal(
+    pool: asyncpg.Pool, database_url: str, smtp_server: SmtpServer, receiver: WebhookReceiver, tmp_path: Path
+) -> SceneOn:
+    """`scene_on` with this test's database, peers and directory, on the Temporal (a client
+    and its address) the test brings."""
+
+    def on(client: Client, address: str) -> AbstractAsyncContextManager[Scene]:
+        return scene_on(client, address, pool, database_url, smtp_server, receiver, tmp_path)
+
+    return on
+
+
+@pytest.fixture
+async def scene(temporal: TemporalServer, scene_on_temporal: SceneOn) -> AsyncIterator[Scene]:
     client = await temporal.client(DATA_CONVERTER)
-    async with scene_on(client, temporal.address, pool, database_url, smtp_server, receiver, tmp_path) as scene:
+    async with scene_on_temporal(client, temporal.address) as scene:
         yield scene
 
 
 # -- gates: a statement of the worker's held inside its transaction -------------------------
 
-GATES_SQL = f"""
-CREATE FUNCTION test_fault_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- A shared lock: granted at once unless the test holds the key (the gate is closed).
-    PERFORM pg_advisory_xact_lock_shared(TG_ARGV[0]::bigint);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER test_fault_gate BEFORE INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION test_fault_gate('{EVENTS_GATE}');
-CREATE TRIGGER test_fault_gate BEFORE INSERT ON notification_deliveries
-    FOR EACH STATEMENT EXECUTE FUNCTION test_fault_gate('{CLAIMS_GATE}');
-"""
-
-
-class Gate:
-    """While closed, a worker's insert into the gated table waits inside its transaction."""
-
-    def __init__(self, connection: asyncpg.Connection, key: int):
-        self._connection, self.key = connection, key
-
-    async def close(self) -> None:
-        await self._connection.execute("SELECT pg_advisory_lock($1)", self.key)
-
-    async def open(self) -> None:
-        await self._connection.execute("SELECT pg_advisory_unlock($1)", self.key)
-
-    async def waiting(self) -> list[int]:
-        """The backends (process ids) waiting at the gate."""
-        rows = await self._connection.fetch(
-            """SELECT pid FROM pg_locks
-                WHERE locktype = 'advisory' AND NOT granted
-                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                  AND ((classid::bigint << 32) | objid::bigint) = $1""",
-            self.key,
-        )
-        return [row["pid"] for row in rows]
-
-    async def backend_alive(self, pid: int) -> bool:
-        return bool(await self._connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid))
-
-
 @asynccontextmanager
 async def gates(pool: asyncpg.Pool) -> AsyncIterator[tuple[Gate, Gate]]:
-    """The events gate and the claims gate, both open; the triggers stay for the test."""
+    """The events gate and the claims gate (tests/support/db_gate.py), both open: while one is
+    closed, a worker's insert into its table waits inside its transaction. The triggers stay
+    for the test (its database is its own)."""
     async with pool.acquire() as connection:
-        await connection.execute(GATES_SQL)
+        events = await Gate.install(connection, "events", EVENTS_GATE)
+        claims = await Gate.install(connection, "notification_deliveries", CLAIMS_GATE)
         try:
-            yield Gate(connection, EVENTS_GATE), Gate(connection, CLAIMS_GATE)
+            yield events, claims
         finally:
             await connection.execute("SELECT pg_advisory_unlock_all()")
 
@@ -293,15 +266,9 @@ async def waiter_at(gate: Gate, what: str) -> int:
     return pid
 
 
-async def until_true(probe: Callable[[], Awaitable[Any]], what: str, *, timeout: float = 90, poll: float = 0.05) -> Any:
-    """`tests.support.peers.eventually` for async probes: polls until `probe()` is truthy, returns it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (found := await probe()):
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(poll)
-    return found
+# tests/support/db_gate.py's `until`, given longer: after a kill, the dead worker's task is
+# handed on only once its timeout has passed.
+until_true = functools.partial(until, timeout=90, poll=0.05)
 
 
 # -- the guarantees ----------------------------------------------------------------------
@@ -435,7 +402,49 @@ async def run_steps(scene: Scene, handle: WorkflowHandle[Any, Any], steps: Itera
             return
 
 
+async def to_the_end(scene: Scene, handle: WorkflowHandle[Any, Any], steps: Iterator[tuple[str, dict[str, Any]]]) -> None:
+    """The rest of the lifecycle, the relationship's end, and the guarantees."""
+    await run_steps(scene, handle, steps)
+    await asyncio.wait_for(handle.result(), UPDATE_TIMEOUT)
+    await assert_everything_once(scene, handle)
+
+
 # -- a worker killed around the event store's commit ---------------------------------------
+
+
+@dataclass
+class Held:
+    """A relationship whose worker is held at a closed gate in the middle of a command."""
+
+    worker: WorkerProcess
+    handle: WorkflowHandle[Any, Any]
+    steps: Iterator[tuple[str, dict[str, Any]]]
+    store: PostgresEventStore
+    version: int  # the stream's length before the held command
+    command_id: str
+    sent: asyncio.Task[dict[str, Any]]  # the held command's update
+    backend: int  # the worker's backend, waiting at the gate
+
+    async def stored(self) -> list[AnyEvent]:
+        return await self.store.read_stream(self.handle.id.rpartition("/")[2])
+
+
+async def held_at(scene: Scene, gate: Gate, steps_before: int, what: str) -> Held:
+    """A new worker takes a new relationship through the lifecycle's first `steps_before`
+    steps (their notifications all delivered); the next one is sent with `gate` closed, until
+    the worker's statement (`what`) waits at the gate."""
+    worker = await scene.worker()
+    handle = await scene.start_relationship()
+    steps = lifecycle()
+    await run_steps(scene, handle, steps, count=steps_before)
+    store = PostgresEventStore(scene.pool, TEST_KEYRING)
+    version = len(await store.read_stream(handle.id.rpartition("/")[2]))
+    await delivered_so_far(scene, handle)
+    await gate.close()
+    name, payload = next(steps)
+    sent = asyncio.create_task(scene.update(handle, name, payload))
+    backend = await waiter_at(gate, what)
+    return Held(worker, handle, steps, store, version, payload["command_id"], sent, backend)
 
 
 @pytest.mark.parametrize("postgres_notices", [True, False], ids=["append-rolled-back", "append-committed-by-orphan"])
@@ -446,82 +455,56 @@ async def test_a_worker_killed_before_its_append_commits(scene: Scene, postgres_
             # next talks to it, after the append has run and committed.
             database = await scene.pool.fetchval("SELECT current_database()")
             await scene.pool.execute(f'ALTER DATABASE "{database}" SET client_connection_check_interval = 100')
-        worker = await scene.worker()
-        handle = await scene.start_relationship()
-        steps = lifecycle()
-        await run_steps(scene, handle, steps, count=2)
-        relationship_id = handle.id.rpartition("/")[2]
-        store = PostgresEventStore(scene.pool, TEST_KEYRING)
-        version = len(await store.read_stream(relationship_id))
-        await delivered_so_far(scene, handle)
-
-        await events_gate.close()
-        name, payload = next(steps)  # the mentor accepts: the match is confirmed
-        confirming = asyncio.create_task(scene.update(handle, name, payload))
-        backend = await waiter_at(events_gate, "the append of the mentor's acceptance")
-        worker.kill()
+        # Held: the mentor's acceptance, which confirms the match.
+        held = await held_at(scene, events_gate, 2, "the append of the mentor's acceptance")
+        held.worker.kill()
         if postgres_notices:
-            await until_true(lambda: _gone(events_gate, backend), "the dead worker's transaction to end")
+            await until_true(lambda: _gone(events_gate, held.backend), "the dead worker's transaction to end")
         await events_gate.open()
         if postgres_notices:
-            assert len(await store.read_stream(relationship_id)) == version, "an append of a dead worker was committed"
+            assert len(await held.stored()) == held.version, "an append of a dead worker was committed"
         else:
-            await until_true(lambda: _longer(store, relationship_id, version), "the orphaned append to commit")
-        assert not confirming.done()
+            await until_true(lambda: _longer(held), "the orphaned append to commit")
+        assert not held.sent.done()
 
         replacement = await scene.worker()
-        result = await asyncio.wait_for(confirming, UPDATE_TIMEOUT)
+        result = await asyncio.wait_for(held.sent, UPDATE_TIMEOUT)
         assert result["applied"] and result["events"] == ["MatchAccepted", "MatchConfirmed"], result
         # Orphaned, the append's events are in the store but not in history: the workflow
         # adopts them (its own decision of the same command conflicts with them).
-        assert (f"adopting 2 stored events after version {version}" in replacement.output()) is not postgres_notices
-        await run_steps(scene, handle, steps)
-        await asyncio.wait_for(handle.result(), UPDATE_TIMEOUT)
-        await assert_everything_once(scene, handle)
+        assert (f"adopting 2 stored events after version {held.version}" in replacement.output()) is not postgres_notices
+        await to_the_end(scene, held.handle, held.steps)
 
 
 async def _gone(gate: Gate, pid: int) -> bool:
     return not await gate.backend_alive(pid)
 
 
-async def _longer(store: PostgresEventStore, stream_id: str, version: int) -> bool:
-    return len(await store.read_stream(stream_id)) > version
+async def _longer(held: Held) -> bool:
+    return len(await held.stored()) > held.version
 
 
 async def test_a_worker_killed_right_after_its_append_committed(scene: Scene) -> None:
     async with gates(scene.pool) as (_, claims_gate):
-        worker = await scene.worker()
-        handle = await scene.start_relationship()
-        steps = lifecycle()
-        await run_steps(scene, handle, steps, count=5)
-        relationship_id = handle.id.rpartition("/")[2]
-        store = PostgresEventStore(scene.pool, TEST_KEYRING)
-        version = len(await store.read_stream(relationship_id))
-        await delivered_so_far(scene, handle)
-
-        await claims_gate.close()
-        name, payload = next(steps)  # the mentor signs: the relationship becomes active
-        activating = asyncio.create_task(scene.update(handle, name, payload))
-        # The worker's next step after the append returned: claiming the first notification.
-        backend = await waiter_at(claims_gate, "the first notification of the activation")
-        worker.kill()
-        stored = await store.read_stream(relationship_id)
-        assert [e.type for e in stored[version:]] == ["AgreementSigned", "RelationshipActivated", "MeetingScheduled"]
+        # Held: the mentor's signature, which activates the relationship, at the worker's
+        # next step after the append returned: claiming the first notification.
+        held = await held_at(scene, claims_gate, 5, "the first notification of the activation")
+        held.worker.kill()
+        stored = await held.stored()
+        assert [e.type for e in stored[held.version:]] == ["AgreementSigned", "RelationshipActivated", "MeetingScheduled"]
         # Normally the workflow task that ran the append has not completed (it waits for its
         # local activities): then history does not know the events.
-        task_completed = await accepted_in_history(handle, payload["command_id"])
+        task_completed = await accepted_in_history(held.handle, held.command_id)
         await claims_gate.open()
-        await until_true(lambda: _gone(claims_gate, backend), "the dead worker's claim to roll back")
+        await until_true(lambda: _gone(claims_gate, held.backend), "the dead worker's claim to roll back")
         assert await scene.pool.fetchval("SELECT count(*) FROM notification_deliveries WHERE template = 'relationship_activated'") == 0
 
         replacement = await scene.worker()
-        result = await asyncio.wait_for(activating, UPDATE_TIMEOUT)
+        result = await asyncio.wait_for(held.sent, UPDATE_TIMEOUT)
         assert result["applied"] and result["phase"] == "active", result
         if not task_completed:
-            assert f"adopting 3 stored events after version {version}" in replacement.output()
-        await run_steps(scene, handle, steps)
-        await asyncio.wait_for(handle.result(), UPDATE_TIMEOUT)
-        await assert_everything_once(scene, handle)
+            assert f"adopting 3 stored events after version {held.version}" in replacement.output()
+        await to_the_end(scene, held.handle, held.steps)
 
 
 async def test_a_worker_killed_while_a_webhook_waits_for_its_answer(scene: Scene) -> None:
@@ -554,9 +537,7 @@ async def test_a_worker_killed_while_a_webhook_waits_for_its_answer(scene: Scene
     assert result["applied"], result
     if not task_completed:  # the proposal's task (the start's too, if they were one) was lost
         assert re.search(r"adopting (1 stored events after version 1|2 stored events after version 0)", replacement.output())
-    await run_steps(scene, handle, steps)
-    await asyncio.wait_for(handle.result(), UPDATE_TIMEOUT)
-    await assert_everything_once(scene, handle)
+    await to_the_end(scene, handle, steps)
     # The receiver saw that webhook twice, with the same id and body: it may deduplicate.
     again = [r for r in scene.receiver.requests if r.headers["webhook-id"] == held.headers["webhook-id"]]
     assert len(again) == 2 and again[0] is held and again[1].status == 200 and held.status == 0
@@ -581,19 +562,14 @@ PAUSE = timedelta(seconds=9)
 
 
 async def test_temporal_killed_mid_cadence_keeps_timers_signals_and_accepted_updates(
-    temporal_binary: str,
-    pool: asyncpg.Pool,
-    database_url: str,
-    smtp_server: SmtpServer,
-    receiver: WebhookReceiver,
-    tmp_path: Path,
+    temporal_binary: str, scene_on_temporal: SceneOn, tmp_path: Path
 ) -> None:
     server = TemporalServer(temporal_binary, tmp_path)
     server.start()
     try:
         client = await server.client(DATA_CONVERTER)
-        async with scene_on(client, server.address, pool, database_url, smtp_server, receiver, tmp_path) as scene:
-            async with gates(pool) as (events_gate, _):
+        async with scene_on_temporal(client, server.address) as scene:
+            async with gates(scene.pool) as (events_gate, _):
                 await scene.worker()
                 paused, busy = await scene.start_relationship(), await scene.start_relationship()
                 steps = {handle.id: lifecycle() for handle in (paused, busy)}
@@ -631,7 +607,7 @@ async def test_temporal_killed_mid_cadence_keeps_timers_signals_and_accepted_upd
             paused = client.get_workflow_handle_for(Relationship.run, paused.id)
             result = await asyncio.wait_for(busy.get_update_handle(shared["command_id"]).result(), UPDATE_TIMEOUT)
             assert result["applied"] and result["events"] == ["ResourceShared"], result
-            store = PostgresEventStore(pool, TEST_KEYRING)
+            store = PostgresEventStore(scene.pool, TEST_KEYRING)
 
             async def stored(handle: WorkflowHandle[Any, Any]) -> list[AnyEvent]:
                 return await store.read_stream(handle.id.rpartition("/")[2])
@@ -740,23 +716,12 @@ async def test_postgres_stopped_during_appends_and_started_again(
 # -- the SMTP server down for hours --------------------------------------------------------------
 
 
-async def sleep_until(env: WorkflowEnvironment, moment: datetime) -> None:
-    wait = moment - await env.get_current_time()
-    if wait > timedelta(0):
-        await env.sleep(wait)
-
-
 async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_nothing_up(
-    time_skipping_env: WorkflowEnvironment,
-    pool: asyncpg.Pool,
-    database_url: str,
-    smtp_server: SmtpServer,
-    receiver: WebhookReceiver,
-    tmp_path: Path,
+    time_skipping_env: WorkflowEnvironment, scene_on_temporal: SceneOn
 ) -> None:
     env = time_skipping_env  # hours in seconds: the worker process polls it like any server
     address = env.client.service_client.config.target_host
-    async with scene_on(env.client, address, pool, database_url, smtp_server, receiver, tmp_path) as scene:
+    async with scene_on_temporal(env.client, address) as scene:
         await scene.worker()
         # Reminders 6 hours ahead: the first meeting is a day after signing at the earliest,
         # so its reminders come due well after the mail server went down. Any time of day: not
@@ -770,11 +735,11 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
         meeting = state.next_meeting if state else None
         assert meeting is not None
         await eventually(lambda: len(_emails(scene, "meeting_scheduled")) == 2, "the meeting invites")
-        await smtp_server.stop()
+        await scene.smtp.stop()
 
         # The reminders come due (6 hours before the meeting) while the mail server is down.
         await sleep_until(env, meeting.starts_at - timedelta(hours=5))
-        store = PostgresEventStore(pool, TEST_KEYRING)
+        store = PostgresEventStore(scene.pool, TEST_KEYRING)
         relationship_id = handle.id.rpartition("/")[2]
 
         async def reminded() -> bool:
@@ -791,9 +756,9 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
             return set(by_channel) == {("email", "failed"), ("webhook", "delivered")}
 
         await until_true(
-            lambda: _rows(pool, reminder_rows, emails_failing_webhook_delivered), "the reminder's emails failing"
+            lambda: _rows(scene.pool, reminder_rows, emails_failing_webhook_delivered), "the reminder's emails failing"
         )
-        late = [row for row in await pool.fetch(reminder_rows) if row["channel"] == "email"]
+        late = [row for row in await scene.pool.fetch(reminder_rows) if row["channel"] == "email"]
         assert not _emails(scene, "meeting_reminder") and not _emails(scene, "agenda_request")
         # Nothing else waits for the mail server: a command is applied at once.
         result = await scene.update(handle, "share_resource", cmd(MENTEE, title="Notes for our first meeting"))
@@ -801,11 +766,11 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
 
         await sleep_until(env, meeting.starts_at - timedelta(hours=3))  # two hours later
         up_again = datetime.now(UTC)
-        await smtp_server.start()  # the same port, the same inbox
+        await scene.smtp.start()  # the same port, the same inbox
         await env.sleep(timedelta(minutes=11))  # the longest retry interval is 10 minutes
 
         async def delivered() -> list[asyncpg.Record]:
-            rows = [row for row in await pool.fetch(reminder_rows) if row["channel"] == "email"]
+            rows = [row for row in await scene.pool.fetch(reminder_rows) if row["channel"] == "email"]
             return rows if {row["status"] for row in rows} == {"delivered"} else []
 
         rows = await until_true(delivered, "the late reminders")
@@ -818,9 +783,7 @@ async def test_an_smtp_server_down_for_hours_makes_reminders_late_and_holds_noth
         next(steps)  # instead of the script's meeting, this one, held at its time
         held = cmd(MENTOR, held_at=meeting.starts_at.isoformat(), duration_minutes=60)
         assert (await scene.update(handle, "record_meeting", held))["applied"]
-        await run_steps(scene, handle, steps)
-        await asyncio.wait_for(handle.result(), UPDATE_TIMEOUT)
-        await assert_everything_once(scene, handle)
+        await to_the_end(scene, handle, steps)
 
 
 def _emails(scene: Scene, template: str) -> list[Any]:

@@ -1,7 +1,8 @@
-"""A gate inside PostgreSQL transactions, for race tests: a trigger the test adds to one
-table makes every insert into it wait, inside its own transaction, for an advisory lock the
-test holds. While the gate is closed the test can line racers up (each one either waiting at
-the gate or waiting for a lock the product takes), then let them all go at once.
+"""A gate inside PostgreSQL transactions, for race and fault tests: a trigger the test adds
+to one table makes every insert into it wait, inside its own transaction, for an advisory
+lock the test holds. While the gate is closed the test can line racers up (each one either
+waiting at the gate or waiting for a lock the product takes), then let them all go at once;
+or find the backend waiting there (`waiting`) and kill its process.
 
 Only the test's own database gets the trigger; product code has no hook.
 """
@@ -52,6 +53,20 @@ class Gate:
     async def remove(self) -> None:
         await self._connection.execute("SELECT pg_advisory_unlock_all()")
         await self._connection.execute(f"DROP TRIGGER IF EXISTS test_race_gate_{self.key} ON {self.table}")
+
+    async def waiting(self) -> list[int]:
+        """The backends (process ids) waiting at the gate."""
+        rows = await self._connection.fetch(
+            """SELECT pid FROM pg_locks
+                WHERE locktype = 'advisory' AND NOT granted
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND ((classid::bigint << 32) | objid::bigint) = $1""",
+            self.key,
+        )
+        return [row["pid"] for row in rows]
+
+    async def backend_alive(self, pid: int) -> bool:
+        return bool(await self._connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid))
 
 
 async def backends_waiting_for_a_lock(connection: asyncpg.Connection | asyncpg.Pool) -> set[int]:
