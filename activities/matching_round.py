@@ -10,7 +10,8 @@ matched (migrations/0009_mentor_load.sql). A round gives a mentee up to `mentors
 mentors (one by default), never more than is left of their quota, each pair its own
 relationship (migrations/0011_matching_rules.sql).
 A round may run with one of the programme's rule sets; a mentee it leaves unmatched is told
-why in aggregate (which reasons ruled out how many of the round's mentors).
+why in aggregate (which reasons ruled out how many of the round's mentors). A large round
+is scored and solved a few mentee rows at a time (pairing/round_solver.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import date
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import asyncpg
 import numpy as np
@@ -55,9 +55,9 @@ from mentorflow.codec import EncryptionCodec
 from mentorflow.keyring import Keyring
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.requests import SlotRelease
-from pairing.scoring import NOT_ALLOWED, PairScore, exclusion_counts, score_matrix, score_pair
+from pairing.round_solver import TILED_ABOVE_PAIRS, RoundCohort, solve_cohort
+from pairing.scoring import PairScore
 from pairing.settings import MatchingSettings, Objective
-from pairing.solver import SolveStats, solve
 from events.relationship_io import RELATIONSHIP_WORKFLOW, CommandResult, RelationshipInput, relationship_workflow_id
 from mentorflow.start_options import relationship_start_options
 
@@ -68,11 +68,11 @@ __all__ = [
 
 log = logging.getLogger("mentorflow.matching")
 
-T = TypeVar("T")
-
 # Outcomes of a pair the round did not propose because things changed after it was solved.
 LEFT = "left the directory"
 IN_A_RELATIONSHIP = "mentee already in a relationship"
+# Profiles read (decrypted and validated) between two heartbeats.
+_PROFILES_PER_BATCH = 5000
 
 
 
@@ -86,25 +86,39 @@ _MENTEE_IS_FREE = (
 )
 
 
-async def _in_thread(work: Callable[[], T]) -> T:
-    """CPU-heavy work off the event loop, heartbeating while it runs."""
-    task = asyncio.ensure_future(asyncio.to_thread(work))
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=5)
-        if done:
-            return task.result()
-        if activity.in_activity():
+@contextlib.asynccontextmanager
+async def _heartbeating(every: float = 5) -> AsyncIterator[None]:
+    """Heartbeat every few seconds while the block runs: its statements and the thread it
+    waits for leave the event loop free, and a 100,000-mentee round takes many minutes."""
+
+    async def beat() -> None:
+        while True:
             activity.heartbeat()
+            await asyncio.sleep(every)
+
+    task = asyncio.ensure_future(beat()) if activity.in_activity() else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class RoundActivities:
     """The round's activities; `client` and `task_queue` are where rounds start relationships."""
 
+    # Pairs above which `solve_round` scores and solves tile by tile (pairing/round_solver.py).
+    tiled_above_pairs = TILED_ABOVE_PAIRS
+
     def __init__(
         self, pool: asyncpg.Pool, client: Client | None = None, task_queue: str | None = None,
-        *, keyring: Keyring | None = None,
+        *, keyring: Keyring | None = None, tiled_above_pairs: int | None = None,
     ) -> None:  # fmt: skip
         self._pool = pool
+        if tiled_above_pairs is not None:
+            self.tiled_above_pairs = tiled_above_pairs
         self._client = client
         self._task_queue = task_queue
         # The keys of confidential profile attributes: given, else the client's payload keys.
@@ -117,11 +131,18 @@ class RoundActivities:
     async def _profiles(
         self, programme_id: str, role: Literal["mentor", "mentee"], rows: list[asyncpg.Record]
     ) -> list[MentorProfile | MenteeProfile]:
+        loaded: list[MentorProfile | MenteeProfile] = []
         try:
-            return await self.profiles.load(programme_id, role, [row["profile"] for row in rows])
+            # In batches, with the event loop free between them (`_heartbeating`'s beats go
+            # out): reading 100,000 profiles holds it for many seconds.
+            for start in range(0, len(rows), _PROFILES_PER_BATCH):
+                batch = rows[start : start + _PROFILES_PER_BATCH]
+                loaded += await self.profiles.load(programme_id, role, [row["profile"] for row in batch])
+                await asyncio.sleep(0)
         except ValidationError as error:
             raise ApplicationError(f"a stored {role} profile no longer validates: {error.error_count()} errors",
                                    non_retryable=True) from None  # fmt: skip
+        return loaded
 
     async def round_report(self, programme_id: str, round_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """A solved round's summary and pairs (with the outcome of each proposal), for people."""
@@ -194,6 +215,10 @@ class RoundActivities:
     async def solve_round(self, request: RoundRequest) -> RoundSolution:
         """Solve the assignment for the whole cohort at once and store it with its slots in
         one transaction; a round that is already solved returns what is stored."""
+        async with _heartbeating():
+            return await self._solve_round(request)
+
+    async def _solve_round(self, request: RoundRequest) -> RoundSolution:
         programme_id, round_id = request.programme_id, request.round_id
         # Each mentor's lock row exists before the transaction locks it (created in mentor
         # order, committed at once: a round never waits inside its transaction for a row
@@ -272,23 +297,17 @@ class RoundActivities:
             free = np.array([max(0, row["capacity"] - row["taken"]) for row in mentor_rows], dtype=np.int64)
             week_of: date = round_row["week_of"]
 
-            def work() -> tuple[list[PairScore], list[_Unmatched], SolveStats, float]:
-                started = time.perf_counter()
-                scores = score_matrix(mentees, mentors, settings, week_of, has_mentor=has_mentor)
-                mentee_at = {m.participant_id: i for i, m in enumerate(mentees)}
-                mentor_at = {m.participant_id: j for j, m in enumerate(mentors)}
-                for row in together:
-                    if row["mentor_id"] in mentor_at:
-                        scores[mentee_at[row["mentee_id"]], mentor_at[row["mentor_id"]]] = NOT_ALLOWED
-                assignment = solve(scores, free, objective, quotas=quotas)
-                pairs = [score_pair(mentees[i], mentors[j], settings, week_of, has_mentor=has_mentor[i])
-                         for i, j in assignment.pairs()]  # fmt: skip
-                left = sorted(set(np.flatnonzero(quotas > 0).tolist()) - set(assignment.mentees.tolist()))
-                why = _why_unmatched([mentees[i] for i in left], mentors, settings, week_of,
-                                     [has_mentor[i] for i in left], scores[left], objective)  # fmt: skip
-                return pairs, why, assignment.stats, time.perf_counter() - started
-
-            pairs, unmatched, stats, seconds = await _in_thread(work)
+            mentee_at = {m.participant_id: i for i, m in enumerate(mentees)}
+            mentor_at = {m.participant_id: j for j, m in enumerate(mentors)}
+            cohort = RoundCohort(
+                mentees, mentors, settings, week_of, objective, quotas, free, has_mentor,
+                together=[(mentee_at[row["mentee_id"]], mentor_at[row["mentor_id"]])
+                          for row in together if row["mentor_id"] in mentor_at],
+            )  # fmt: skip
+            started = time.perf_counter()
+            outcome = await asyncio.to_thread(solve_cohort, cohort, tiled_above_pairs=self.tiled_above_pairs)
+            seconds = time.perf_counter() - started
+            pairs, unmatched, stats = outcome.pairs, outcome.unmatched, outcome.stats
             relationship_ids = _relationship_ids(programme_id, round_id, pairs)
             await connection.execute(
                 """INSERT INTO matching_round_pairs
@@ -436,26 +455,6 @@ class RoundActivities:
                 return "relationship closed"
             raise
         return "proposed" if result.applied else "already_proposed"
-
-
-@dataclass(frozen=True)
-class _Unmatched:
-    """Why a mentee got no mentor in the round: mentors ruled out by reason, and how many
-    allowed ones all went to others."""
-
-    mentee_id: str
-    excluded: dict[str, int]
-    allowed: int
-
-
-def _why_unmatched(
-    mentees: list[MenteeProfile], mentors: list[MentorProfile], settings: MatchingSettings, week_of: date,
-    has_mentor: list[bool], scores: np.ndarray, objective: Objective,
-) -> list[_Unmatched]:  # fmt: skip
-    counts = exclusion_counts(mentees, mentors, settings, week_of, has_mentor=has_mentor)
-    threshold = 0 if objective == "max_matched" else 1
-    allowed = (scores >= threshold).sum(axis=1).tolist() if len(mentees) else []
-    return [_Unmatched(m.participant_id, c, a) for m, c, a in zip(mentees, counts, allowed, strict=True)]
 
 
 def _quota(mentee: MenteeProfile, settings: MatchingSettings) -> int:

@@ -36,7 +36,8 @@ from pairing.constraints import excluded_pairs
 from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.rules import holds, value_of
 from pairing.scoring import (
-    FULL, NOT_ALLOWED, UNKNOWN, _Cohort, _min_overlap_slots, _target_slots, _wanted_gap, asked_pairs, goal_matrices, weekly_slots,
+    BELOW_MINIMUM, FULL, GAP_TOO_SMALL, NO_COMMON_FORMAT, NO_COMMON_LANGUAGE, NOT_ALLOWED, TOO_LITTLE_TIME, UNKNOWN, _Cohort,
+    _min_overlap_slots, _target_slots, _wanted_gap, asked_pairs, goal_matrices, weekly_slots,
 )  # fmt: skip
 from pairing.settings import MatchingRule, MatchingSettings
 
@@ -116,6 +117,7 @@ class TileScorer:
         self._goal_table: np.ndarray = np.zeros(0, dtype=np.int64)
         self._goal_top = 0
         self._fallback: _Cohort | None = None
+        self._hard_rules: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         if not mentees or not mentors:
             return
         flags = [False] * len(mentees) if has_mentor is None else list(has_mentor)
@@ -132,6 +134,11 @@ class TileScorer:
         self._dtype = np.int32 if (len(factors) + 1) * self._penalty + highest < 2**31 else np.int64
         self._goal_table = self._goal_table.astype(self._dtype)
         self._build_groups(factors)
+        # Where each hard rule holds, by the reason `pairing.scoring` gives (the factors come
+        # in the order `_factors` lists them), for `exclusion_counts`.
+        reasons = [TOO_LITTLE_TIME, NO_COMMON_FORMAT, NO_COMMON_LANGUAGE, GAP_TOO_SMALL,
+                   *(f"rule {rule.name!r}" for rule in settings.rules)]  # fmt: skip
+        self._hard_rules = [(reason, f[0], f[1], f[3]) for reason, f in zip(reasons, factors, strict=True)]
 
     # -- building the tables ----------------------------------------------------------------
 
@@ -273,7 +280,40 @@ class TileScorer:
             self._local.buffers = held
         return held
 
+    def exclusion_counts(self) -> list[tuple[str, np.ndarray]] | None:
+        """For every mentee, how many mentors each hard rule rules out, as
+        `pairing.scoring.exclusion_counts` names and counts them (the relational exclusions
+        and the `excluded` pairs aside): from the tables, with one pass over the pairs only
+        for a score minimum. None on the block path."""
+        if self._fallback is not None:
+            return None
+        n, m = self.shape
+        # A table row's count is the mentors of each code it fails, summed: no pair is looked at.
+        found = [(reason, ((~passes).astype(np.int64) @ np.bincount(b, minlength=passes.shape[1]))[a])
+                 for reason, a, b, passes in self._hard_rules]  # fmt: skip
+        if self._min_points > 0 and n and m:
+            below, step = np.zeros(n, dtype=np.int64), max(1, (1 << 19) // m)
+            for start in range(0, n, step):
+                raw = self._raw(slice(start, min(n, start + step)))
+                # The minimum counts only mentors that no other rule rules out.
+                below[start : start + step] = ((raw >= self._lowest) & (raw < self._min_points)).sum(axis=1)
+            found.append((BELOW_MINIMUM, below))
+        return found
+
     def _fast(self, rows: slice) -> np.ndarray:
+        raw = self._raw(rows)
+        # A broken hard rule left raw below the lowest points an allowed pair can have.
+        if self._min_points > 0:
+            result: np.ndarray = np.where(raw >= self._min_points, raw, NOT_ALLOWED)
+        elif self._lowest == 0:
+            result = np.maximum(raw, NOT_ALLOWED)
+        else:
+            result = np.where(raw >= self._lowest, np.maximum(raw, 0), NOT_ALLOWED)
+        return result.astype(np.int32, copy=False)
+
+    def _raw(self, rows: slice) -> np.ndarray:
+        """Points before the hard rules (below `_lowest` where one breaks): this thread's
+        work array, overwritten by its next tile."""
         product, index, raw, looked_up = self._buffers(rows.stop - rows.start)
         np.matmul(self._priority[rows], self._level_t, out=product)
         np.copyto(index, product, casting="unsafe")  # exact small integers: covered + the row's offset
@@ -286,11 +326,4 @@ class TileScorer:
         if last > first:
             np.add.at(raw, (self._asked_i[first:last] - rows.start, self._asked_j[first:last]),
                       UNKNOWN * self._settings.weights.preferences)  # fmt: skip
-        # A broken hard rule left raw below the lowest points an allowed pair can have.
-        if self._min_points > 0:
-            result: np.ndarray = np.where(raw >= self._min_points, raw, NOT_ALLOWED)
-        elif self._lowest == 0:
-            result = np.maximum(raw, NOT_ALLOWED)
-        else:
-            result = np.where(raw >= self._lowest, np.maximum(raw, 0), NOT_ALLOWED)
-        return result.astype(np.int32, copy=False)
+        return raw

@@ -93,7 +93,10 @@ class MatchingRound:
         solution = await call(
             SOLVE_ROUND,
             request,
-            start_to_close_timeout=timedelta(minutes=30),
+            # A 100,000 × 25,000 round solves for 4 to 14 minutes on 2 busy cores, before its
+            # profiles are read and its pairs written (bench/README.md, "The largest cohorts");
+            # it heartbeats every 5 s, so a dead worker is still found within the minute.
+            start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=RETRY,
             summary=f"Solve the assignment for {members.mentees} mentees",
@@ -129,11 +132,7 @@ class MatchingRound:
         return MatchingRoundResult(
             programme_id=input.programme_id,
             round_id=input.round_id,
-            mentees=solution.mentees,
-            mentors=solution.mentors,
-            matched=solution.matched,
-            total_points=solution.total_points,
-            mean_score=solution.mean_score,
+            **solution.model_dump(include={"mentees", "mentors", "matched", "total_points", "mean_score"}),
             **totals,
         )
 
