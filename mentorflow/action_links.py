@@ -45,6 +45,10 @@ class Purpose(StrEnum):
     REFLECTION = "reflection"
     CONCERN = "concern"
     MY_RELATIONSHIP = "my_relationship"
+    # Writing at length: the agreement (its subject: the version it changes, 0 for none yet) and
+    # a change to a goal (`propose_agreement`, `propose_goal_revision`).
+    PROPOSE_AGREEMENT = "propose_agreement"
+    CHANGE_GOAL = "change_goal"
     MUTE = "mute"
     # A coordinator's, from the digest: send the reminder of what waits again (`nudge_relationship`).
     NUDGE = "nudge"
@@ -173,6 +177,12 @@ class LinkSpec:
     relationship_id: str = ""
 
 
+# The words of the links that lead to the agreement and goal pages, in emails and on pages alike.
+SIGN_LABEL = "Read and sign the agreement"
+WRITE_AGREEMENT_LABEL = "Write the agreement"
+CHANGE_AGREEMENT_LABEL = "Propose changes to the agreement"
+CHANGE_GOAL_LABEL = "Propose a change to a goal"
+
 # Messages only the coordinators get: the parties' own links make no sense there.
 COORDINATOR_TEMPLATES = frozenset({"low_feedback", "concern_raised", "relationship_closed_early", "coordinator_digest"})
 # Messages after which there is nothing left to do in the relationship.
@@ -190,8 +200,15 @@ def links_for(template: str, data: Mapping[str, str]) -> tuple[LinkSpec, ...]:
     meeting = data.get("meeting_number", "")
     if template == "match_proposed" and data.get("mentor_id"):
         asked.append(LinkSpec("Accept or decline the match", Purpose.MATCH_ANSWER, data["mentor_id"]))
+    elif template == "match_confirmed":
+        asked.append(LinkSpec(WRITE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, "0"))
     elif template in ("agreement_proposed", "agreement_reminder"):
-        asked.append(LinkSpec("Read and sign the agreement", Purpose.SIGN_AGREEMENT, data.get("agreement_version", "")))
+        version = data.get("agreement_version", "")
+        asked.append(LinkSpec(SIGN_LABEL, Purpose.SIGN_AGREEMENT, version))
+        if version:  # "… or propose changes": to the version the email is about
+            asked.append(LinkSpec(CHANGE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, version))
+    elif template == "review_completed" and data.get("outcome") == "recalibrate":
+        asked.append(LinkSpec(CHANGE_GOAL_LABEL, Purpose.CHANGE_GOAL))
     elif template == "meeting_missed_check" and meeting:
         asked.append(LinkSpec("We met", Purpose.MEETING_OUTCOME, meeting, "choice=met"))
         asked.append(LinkSpec("We didn't meet", Purpose.MEETING_OUTCOME, meeting, "choice=not_met"))
@@ -372,5 +389,7 @@ _ALWAYS = frozenset({Purpose.MY_RELATIONSHIP, Purpose.CONCERN})
 _LEADS = {
     Purpose.FEEDBACK: "Your score, 1 (poorly) to 5 (very well):",
     Purpose.NUDGE: "Send the reminder of what waits again (each link opens a page to confirm):",
+    Purpose.PROPOSE_AGREEMENT: "Write it down on one page (nothing is sent until you press its button):",
+    Purpose.CHANGE_GOAL: "Write the change on a page of its own (nothing is sent until you press its button):",
     Purpose.CONCERN: "Answer here (each link opens a page to confirm):",
 }

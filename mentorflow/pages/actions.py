@@ -11,14 +11,16 @@ command is allowed, as for any other sender.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from events.health import NUDGE_EVERY, waiting_reminder
 from events.refusals import Rejection
 from events.state import Phase, RelationshipState
-from mentorflow.action_links import ActionLink, Purpose
+from mentorflow.action_links import CHANGE_AGREEMENT_LABEL, ActionLink, Purpose
+from mentorflow.pages.forms import FormProblem
+from mentorflow.pages.forms import form_int as _int
+from mentorflow.pages.forms import form_text as _text
 from mentorflow.pages.views import (
     Field,
     Form,
@@ -26,31 +28,26 @@ from mentorflow.pages.views import (
     Reader,
     Section,
     agreement_sections,
+    done,
     goal_items,
     other_party,
+    over,
     relationship_page,
 )
+from mentorflow.pages.writing import (
+    Command,
+    agreement_command,
+    agreement_form_page,
+    goal_change_command,
+    goal_change_page,
+)
 
-Command = tuple[str, dict[str, Any]]
-SUPERSEDED = 409
 OUTCOME_WORDS = (
     ("continue", "Go on as we are"),
     ("recalibrate", "Change our goals"),
     ("extend", "Extend the term"),
     ("close", "Finish the relationship"),
 )
-
-
-class FormProblem(ValueError):
-    """A submitted form that cannot become a command; the message says what to fix."""
-
-
-def over(title: str, note: str) -> Page:
-    return Page(title, note=note, status=SUPERSEDED)
-
-
-def done(title: str, note: str) -> Page:
-    return Page(title, note=note)
 
 
 # -- the pages -------------------------------------------------------------------------------
@@ -99,9 +96,10 @@ def _agreement(link: ActionLink, state: RelationshipState, reader: Reader, query
     return Page(
         title,
         intro=(f"Version {version}, proposed on {reader.when(agreement.proposed_at)}. Read it; sign it if you agree. "
-               "If you want changes, talk to each other first.",),  # fmt: skip
+               f"If you want changes, talk to each other first, then use “{CHANGE_AGREEMENT_LABEL}”.",),  # fmt: skip
         sections=agreement_sections(state),
         forms=(Form(f"sign:{version}", f"Sign version {version}", fields=(Field("hidden", "version", value=str(version)),)),),
+        links=((CHANGE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, str(version)),),
     )
 
 
@@ -259,6 +257,8 @@ CHOICES: dict[Purpose, tuple[str, ...]] = {
     Purpose.CONCERN: ("concern",),
     Purpose.MY_RELATIONSHIP: ("progress",),
     Purpose.NUDGE: ("nudge",),
+    Purpose.PROPOSE_AGREEMENT: ("propose",),
+    Purpose.CHANGE_GOAL: ("change",),
 }
 
 PageMaker = Callable[[ActionLink, RelationshipState, Reader, Mapping[str, str], datetime], Page]
@@ -273,6 +273,8 @@ PAGES: dict[Purpose, PageMaker] = {
     Purpose.CONCERN: _concern,
     Purpose.MY_RELATIONSHIP: _mine,
     Purpose.NUDGE: _nudge,
+    Purpose.PROPOSE_AGREEMENT: agreement_form_page,
+    Purpose.CHANGE_GOAL: goal_change_page,
 }
 
 
@@ -284,22 +286,6 @@ def page_for(link: ActionLink, state: RelationshipState, reader: Reader, query: 
 
 
 # -- the commands ------------------------------------------------------------------------------
-
-
-def _text(form: Mapping[str, str], name: str, *, required: bool = False) -> str:
-    value = form.get(name, "").strip()
-    if required and not value:
-        raise FormProblem(f"Please write something in “{name}” before sending.")
-    return value
-
-
-def _int(form: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    value = form.get(name, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or not low <= int(value) <= high:
-        raise FormProblem(f"Please give a whole number from {low} to {high}.")
-    return int(value)
 
 
 def command_for(
@@ -347,6 +333,10 @@ def command_for(
         return "raise_concern", {"text": _text(form, "text", required=True)}
     if choice.startswith("progress:"):
         return _progress(state, choice.removeprefix("progress:"), form)
+    if choice == "propose":
+        return agreement_command(link, state, reader, form)
+    if choice.startswith("change:"):
+        return goal_change_command(state, reader, choice, form)
     raise FormProblem("That answer is not open any more; the page shows what is.")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from events.people import Participant
 from mentorflow.action_links import MUST_HEAR, kind_words
-from mentorflow.pages.actions import FormProblem
+from mentorflow.pages.forms import FormProblem
 from mentorflow.pages.views import Form, Page
 
 STOP_TITLE = "Stop getting these emails"

@@ -54,9 +54,10 @@ from mentorflow.pages.access import (
     csrf_valid,
     open_any,
 )
-from mentorflow.pages.actions import FormProblem, command_for, page_for
+from mentorflow.pages.actions import command_for, page_for
+from mentorflow.pages.forms import FormProblem
 from mentorflow.pages.mute import AUDITED, may_mute, mute_choice, mute_done, mute_page
-from mentorflow.pages.views import Page
+from mentorflow.pages.views import Page, refilled
 
 log = logging.getLogger("mentorflow.pages")
 
@@ -90,6 +91,10 @@ DONE_WORDS = {
     "raise_concern": "Your concern went to the programme coordinators; the other person is not told.",
     "record_goal_progress": "Thank you: your goal's progress is saved.",
     "nudge_relationship": "The reminder went out to them again.",
+    "propose_agreement": "You proposed the agreement. The other person gets an email to read and sign it; sign it "
+                         "yourself too (\"My relationship\" leads there).",
+    "propose_goal_revision": "You proposed the change. The other person gets an email to acknowledge it; until then "
+                             "the goal stays as it was.",
 }
 REFUSED_WORDS = {
     "invalid_payload": "That did not work: please check what you entered.",
@@ -107,10 +112,10 @@ def _html(template: str, status: int, **values: Any) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=HEADERS)
 
 
-def _link_url(context: ApiContext, link: ActionLink, purpose: Purpose) -> str:
+def _link_url(context: ApiContext, link: ActionLink, purpose: Purpose, subject: str = "") -> str:
     """A sibling link of the same person and relationship, expiring with this one."""
     assert context.keyring is not None
-    sibling = ActionLink(link.person_id, link.programme_id, link.relationship_id, purpose, link.expires_at)
+    sibling = ActionLink(link.person_id, link.programme_id, link.relationship_id, purpose, link.expires_at, subject)
     return f"/p/{sign(context.keyring, sibling)}"
 
 
@@ -147,8 +152,9 @@ def _show(context: ApiContext, opened: Opened | OpenedMute, page: Page, problem:
           status: int | None = None) -> HTMLResponse:  # fmt: skip
     nonce = secrets.token_urlsafe(24)
     downloads = [(label, f"/p/{opened.token}{suffix}") for label, suffix in page.downloads]
+    links = [(label, _link_url(context, opened.link, purpose, subject)) for label, purpose, subject in page.links]
     response = _html(
-        "page.html", status or page.status, title=page.title, page=page, problem=problem, downloads=downloads,
+        "page.html", status or page.status, title=page.title, page=page, problem=problem, downloads=downloads, links=links,
         action=f"/p/{opened.token}", csrf=csrf_field(context, opened.token, nonce), **_footer(context, opened),
     )  # fmt: skip
     if page.forms:
@@ -228,7 +234,7 @@ async def act(request: Request, token: str) -> Response:
         context.limiter.check(f"link:{link.person_id}")
         message, fields = command_for(link, opened.state, opened.reader, form, now)
     except FormProblem as problem:
-        page = page_for(link, opened.state, opened.reader, {}, now)
+        page = refilled(page_for(link, opened.state, opened.reader, {}, now), form)
         return _show(context, opened, page, problem=str(problem), status=422 if page.forms else page.status)
     except ApiProblem as problem:
         return _message(context, opened, "Please wait a moment", "Too many presses; nothing was changed.", problem.status)

@@ -8,7 +8,7 @@ is tested without a server.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -17,8 +17,17 @@ from activities.templates import format_span, format_time
 from events.commands import Goal
 from events.people import Participant
 from events.state import GoalProgress, Phase, RelationshipState
+from mentorflow.action_links import (
+    CHANGE_AGREEMENT_LABEL,
+    CHANGE_GOAL_LABEL,
+    SIGN_LABEL,
+    WRITE_AGREEMENT_LABEL,
+    Purpose,
+)
 
-FieldKind = Literal["textarea", "datetime", "radio", "number", "hidden", "checkbox"]
+# "heading": no input, a heading that groups the fields after it (a goal's four boxes).
+FieldKind = Literal["textarea", "text", "date", "datetime", "radio", "number", "hidden", "checkbox", "heading"]
+SUPERSEDED = 409
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,33 @@ class Page:
     note: str = ""
     # Links within the page's own token: (label, path suffix), e.g. the .ics download.
     downloads: tuple[tuple[str, str], ...] = ()
+    # Links to the person's other pages of this relationship: (label, purpose, subject).
+    links: tuple[tuple[str, Purpose, str], ...] = ()
     status: int = 200
+
+
+def over(title: str, note: str) -> Page:
+    return Page(title, note=note, status=SUPERSEDED)
+
+
+def done(title: str, note: str) -> Page:
+    return Page(title, note=note)
+
+
+def refilled(page: Page, submitted: Mapping[str, str]) -> Page:
+    """The page with the form that was sent filled in as it was sent: a refused answer keeps
+    everything the person wrote or chose."""
+    choice = submitted.get("choice")
+
+    def kept(item: Field) -> Field:
+        if item.kind in ("hidden", "heading"):
+            return item
+        if item.kind == "checkbox":
+            return replace(item, value="on" if submitted.get(item.name) else "")
+        return replace(item, value=submitted.get(item.name, ""))
+
+    forms = tuple(replace(f, fields=tuple(kept(i) for i in f.fields)) if f.choice == choice else f for f in page.forms)
+    return replace(page, forms=forms)
 
 
 @dataclass(frozen=True)
@@ -207,7 +242,23 @@ def relationship_page(state: RelationshipState, person_id: str, reader: Reader) 
     waiting = waiting_for(state, person_id, reader)
     sections.append(Section("Waiting for you", paragraphs=waiting or ("Nothing right now.",)))
     sections.extend(agreement_sections(state))
-    return Page("My mentoring relationship", sections=tuple(sections), downloads=downloads, forms=progress_forms(state))
+    return Page("My mentoring relationship", sections=tuple(sections), downloads=downloads, forms=progress_forms(state),
+                links=writing_links(state, person_id))  # fmt: skip
+
+
+def writing_links(state: RelationshipState, person_id: str) -> tuple[tuple[str, Purpose, str], ...]:
+    """What "My relationship" leads to while it can be done: writing, signing or changing the
+    agreement, and proposing a change to a goal."""
+    agreement = state.agreement
+    if state.phase is Phase.AGREEMENT and agreement is None:
+        return ((WRITE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, "0"),)
+    if state.phase is Phase.AGREEMENT and agreement is not None:
+        version = str(agreement.agreement_version)
+        sign = () if state.party_of(person_id) in agreement.signed_by else ((SIGN_LABEL, Purpose.SIGN_AGREEMENT, version),)
+        return (*sign, (CHANGE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, version))
+    if state.in_cadence:
+        return ((CHANGE_GOAL_LABEL, Purpose.CHANGE_GOAL, ""),)
+    return ()
 
 
 def progress_forms(state: RelationshipState) -> tuple[Form, ...]:

@@ -45,7 +45,8 @@ def test_a_link_reads_back_as_it_was_signed() -> None:
 
 @pytest.mark.parametrize(
     "claim, value",
-    [("p", "mentor-1"), ("r", "rel-2"), ("g", "autumn-2027"), ("u", "sign_agreement"), ("s", "other"), ("e", 4102444800)],
+    [("p", "mentor-1"), ("r", "rel-2"), ("g", "autumn-2027"), ("u", "sign_agreement"), ("u", "propose_agreement"),
+     ("u", "change_goal"), ("s", "other"), ("e", 4102444800)],  # fmt: skip
 )
 def test_no_claim_can_be_changed(claim: str, value: object) -> None:
     assert refusal(reclaimed(sign(KEYRING, link()), **{claim: value})) == "bad_signature"

@@ -11,19 +11,23 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from events.commands import COMMAND_TYPES, ProposeGoalRevision, RecordMeeting
+from events.commands import COMMAND_TYPES, ProposeGoalRevision, RecordMeeting, SignAgreement
 from events.people import Participant
 from mentorflow.action_links import ActionLink, LinkMaker, Purpose, links_for, new_link, verify
 from mentorflow.keyring import Keyring
-from mentorflow.pages.actions import FormProblem, command_for, page_for
+from mentorflow.pages.actions import CHOICES, command_for, page_for
+from mentorflow.pages.forms import FormProblem
 from mentorflow.pages.views import Page, Reader
+from tests.support.domain_story import available, window
 from tests.support.relationship_phases import (
     MENTEE,
     MENTOR,
     PROGRAMME,
+    SETTINGS,
     STREAM,
     Relationship,
     active,
+    agreeing,
     closing,
     in_review,
     matching,
@@ -190,9 +194,25 @@ def test_a_reflection_and_a_concern() -> None:
 def test_a_link_gives_only_its_own_answers() -> None:
     story = proposed()
     for purpose, choice in [(Purpose.MATCH_ANSWER, "concern"), (Purpose.MY_RELATIONSHIP, "accept"),
-                            (Purpose.SIGN_AGREEMENT, "sign:2"), (Purpose.CONCERN, "sign:1")]:  # fmt: skip
+                            (Purpose.SIGN_AGREEMENT, "sign:2"), (Purpose.CONCERN, "sign:1"),
+                            (Purpose.SIGN_AGREEMENT, "propose"), (Purpose.MY_RELATIONSHIP, "propose"),
+                            (Purpose.CHANGE_GOAL, "propose"), (Purpose.PROPOSE_AGREEMENT, "sign:1"),
+                            (Purpose.PROPOSE_AGREEMENT, "change:g1"), (Purpose.GOAL_REVISION, "change:g1"),
+                            (Purpose.MY_RELATIONSHIP, "change:new"), (Purpose.CONCERN, "change:new"),
+                            (Purpose.CHANGE_GOAL, "acknowledge"), (Purpose.FEEDBACK, "propose")]:  # fmt: skip
         with pytest.raises(FormProblem):
             command_for(link_of(story, purpose, "1"), story.state, reader(), {"choice": choice, "text": "x"}, story.now)
+
+
+@pytest.mark.parametrize("purpose", list(CHOICES))
+def test_no_link_gives_another_kinds_answers(purpose: Purpose) -> None:
+    """Every answer of every other kind of link, pressed on this one, is refused before any command."""
+    story = active()
+    others = {choice for kind, choices in CHOICES.items() if kind is not purpose for choice in choices} - set(CHOICES[purpose])
+    for choice in sorted(others):
+        for sent in (choice, f"{choice}:g1", f"{choice}:1"):
+            with pytest.raises(FormProblem):
+                command_for(link_of(story, purpose, "1"), story.state, reader(), {"choice": sent, **AGREEMENT}, story.now)
 
 
 def test_my_relationship_names_people_and_times_and_no_ids() -> None:
@@ -219,7 +239,9 @@ def test_messages_get_the_links_they_ask_for() -> None:
     assert [(spec.subject, spec.query) for spec in scores] == [("2", f"score={n}") for n in range(1, 6)]
     assert links_for("concern_raised", {"concern_id": "c1"}) == ()
     assert [spec.purpose for spec in links_for("relationship_summary", {})] == []
-    assert [spec.purpose for spec in links_for("match_confirmed", {})] == [Purpose.MY_RELATIONSHIP, Purpose.CONCERN]
+    assert [spec.purpose for spec in links_for("match_confirmed", {})] == [
+        Purpose.PROPOSE_AGREEMENT, Purpose.MY_RELATIONSHIP, Purpose.CONCERN]  # fmt: skip
+    assert [spec.purpose for spec in links_for("goal_revised", {})] == [Purpose.MY_RELATIONSHIP, Purpose.CONCERN]
 
 
 def test_link_paragraphs_sign_each_link_for_its_person() -> None:
@@ -275,3 +297,171 @@ def test_the_pages_style_is_the_one_their_content_security_policy_allows() -> No
     digest = base64.b64encode(hashlib.sha256(style[1].encode()).digest()).decode()
     policy = response.headers["content-security-policy"]
     assert f"style-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy and "script-src" not in policy
+
+
+# -- writing: the agreement and a change to a goal ----------------------------------------------
+
+
+def filled(page: Page, choice: str, **typed: str) -> dict[str, str]:
+    """What a browser sends for the form `choice` of `page`: every box as the page filled it in
+    (a checkbox only when ticked), with what the person typed over it."""
+    form = next(form for form in page.forms if form.choice == choice)
+    sent = {f.name: f.value for f in form.fields if f.kind != "heading" and (f.kind != "checkbox" or f.value)}
+    return {**sent, **typed}
+
+
+AGREEMENT: dict[str, Any] = {"objective": "Grow into a tech lead", "goal1:title": "Lead a design review",
+             "goal1:measure": "two reviews led", "goal1:target_date": "2027-09-30", "goal1:milestones": "Shadow one\nLead one",
+             "goal2:title": "Mentor a new hire", "meeting_frequency": "biweekly", "meeting_minutes": "45",
+             "term_months": "6", "format:in_person": "on"}  # fmt: skip
+
+
+def test_the_agreement_is_written_from_the_match_confirmed_email() -> None:
+    story = agreeing()
+    spec = next(s for s in links_for("match_confirmed", {"mentor_id": MENTOR}) if s.purpose is Purpose.PROPOSE_AGREEMENT)
+    assert (spec.label, spec.subject) == ("Write the agreement", "0")
+    link = link_of(story, spec.purpose, spec.subject)
+    page = show(story, link)
+    text = words(page)
+    assert page.title == "Write your mentoring agreement" and [form.choice for form in page.forms] == ["propose"]
+    for label in ("What the mentee wants to achieve", "Goal 3: target date (optional)", "every two weeks",
+                  "How long, in minutes (15 to 120)", "We meet by video", "What we say stays between us",
+                  "risk of harm to anyone", "The plan for ending early"):  # fmt: skip
+        assert label in text, label
+    sent = filled(page, "propose", **AGREEMENT)
+    message, fields = press(story, link, "propose", **sent)
+    assert message == "propose_agreement"
+    agreement = story.state.agreement
+    assert agreement is not None and agreement.agreement_version == 1 and agreement.proposed_by == MENTEE
+    terms = agreement.terms
+    assert [(g.goal_id, g.title) for g in terms.goals] == [("g1", "Lead a design review"), ("g2", "Mentor a new hire")]
+    assert [m.title for m in terms.goals[0].milestones] == ["Shadow one", "Lead one"]
+    assert str(terms.goals[0].target_date) == "2027-09-30" and terms.goals[0].measure == "two reviews led"
+    assert (terms.meeting_frequency, terms.meeting_minutes, terms.term_months) == ("biweekly", 45, 6)
+    assert terms.formats == ("in_person", "video") and terms.confidentiality.private_by_default
+    # Sent again from the same page: the same command (the core answers it as a replay).
+    assert command_for(link, story.state, reader(), {**sent, "choice": "propose"}, story.now) == (message, fields)
+    assert "You proposed version 1" in show(story, link).note
+    # The mentor's link from the same email now shows version 1 to read, and cannot overwrite it.
+    theirs = link_of(story, spec.purpose, spec.subject, person=MENTOR)
+    stale = show(story, theirs)
+    assert stale.status == 409 and "it is now version 1" in stale.note and not stale.forms
+    assert stale.links == (("Read and sign the agreement", Purpose.SIGN_AGREEMENT, "1"),)
+    with pytest.raises(FormProblem, match="changed while you were writing"):
+        command_for(theirs, story.state, reader(MENTOR), {**sent, "choice": "propose", "objective": "Mine"}, story.now)
+
+
+def test_a_bad_agreement_is_refused_in_plain_words_and_keeps_what_was_typed() -> None:
+    from mentorflow.pages.views import refilled
+
+    story = agreeing()
+    link = link_of(story, Purpose.PROPOSE_AGREEMENT, "0")
+    page = show(story, link)
+    bad = filled(page, "propose", **{**AGREEMENT, "objective": "   ", "goal2:title": "", "goal2:measure": "a new hire onboarded",
+                                     "goal1:target_date": "next spring", "meeting_minutes": "300", "format:video": ""})  # fmt: skip
+    bad.pop("format:video")
+    bad["choice"] = "propose"
+    with pytest.raises(FormProblem) as refused:
+        command_for(link, story.state, reader(), bad, story.now)
+    problem = str(refused.value)
+    for words_of_it in ("Please write what the mentee wants to achieve.", "Goal 1: please give the target date as a date.",
+                        "Goal 2 has no words for the goal itself", "Please give how long you meet, 15 to 120 minutes.",
+                        "Nothing was sent yet"):  # fmt: skip
+        assert words_of_it in problem, words_of_it
+    assert "goal2" not in problem and "meeting_minutes" not in problem
+    with pytest.raises(FormProblem, match="^Please choose at least one way to meet. Nothing was sent yet"):
+        command_for(link, story.state, reader(), {**filled(page, "propose", **AGREEMENT), "format:in_person": "",
+                                                  "format:video": "", "choice": "propose"}, story.now)  # fmt: skip
+    assert story.state.agreement is None
+    kept = {f.name: f.value for f in refilled(page, bad).forms[0].fields}
+    assert kept["goal2:measure"] == "a new hire onboarded" and kept["goal1:target_date"] == "next spring"
+    assert kept["meeting_frequency"] == "biweekly" and kept["format:in_person"] == "on" and kept["format:video"] == ""
+    assert 'value="biweekly" checked' in words(refilled(page, bad))
+
+
+def test_the_agreement_is_changed_from_the_version_it_changes() -> None:
+    weekdays = (available("mentee", "Europe/Berlin", window(1, "09:00", "17:00")),)
+    story = proposed(programme_settings := SETTINGS.model_copy(update={"minimum_meeting_frequency": "biweekly"}),
+                     meeting_frequency="biweekly", availability=weekdays)  # fmt: skip
+    story.do(SignAgreement, MENTEE, agreement_version=1)
+    spec = next(s for s in links_for("agreement_proposed", {"agreement_version": "1"}) if s.purpose is Purpose.PROPOSE_AGREEMENT)
+    assert (spec.label, spec.subject) == ("Propose changes to the agreement", "1")
+    link = link_of(story, spec.purpose, spec.subject, person=MENTOR)
+    page = show(story, link)
+    frequency = next(f for f in page.forms[0].fields if f.name == "meeting_frequency")
+    assert [value for value, _ in frequency.options] == ["weekly", "biweekly"]  # never less often than the programme's minimum
+    assert programme_settings.minimum_meeting_frequency == "biweekly"
+    as_it_stands = filled(page, "propose")
+    assert as_it_stands["goal1:title"] == "Run a design review" and as_it_stands["goal1:milestones"] == "First draft"
+    with pytest.raises(FormProblem, match="as it stands"):
+        command_for(link, story.state, reader(MENTOR), {**as_it_stands, "choice": "propose"}, story.now)
+    assert story.state.agreement is not None
+    version_1 = story.state.agreement.terms.goals
+    press(story, link, "propose", **{**as_it_stands, "term_months": "9", "goal3:title": "Give a talk"})
+    agreement = story.state.agreement
+    assert agreement is not None and agreement.agreement_version == 2 and agreement.signed_by == ()
+    assert [g.goal_id for g in agreement.terms.goals] == ["g1", "g2", "g3"] and agreement.terms.term_months == 9
+    assert agreement.terms.goals[:2] == version_1  # unchanged goals keep their ids and milestones
+    assert agreement.terms.availability == weekdays  # not on the form: kept
+
+
+def test_a_goal_change_is_proposed_on_its_page_and_acknowledged_by_the_other() -> None:
+    story = active()
+    mine = show(story, link_of(story, Purpose.MY_RELATIONSHIP))
+    assert mine.links == (("Propose a change to a goal", Purpose.CHANGE_GOAL, ""),)
+    link = link_of(story, Purpose.CHANGE_GOAL)
+    page = show(story, link)
+    assert [(form.choice, form.heading) for form in page.forms] == [
+        ("change:g1", "Goal 1: Run a design review"), ("change:g2", "Goal 2: Mentor a junior engineer"),
+        ("change:new", "Or add a new goal")]  # fmt: skip
+    with pytest.raises(FormProblem, match="as it stands"):
+        command_for(link, story.state, reader(), {**filled(page, "change:g1"), "choice": "change:g1"}, story.now)
+    sent = filled(page, "change:g1", title="Run two design reviews", rationale="The first went well")
+    message, fields = press(story, link, "change:g1", **sent)
+    assert message == "propose_goal_revision" and fields["goal"]["milestones"] == [{"milestone_id": "m1", "title": "First draft"}]
+    again = {**sent, "choice": "change:g1"}
+    assert command_for(link, story.state, reader(), again, story.now) == (message, fields)  # sent twice: the same change
+    assert [form.choice for form in show(story, link).forms] == ["change:g2", "change:new"]
+    with pytest.raises(FormProblem, match="already waits"):
+        command_for(link, story.state, reader(), {**again, "title": "Run three design reviews"}, story.now)
+    # The mentor acknowledges it from the email the change sends, on the existing page.
+    revision_id = next(iter(story.state.pending_goal_revisions))
+    spec = next(s for s in links_for("goal_revision_to_acknowledge", {"revision_id": revision_id})
+                if s.purpose is Purpose.GOAL_REVISION)  # fmt: skip
+    acknowledge = link_of(story, spec.purpose, spec.subject, person=MENTOR)
+    assert "Run two design reviews" in words(show(story, acknowledge))
+    press(story, acknowledge, "acknowledge")
+    assert story.state.goals["g1"].goal.title == "Run two design reviews" and not story.state.pending_goal_revisions
+    new = filled(show(story, link), "change:new", title="Give a talk", target_date="2027-11-30")
+    press(story, link, "change:new", **new)
+    assert [p.goal.goal_id for p in story.state.pending_goal_revisions.values()] == ["g3"]
+
+
+def test_the_match_confirmed_email_leads_to_writing_the_agreement() -> None:
+    keyring = Keyring.generate("links-2")
+    story = agreeing()
+    maker = LinkMaker(keyring, "https://mentoring.example.org")
+    asked, always = maker.paragraphs(MENTOR, PROGRAMME, STREAM, links_for("match_confirmed", {}), now=story.now)
+    assert asked.startswith("Write it down on one page (nothing is sent until you press its button):\nWrite the agreement: ")
+    link = verify(keyring, asked.split("/p/")[1], now=story.now)
+    assert (link.person_id, link.purpose, link.subject) == (MENTOR, Purpose.PROPOSE_AGREEMENT, "0")
+    assert show(story, link).forms[0].button == "Propose the agreement"
+
+
+def test_a_recalibrating_review_and_my_relationship_lead_to_the_writing_pages() -> None:
+    specs = links_for("review_completed", {"kind": "midpoint", "outcome": "recalibrate"})
+    assert (specs[0].label, specs[0].purpose) == ("Propose a change to a goal", Purpose.CHANGE_GOAL)
+    assert Purpose.CHANGE_GOAL not in {s.purpose for s in links_for("review_completed", {"outcome": "continue"})}
+    story = agreeing()
+    assert show(story, link_of(story, Purpose.MY_RELATIONSHIP)).links == (
+        ("Write the agreement", Purpose.PROPOSE_AGREEMENT, "0"),)  # fmt: skip
+    story = proposed()
+    assert show(story, link_of(story, Purpose.MY_RELATIONSHIP)).links == (
+        ("Read and sign the agreement", Purpose.SIGN_AGREEMENT, "1"),
+        ("Propose changes to the agreement", Purpose.PROPOSE_AGREEMENT, "1"))  # fmt: skip
+    assert show(story, link_of(story, Purpose.SIGN_AGREEMENT, "1")).links[0][1] is Purpose.PROPOSE_AGREEMENT
+    story = active()
+    assert show(story, link_of(story, Purpose.PROPOSE_AGREEMENT, "1")).status == 409
+    story = closing()
+    assert show(story, link_of(story, Purpose.CHANGE_GOAL)).status == 409
+    assert show(story, link_of(story, Purpose.MY_RELATIONSHIP)).links == ()

@@ -22,6 +22,7 @@ import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -182,14 +183,11 @@ async def test_people_answer_their_emails_and_each_press_counts_once(inbox: Inbo
         ("link", MENTEE, "match_answer", "accept_match", MENTEE, "replay")]  # fmt: skip
     assert rows[0]["command_id"] == rows[1]["command_id"]
 
-    # Grace accepts from her email; the agreement is proposed by Ada, signed by Grace from hers.
+    # Grace accepts from her email; Ada writes the agreement from the match's email, Grace signs from hers.
     links = await inbox.links("grace@example.org", "Mentoring match proposed")
     page = await inbox.open(links["Accept or decline the match"])
     await inbox.press(links["Accept or decline the match"], page, choice="accept")
-    terms = {"objective": "Grow into a tech lead", "goals": [{"title": "Run a design review"}],
-             "meeting_frequency": "weekly", "meeting_minutes": 60, "term_months": 6,
-             "early_exit_plan": "Tell each other first."}  # fmt: skip
-    await inbox.command("propose_agreement", actor_id=MENTEE, terms=terms)
+    await write_the_agreement(inbox)
     await inbox.command("sign_agreement", actor_id=MENTEE, agreement_version=1)
     links = await inbox.links("grace@example.org", "Mentoring agreement to review")
     page = await inbox.open(links["Read and sign the agreement"])
@@ -237,7 +235,97 @@ async def test_people_answer_their_emails_and_each_press_counts_once(inbox: Inbo
     assert ics.status_code == 200 and ics.headers["content-type"].startswith("text/calendar")
     assert b"BEGIN:VEVENT" in ics.content
 
+    await change_a_goal(inbox, links["My relationship"])
     await scanner_changes_nothing(inbox)
+
+
+class FormBoxes(HTMLParser):
+    """What a browser sends for one form of a page: its inputs (a checkbox or radio button only
+    when checked) and text boxes, as filled in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict[str, str]] = []
+        self.textarea: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {name: value or "" for name, value in attrs}
+        if tag == "form":
+            self.forms.append({})
+        elif tag == "input" and self.forms and (found.get("type") not in ("checkbox", "radio") or "checked" in found):
+            self.forms[-1][found["name"]] = found.get("value", "")
+        elif tag == "textarea" and self.forms:
+            self.textarea = found["name"]
+            self.forms[-1][self.textarea] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "textarea":
+            self.textarea = None
+
+    def handle_data(self, data: str) -> None:
+        if self.textarea is not None:
+            self.forms[-1][self.textarea] += data
+
+
+def boxes(page: str, choice: str) -> dict[str, Any]:
+    parser = FormBoxes()
+    parser.feed(page)
+    form = next(f for f in parser.forms if f.get("choice") == choice)
+    return {name: value for name, value in form.items() if name != "csrf"}
+
+
+AGREEMENT: dict[str, Any] = {"objective": "Grow into a tech lead", "goal1:title": "Run a design review", "meeting_frequency": "weekly",
+             "meeting_minutes": "60", "term_months": "6", "early_exit_plan": "Tell each other first."}  # fmt: skip
+
+
+async def proposals(inbox: Inbox, event_type: str) -> list[str]:
+    """The command ids of the relationship's stored events of `event_type`."""
+    rows = await inbox.stack.pool.fetch("SELECT command_id FROM events WHERE stream_id = $1 AND event_type = $2",
+                                        inbox.relationship, event_type)  # fmt: skip
+    return [row["command_id"] for row in rows]
+
+
+async def write_the_agreement(inbox: Inbox) -> None:
+    """Ada writes the agreement from "Write the agreement" in the match's email: a bad form is
+    refused in words with everything kept and nothing changed; sent twice, it counts once."""
+    write = (await inbox.links("ada@example.org", "Mentoring match confirmed"))["Write the agreement"]
+    page = await inbox.open(write)
+    assert "Write your mentoring agreement" in page and "every two weeks" in page and "We meet by video" in page
+    before = await inbox.snapshot()
+    bad = {**boxes(page, "propose"), **AGREEMENT, "goal2:measure": "two reviews led", "meeting_minutes": "300"}
+    refused = await inbox.press(write, page, 422, **bad)
+    assert "Goal 2 has no words for the goal itself" in refused and "15 to 120 minutes" in refused
+    kept = boxes(refused, "propose")
+    assert (kept["goal2:measure"], kept["objective"], kept["meeting_frequency"]) == ("two reviews led", "Grow into a tech lead",
+                                                                                       "weekly")  # fmt: skip
+    assert await inbox.snapshot() == before and await proposals(inbox, "AgreementProposed") == []
+    sent = {**kept, "goal2:measure": "", "meeting_minutes": "60"}  # fixed on the page that refused it (its CSRF pair)
+    assert "You proposed the agreement" in await inbox.press(write, refused, **sent)
+    assert "This was done already" in await inbox.press(write, refused, **sent)
+    agreement = (await inbox.state())["agreement"]
+    assert agreement["agreement_version"] == 1 and agreement["proposed_by"] == MENTEE
+    assert [g["title"] for g in agreement["terms"]["goals"]] == ["Run a design review"]
+    stored = await proposals(inbox, "AgreementProposed")
+    assert len(stored) == 1 and stored[0].startswith("link-")
+    assert "You proposed version 1" in await inbox.open(write)
+
+
+async def change_a_goal(inbox: Inbox, mine: str) -> None:
+    """Ada proposes a change to a goal from "My relationship"; sent twice, it counts once; Grace
+    acknowledges it from her email."""
+    found = re.search(r'<a href="(/p/[^"]+)">Propose a change to a goal</a>', await inbox.open(mine))
+    assert found is not None
+    change = found[1]
+    page = await inbox.open(change)
+    sent = {**boxes(page, "change:g1"), "title": "Run two design reviews", "rationale": "The first went well"}
+    assert "You proposed the change" in await inbox.press(change, page, **sent)
+    assert "This was done already" in await inbox.press(change, page, **sent)
+    assert len(await proposals(inbox, "GoalRevisionProposed")) == 1
+    acknowledge = (await inbox.links("grace@example.org", "A goal change to acknowledge"))["Read and acknowledge the change"]
+    page = await inbox.open(acknowledge)
+    assert "Run two design reviews" in page
+    await inbox.press(acknowledge, page, choice="acknowledge")
+    assert (await inbox.state())["goals"]["g1"]["goal"]["title"] == "Run two design reviews"
 
 
 async def scanner_changes_nothing(inbox: Inbox) -> None:
@@ -268,6 +356,7 @@ async def test_links_that_must_not_work_change_nothing(inbox: Inbox, dev_env: Wo
     url = (await inbox.links("ada@example.org", "Mentoring match proposed"))["Accept or decline the match"]
     before = await inbox.snapshot()
     for forged in (reclaimed(url, p=MENTOR), reclaimed(url, r="r-other"), reclaimed(url, u="sign_agreement"),
+                   reclaimed(url, u="propose_agreement", s="0"), reclaimed(url, u="change_goal", s=""),
                    reclaimed(url, e=int(datetime(2100, 1, 1, tzinfo=UTC).timestamp()))):  # fmt: skip
         assert "was changed after it was sent" in await inbox.open(forged, 403)
         assert (await inbox.browser.post(forged, data={"choice": "accept"})).status_code == 403
@@ -368,10 +457,26 @@ async def test_the_pages_on_a_phone_pass_an_accessibility_check(inbox: Inbox, tm
     assert state["candidate"]["accepted_by"] == ["mentee"] and state["concerns_raised"] == 1
 
     await inbox.command("accept_match", actor_id=MENTOR)
-    await inbox.command("propose_agreement", actor_id=MENTEE, terms={
-        "objective": "Grow into a tech lead", "goals": [{"title": "Run a design review", "measure": "two reviews led",
-                                             "milestones": [{"milestone_id": "m1", "title": "Shadow one"}]}],
-        "meeting_frequency": "biweekly", "meeting_minutes": 45, "term_months": 6})  # fmt: skip
+    # Ada writes the agreement: a goal without its words is refused on the page, changing nothing; then it is sent.
+    write = (await inbox.links("ada@example.org", "Mentoring match confirmed"))["Write the agreement"]
+    typed = {"textarea[name=objective]": "Grow into a tech lead", "input[name='goal1:title']": "Run a design review",
+             "input[name='goal1:measure']": "two reviews led", "textarea[name='goal1:milestones']": "Shadow one",
+             "input[name=meeting_minutes]": "45", "input[name=term_months]": "6"}  # fmt: skip
+    version, events, audit = await inbox.snapshot()
+    await in_browser([
+        {"name": "agreement-refused", "url": write, "fill": {**typed, "input[name='goal2:measure']": "a second review"},
+         "check": ["input[value=biweekly]"], "press": "Propose the agreement", "expect": "Goal 2 has no words"},
+        {"name": "agreement-write", "url": write, "fill": typed, "check": ["input[value=biweekly]"],
+         "press": "Propose the agreement", "expect": "You proposed the agreement"},
+    ], tmp_path)  # fmt: skip
+    # One command, one event, one audit row: the refused press changed nothing.
+    assert await inbox.snapshot() == (version + 1, events + 1, audit + 1)
+    terms = (await inbox.state())["agreement"]["terms"]
+    assert (terms["objective"], terms["meeting_frequency"], terms["meeting_minutes"], terms["term_months"]) == (
+        "Grow into a tech lead", "biweekly", 45, 6)  # fmt: skip
+    assert terms["goals"] == [{"goal_id": "g1", "title": "Run a design review", "measure": "two reviews led",
+                               "target_date": None, "milestones": [{"milestone_id": "m1", "title": "Shadow one"}]}]  # fmt: skip
+    assert len(await proposals(inbox, "AgreementProposed")) == 1
     await inbox.command("sign_agreement", actor_id=MENTEE, agreement_version=1)
     grace = await inbox.links("grace@example.org", "Mentoring agreement to review")
     await in_browser([
@@ -381,19 +486,26 @@ async def test_the_pages_on_a_phone_pass_an_accessibility_check(inbox: Inbox, tm
     moved = (await inbox.links("grace@example.org", "Mentoring meeting 1 scheduled"))["We moved it"]
     later = (datetime.now(UTC).astimezone(ZoneInfo("America/New_York")) + timedelta(days=3)).replace(
         hour=16, minute=15, second=0, microsecond=0)  # fmt: skip
+    # Grace proposes a goal change from "My relationship" (its link "Propose a change to a goal").
+    found = re.search(r'<a href="(/p/[^"]+)">Propose a change to a goal</a>', await inbox.open(grace["My relationship"]))
+    assert found is not None
     results = await in_browser([
         {"name": "meeting", "url": moved, "fill": {"input[name=starts_at]": later.strftime("%Y-%m-%dT%H:%M")},
          "press": "We moved it", "expect": "The meeting is moved"},
         {"name": "my-relationship", "url": grace["My relationship"]},
+        {"name": "goal-propose", "url": inbox.stack.url + found[1], "fill": {"input[name=title]": "Run two design reviews",
+         "textarea[name=rationale]": "The first went well."}, "press": "Propose this change",
+         "expect": "You proposed the change"},
     ], tmp_path)  # fmt: skip
     state = await inbox.state()
     assert state["phase"] == "active" and datetime.fromisoformat(state["next_meeting"]["starts_at"]) == later
     assert "Ada Lovelace" in results[1]["page"]["text"] and "(America/New_York)" in results[1]["page"]["text"]
+    assert "Propose a change to a goal" in results[1]["page"]["text"]
+    assert len(await proposals(inbox, "GoalRevisionProposed")) == 1
 
-    # The meeting's time comes; a goal change is proposed; a review is asked for.
+    # The meeting's time comes; Ada acknowledges the goal change; a review is asked for.
     await inbox.command("reschedule_meeting", actor_id=MENTEE, meeting_number=1,
                         starts_at=(datetime.now(UTC) + timedelta(seconds=2)).isoformat())  # fmt: skip
-    await inbox.command("propose_goal_revision", actor_id=MENTOR, goal={"goal_id": "g1", "title": "Run two design reviews"})
     await asyncio.sleep(2.5)
     met = (await inbox.links("ada@example.org", "Mentoring meeting 1 moved"))["We moved it"]
     change = (await inbox.links("ada@example.org", "A goal change to acknowledge"))["Read and acknowledge the change"]
