@@ -72,6 +72,8 @@ class MeetingRow(_Row):
     status: Literal["held", "missed"]
     at: AwareDatetime
     duration_minutes: int | None = None
+    # The stream version of the last event applied to this row.
+    version: int
 
 
 class FeedbackRow(_Row):
@@ -177,20 +179,25 @@ def _meeting_key(event: AnyEvent) -> Key | None:
 
 
 def _apply_meeting(row: MeetingRow | None, event: AnyEvent) -> MeetingRow | None:
+    # An event this row already reflects changes nothing (as for the rows of events/stream_rows.py).
+    if row is not None and event.version <= row.version:
+        return None
+    # A meeting's last report counts, as in the relationship's state (events/meetings.py) and
+    # the digest: a late `record_meeting` or `correct_meeting_report` counts it held anew, a
+    # correction to not held counts it missed again.
     if isinstance(event, MeetingHeld):
-        # A correction turns a missed meeting into a held one.
         return MeetingRow(
             relationship_id=event.stream_id,
             meeting_number=event.meeting_number,
             status="held",
             at=event.held_at,
             duration_minutes=event.duration_minutes,
+            version=event.version,
         )
-    # Counted missed by its deadline (a held row stays: that correction came later), or by a
-    # party's report or correction (`correct_meeting_report` turns a held meeting missed).
-    if isinstance(event, MeetingMissed) and (row is None or event.command_id is not None):
+    if isinstance(event, MeetingMissed):
         return MeetingRow(
-            relationship_id=event.stream_id, meeting_number=event.meeting_number, status="missed", at=event.starts_at
+            relationship_id=event.stream_id, meeting_number=event.meeting_number, status="missed", at=event.starts_at,
+            version=event.version,
         )
     return None
 

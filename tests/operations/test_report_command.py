@@ -21,14 +21,15 @@ from typer.testing import CliRunner
 
 import mentorflow.cli as cli_module
 from activities.event_store import PostgresEventStore
-from events.model import RelationshipStarted
+from activities.projections import ProjectionFollower
+from events.model import MeetingReportCorrected, RelationshipStarted
 from events.projections import FEEDBACK, MEETINGS, RELATIONSHIPS, ProgrammeReport, programme_report, project
 from mentorflow.cli import app
 from mentorflow.config import Settings
 from mentorflow.reports import report_html
 from tests.support.session import TEST_KEYRING
 from tests.support.owners import owner
-from tests.support.projection_stories import Driver, interleaved, stories
+from tests.support.projection_stories import Driver, caught_up, interleaved, stories
 from worker import run_worker
 
 
@@ -156,6 +157,35 @@ def test_projections_status_and_rebuild(stored: int, monkeypatch: pytest.MonkeyP
 
     status = invoke("projections", "status")
     assert status.exit_code == 0 and "relationships" in status.stdout
+
+
+async def test_a_meeting_corrected_to_not_held_is_one_fewer_held_in_the_report(
+    pool: asyncpg.Pool, drivers: list[Driver], database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through the store, the follower and `report --json`: a meeting reported held, then
+    corrected to not held, leaves the held meetings and joins the missed ones, as in the
+    relationship's own state."""
+    monkeypatch.setenv("MENTORFLOW_DATABASE_URL", database_url)
+    monkeypatch.setenv("MENTORFLOW_STATE_DIR", str(tmp_path / "state"))
+    story = next(d for d in drivers if d.state.programme_id == "prog-2")
+    correction = next(e for e in story.events if isinstance(e, MeetingReportCorrected))
+    # The correction's events: its MeetingMissed, then the MeetingReportCorrected.
+    cut = next(i for i, e in enumerate(story.events) if e.command_id == correction.command_id)
+    store = PostgresEventStore(pool, TEST_KEYRING)
+    who = owner(story.state.relationship_id, "prog-2")
+
+    async def held_and_missed() -> tuple[int, int]:
+        await caught_up(ProjectionFollower(pool))  # what the worker's follower does; `report` catches up too
+        result = await asyncio.to_thread(invoke, "report", "--programme", "prog-2", "--json")
+        assert result.exit_code == 0, result.stderr
+        months = json.loads(result.stdout)["meetings_per_month"]
+        return sum(m["held"] for m in months), sum(m["missed"] for m in months)
+
+    await store.append(story.state.relationship_id, 0, story.events[:cut], owner=who)
+    before = story.states[cut - 1]
+    assert await held_and_missed() == (before.meetings_held, before.meetings_missed) == (2, 0)
+    await store.append(story.state.relationship_id, cut, story.events[cut:], owner=who)
+    assert await held_and_missed() == (story.state.meetings_held, story.state.meetings_missed) == (1, 1)
 
 
 async def test_the_worker_follows_the_store_in_the_background_and_stops_cleanly(

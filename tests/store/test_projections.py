@@ -7,16 +7,22 @@ import asyncio
 import dataclasses
 import json
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from activities.database import create_pool
 from activities.event_store import PostgresEventStore
 from activities.projections import ProjectionFollower, projections_named
-from events.model import AnyEvent, MatchConfirmed, MeetingHeld, MeetingMissed, RelationshipStarted
+from events.commands import CancelMeeting, Command, CorrectMeetingReport, RecordMeeting, ReportMeetingNotHeld
+from events.decider import Rejection, decide
+from events.model import AnyEvent, MatchConfirmed, MeetingHeld, MeetingMissed, MeetingReportCorrected, RelationshipStarted
 from events.store import event_payload
 from events.projections import (
+    DIGEST,
     FEEDBACK,
     MEETINGS,
     PROJECTIONS,
@@ -30,9 +36,11 @@ from events.projections import (
 )
 from events.state import RelationshipState
 from mentorflow.reports import load_programme_report
+from migrations import apply_migrations, available_migrations
+from tests.support.domain_story import MENTEE, MENTOR, Story, active
 from tests.support.session import TEST_KEYRING
 from tests.support.owners import owner
-from tests.support.projection_stories import SECRET, Driver, interleaved, redacted, stories
+from tests.support.projection_stories import SECRET, Driver, caught_up, interleaved, redacted, stories
 
 
 def fold_all(projection: Projection[Any], events: list[AnyEvent], batch: int | None = None) -> dict[Key, Any]:
@@ -71,6 +79,7 @@ def test_a_relationship_row_agrees_with_the_relationships_own_state(drivers: lis
         assert set(row.goal_ids) == set(state.goals)
         assert set(row.achieved_goal_ids) == {g for g, progress in state.goals.items() if progress.achieved_at}
         mine = [m for m in meetings.values() if m.relationship_id == state.relationship_id]
+        assert {m.meeting_number: m.status for m in mine} == counted_meetings(state)
         assert sum(m.status == "held" for m in mine) == state.meetings_held
         assert sum(m.status == "missed" for m in mine) == state.meetings_missed
         answers = sorted((f.feedback_round, f.party, f.score) for f in feedback.values() if f.relationship_id == state.relationship_id)
@@ -83,9 +92,66 @@ def test_a_relationship_row_agrees_with_the_relationships_own_state(drivers: lis
             row = row_now[(state.relationship_id,)]
             assert (row.phase, row.health, row.mentor_id, row.closure_reason) == (state.phase, state.health, state.mentor_id, state.closure_reason)
             assert (len(row.goal_ids), row.version) == (len(state.goals), state.version)
-    # The stories cover what the report shows: every phase that matters, a correction, closures.
+    # The stories cover what the report shows: every phase that matters, corrections both ways, closures.
     assert {row.phase.value for row in rows.values()} == {"closed", "review", "active", "agreement"}
     assert any(isinstance(e, MeetingHeld) and e.correction for e in all_events(drivers))
+    assert any(isinstance(e, MeetingReportCorrected) and e.outcome == "not_held" for e in all_events(drivers))
+
+
+def counted_meetings(state: RelationshipState) -> dict[int, str]:
+    """Meeting number -> held or missed, as the relationship's own state counts its meetings."""
+    return {m.meeting_number: m.outcome for m in state.past_meetings if m.outcome != "cancelled"}
+
+
+# What a party may say about a meeting (one of those known to the state, picked by index).
+MEETING_REPORTS = ("meet", "wait", "report_not_held", "correct_to_not_held", "correct_to_held", "report_late", "cancel")
+
+
+def report_on_a_meeting(story: Story, report: str, pick: int, party: str, days: int) -> None:
+    """Apply what `report` decides about a known meeting; a refused report changes nothing."""
+    state = story.state
+    numbers = [m.meeting_number for m in state.past_meetings] + [m.meeting_number for m in [state.next_meeting] if m]
+    number = numbers[pick % len(numbers)] if numbers else 1
+    if report == "meet" and state.next_meeting is not None:
+        story.meet(party)
+    elif report == "wait":
+        story.advance(timedelta(days=days))
+    elif report in MEETING_REPORTS[2:]:
+        sent: dict[str, tuple[type[Command], dict[str, Any]]] = {
+            "report_not_held": (ReportMeetingNotHeld, {}),
+            "correct_to_not_held": (CorrectMeetingReport, {"outcome": "not_held"}),
+            "correct_to_held": (CorrectMeetingReport, {"outcome": "held"}),
+            "report_late": (RecordMeeting, {"held_at": story.now - timedelta(hours=1), "duration_minutes": 30}),
+            "cancel": (CancelMeeting, {}),
+        }
+        command_type, fields = sent[report]
+        decision = decide(state, story.command(command_type, party, meeting_number=number, **fields), story.now)
+        if not isinstance(decision, Rejection):
+            story.apply(decision)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reports=st.lists(
+        st.tuples(st.sampled_from(MEETING_REPORTS), st.integers(0, 5), st.sampled_from((MENTEE, MENTOR)), st.integers(1, 20)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_meetings_rows_count_what_the_state_counts_for_any_reports_and_corrections(
+    reports: list[tuple[str, int, str, int]],
+) -> None:
+    story = active()
+    for report in reports:
+        report_on_a_meeting(story, *report)
+        rows = fold_all(MEETINGS, story.history)
+        assert {number: row.status for (_, number), row in rows.items()} == counted_meetings(story.state)
+        assert sum(row.status == "held" for row in rows.values()) == story.state.meetings_held
+    # The digest counts the same meetings held; event by event, or applied twice: the same rows.
+    digest = fold_all(DIGEST, story.history)[(story.state.relationship_id,)]
+    assert list(digest.held_meeting_numbers) == sorted(number for (_, number), row in rows.items() if row.status == "held")
+    assert fold_all(MEETINGS, story.history, batch=1) == rows
+    assert project(MEETINGS, rows, story.history) == {}
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7, 50])
@@ -172,9 +238,11 @@ def owned_by(started: AnyEvent) -> tuple[str, str]:
     return started.stream_id, started.programme_id
 
 
-async def table_rows(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
+async def table_rows(
+    pool: asyncpg.Pool, projections: tuple[Projection[Any], ...] = PROJECTIONS
+) -> dict[str, list[dict[str, Any]]]:
     tables: dict[str, list[dict[str, Any]]] = {}
-    for projection in PROJECTIONS:
+    for projection in projections:
         records = await pool.fetch(
             f"SELECT * FROM {projection.table} ORDER BY {', '.join(projection.key_columns)}"
         )
@@ -330,8 +398,10 @@ async def test_the_report_loads_one_programme_from_the_tables(pool: asyncpg.Pool
     assert await load_programme_report(pool, "prog-1") == expected
     other = await load_programme_report(pool, "prog-2")
     assert other is not None and other.relationships == 1
+    # Its second meeting was reported held, then corrected to not held.
+    assert sum(m.held for m in other.meetings_per_month) == sum(m.missed for m in other.meetings_per_month) == 1
     assert await load_programme_report(pool, "no-such-programme") is None
-    assert len([e for e in events if isinstance(e, MeetingMissed)]) == 2
+    assert len([e for e in events if isinstance(e, MeetingMissed)]) == 3
 
 
 async def test_forgetting_a_relationship_leaves_its_rows_and_a_rebuild_unchanged(
@@ -357,3 +427,34 @@ async def test_forgetting_a_relationship_leaves_its_rows_and_a_rebuild_unchanged
     assert await table_rows(pool) == before
     await follower.rebuild()
     assert await table_rows(pool) == before == expected_rows(all_events(drivers))
+
+
+async def test_upgrading_throws_the_meetings_rows_of_before_away_and_replays_them(database_url: str, drivers: list[Driver]) -> None:
+    """Rows built before the meetings read model followed stream versions (migration
+    meeting_versions) cannot be trusted: the migration empties the table and its checkpoint,
+    the followers replay it from the first event, and the other read models stay where they are."""
+    mine = next(m for m in available_migrations() if m.name == "meeting_versions")
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        async with pool.acquire() as connection:
+            await apply_migrations(connection, until=mine.version - 1)
+        await append_all(PostgresEventStore(pool, TEST_KEYRING), interleaved(drivers))
+        others = projections_named(["relationships", "feedback", "digest"])
+        head = await caught_up(ProjectionFollower(pool, projections=others))
+        # What a fold that missed the correction to "not held" had left: both meetings held.
+        await pool.executemany(
+            "INSERT INTO report_meetings VALUES ($1, $2, 'held', now(), 60)", [("rel-elsewhere", 1), ("rel-elsewhere", 2)]
+        )
+        await pool.execute("INSERT INTO projection_checkpoints (projection, position) VALUES ('meetings', $1)", head)
+        before = await table_rows(pool, others)
+
+        async with pool.acquire() as connection:
+            assert [m.version for m in await apply_migrations(connection, until=mine.version)] == [mine.version]
+        follower = ProjectionFollower(pool)
+        assert {s.name: s.behind for s in await follower.status()} == {"relationships": 0, "meetings": head, "feedback": 0, "digest": 0}
+        assert await pool.fetchval("SELECT count(*) FROM report_meetings") == 0
+        assert await caught_up(follower) == head
+        assert await table_rows(pool) == expected_rows(all_events(drivers))
+        assert await table_rows(pool, others) == before
+    finally:
+        await pool.close()

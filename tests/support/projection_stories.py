@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from activities.projections import ProjectionFollower
 from events.commands import (
-    AcceptMatch, AcknowledgeGoalRevision, AgreementTerms, CloseRelationship, ProposeAgreement, ProposeGoalRevision,
-    ProposeMatch, RaiseConcern, RecordGoalProgress, RecordMeeting, RequestReview, SignAgreement, SubmitFeedback,
-    SubmitReflection, SubmitReview,
+    AcceptMatch, AcknowledgeGoalRevision, AgreementTerms, CloseRelationship, CorrectMeetingReport, ProposeAgreement,
+    ProposeGoalRevision, ProposeMatch, RaiseConcern, RecordGoalProgress, RecordMeeting, RequestReview, SignAgreement,
+    SubmitFeedback, SubmitReflection, SubmitReview,
 )
 from events.model import AnyEvent, GoalRevisionProposed
 from events.store import load_event
@@ -118,11 +120,15 @@ def stories(programme_id: str = "prog-1", other_programme: str = "prog-2") -> li
     agreeing = Driver("rel-agreeing", programme_id, "mentee-d", T0 + timedelta(days=10))
     agreeing.match(after=timedelta(hours=5))
 
-    # Another programme's relationship: never in prog-1's report.
+    # Another programme's relationship: never in prog-1's report. Its second meeting was
+    # reported held, then corrected to not held (`correct_meeting_report`).
     elsewhere = Driver("rel-elsewhere", other_programme, "mentee-e")
     elsewhere.match(after=timedelta(days=1))
     elsewhere.activate(goals=1)
     elsewhere.meet()
+    elsewhere.meet()
+    elsewhere.advance(timedelta(days=2))
+    elsewhere.do(CorrectMeetingReport, elsewhere.mentor, meeting_number=2, outcome="not_held", reason=f"{SECRET} no")
     return [full, unmatched, worried, agreeing, elsewhere]
 
 
@@ -156,3 +162,15 @@ def _redact(node: Any, path: tuple[str, ...]) -> None:
                 node[key] = "[forgotten]"
         elif value is not None:
             _redact(value, rest)
+
+
+async def caught_up(follower: ProjectionFollower) -> int:
+    """`catch_up` until no projection is behind; returns the events read. A transaction open
+    elsewhere on the server (another test run's) holds the store's frontier back a while."""
+    read = 0
+    for _ in range(600):
+        read += await follower.catch_up()
+        if not any(status.behind for status in await follower.status()):
+            return read
+        await asyncio.sleep(0.05)
+    raise AssertionError("the read models stayed behind the store")
