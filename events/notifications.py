@@ -256,7 +256,7 @@ def _nudged(event: RelationshipNudged, state: RelationshipState) -> Audience:
         return "match_proposed", recipients, data
     if event.reminder == "agreement" and state.agreement_due_at is not None:
         days_left = max(0, (state.agreement_due_at - event.occurred_at).days)
-        return "agreement_reminder", recipients, {**data, "days_left": str(days_left),
+        return "agreement_reminder", recipients, {**data, **_agreement_version(state), "days_left": str(days_left),
                                                   "agreement_due_at": state.agreement_due_at.isoformat()}  # fmt: skip
     if event.reminder in ("meeting", "meeting_report") and (meeting := state.next_meeting) is not None:
         template = "meeting_reminder" if event.reminder == "meeting" else "meeting_missed_check"
@@ -266,6 +266,12 @@ def _nudged(event: RelationshipNudged, state: RelationshipState) -> Audience:
     assert event.reminder == "reflection" and state.reflections_due_at is not None and state.closure_reason is not None
     data |= {"reason": state.closure_reason.value, "respond_by": state.reflections_due_at.isoformat()}
     return "reflection_request", recipients, data
+
+
+def _agreement_version(state: RelationshipState) -> dict[str, str]:
+    """The version a reminder to sign is about (none before the first is proposed): its links
+    lead to that version, to sign it or propose changes to it."""
+    return {"agreement_version": str(state.agreement.agreement_version)} if state.agreement is not None else {}
 
 
 def _agenda_recipients(state: RelationshipState) -> tuple[str, ...]:
@@ -306,7 +312,7 @@ _RULES: dict[type, Rule] = {
             for p in _both(s)
             if s.agreement is None or s.party_of(p) not in s.agreement.signed_by
         ),
-        {"days_left": str(e.days_left), "agreement_due_at": e.agreement_due_at.isoformat()},
+        {**_agreement_version(s), "days_left": str(e.days_left), "agreement_due_at": e.agreement_due_at.isoformat()},
     ),
     RelationshipActivated: lambda e, s: (
         "relationship_activated",

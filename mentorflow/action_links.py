@@ -202,11 +202,12 @@ def links_for(template: str, data: Mapping[str, str]) -> tuple[LinkSpec, ...]:
         asked.append(LinkSpec("Accept or decline the match", Purpose.MATCH_ANSWER, data["mentor_id"]))
     elif template == "match_confirmed":
         asked.append(LinkSpec(WRITE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, "0"))
-    elif template in ("agreement_proposed", "agreement_reminder"):
-        version = data.get("agreement_version", "")
+    elif template in ("agreement_proposed", "agreement_reminder") and (version := data.get("agreement_version", "")):
         asked.append(LinkSpec(SIGN_LABEL, Purpose.SIGN_AGREEMENT, version))
-        if version:  # "… or propose changes": to the version the email is about
-            asked.append(LinkSpec(CHANGE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, version))
+        # "… or propose changes": to the version the email is about.
+        asked.append(LinkSpec(CHANGE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, version))
+    elif template == "agreement_reminder":  # nothing proposed yet: there is only something to write
+        asked.append(LinkSpec(WRITE_AGREEMENT_LABEL, Purpose.PROPOSE_AGREEMENT, "0"))
     elif template == "review_completed" and data.get("outcome") == "recalibrate":
         asked.append(LinkSpec(CHANGE_GOAL_LABEL, Purpose.CHANGE_GOAL))
     elif template == "meeting_missed_check" and meeting:

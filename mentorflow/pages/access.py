@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +29,9 @@ from mentorflow.api.problems import ApiProblem
 from mentorflow.pages.views import Reader
 
 CSRF_PURPOSE = "mentorflow page forms v1"
+NONCE_BYTES = 24
+# What `new_nonce` makes: anything else in the cookie is replaced, never echoed into a page.
+_NONCE = re.compile(rf"[A-Za-z0-9_-]{{{(NONCE_BYTES * 4 + 2) // 3}}}")
 ASK_FOR_NEW = "Every new email about your mentoring carries fresh links; your programme coordinator can help too."
 
 
@@ -139,6 +144,16 @@ def csrf_key(context: ApiContext) -> bytes:
 def csrf_field(context: ApiContext, token: str, nonce: str) -> str:
     """The form's CSRF value: bound to the link and to the nonce in the browser's cookie."""
     return hmac.new(csrf_key(context), f"{token}\x00{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(NONCE_BYTES)
+
+
+def kept_nonce(cookie: str | None) -> str | None:
+    """The nonce of the browser's form cookie, when it is one `new_nonce` made: reused, so that
+    opening the link again (another tab, a reload) keeps a form already open valid."""
+    return cookie if cookie is not None and _NONCE.fullmatch(cookie) else None
 
 
 def csrf_cookie_name(token: str) -> str:

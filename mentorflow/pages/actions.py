@@ -11,6 +11,7 @@ command is allowed, as for any other sender.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -169,6 +170,18 @@ def _goal_revision(link: ActionLink, state: RelationshipState, reader: Reader, q
         sections=(Section("The change", columns=columns),),
         forms=(Form("acknowledge", "Acknowledge the change"),),
     )
+
+
+def with_reason(page: Page, link: ActionLink, state: RelationshipState, reader: Reader, rationale: str) -> Page:
+    """The page asking to acknowledge a goal change, with why it was proposed in the proposer's
+    words. The reason is confidential text, kept only in its event (never in the state): the
+    caller reads it from the event store."""
+    pending = state.pending_goal_revisions.get(link.subject)
+    why = tuple(line.strip() for line in rationale.splitlines() if line.strip())
+    if link.purpose is not Purpose.GOAL_REVISION or pending is None or not page.forms or not why:
+        return page
+    reason = Section(f"Why, in {reader.name_of(state.id_of(pending.party))}'s words", paragraphs=why)
+    return replace(page, sections=(*page.sections, reason))
 
 
 def _review(link: ActionLink, state: RelationshipState, reader: Reader, query: Mapping[str, str], now: datetime) -> Page:

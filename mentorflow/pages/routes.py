@@ -1,9 +1,11 @@
 """The pages under /p/: GET and HEAD show, only a POST from a button press acts.
 
 - `GET|HEAD /p/{token}` checks the link (`access.open_link`) and shows its page. It changes
-  nothing anywhere: no command, no audit row, nothing written but a cookie. It sets the
-  form's CSRF cookie (a random nonce, `SameSite=Strict`, `HttpOnly`, one per link) and puts
-  `HMAC(key, token + nonce)` in each form: the standard double submit, bound to the link.
+  nothing anywhere: no command, no audit row, nothing written but a cookie. A GET sets the
+  form's CSRF cookie (a random nonce, `SameSite=Strict`, `HttpOnly`, one per link) unless the
+  browser has one already, which it keeps (a HEAD never sets one): opening the link again, in
+  another tab or from another email, leaves a form already open valid. Each form carries
+  `HMAC(key, token + nonce)`: the standard double submit, bound to the link.
 - `POST /p/{token}` checks the link again, then the CSRF pair, then turns the pressed button
   into the relationship's command (`actions.command_for`) and sends it as the HTTP API does:
   `read_command` validation, the workflow update of the same name, the same refusal codes.
@@ -24,8 +26,8 @@ import base64
 import hashlib
 import json
 import logging
-import secrets
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from importlib import resources
@@ -39,6 +41,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from activities.api_audit import AuditEntry
 from activities.templates import MeetingInvite, calendar_invite
 from events.commands import COMMAND_TYPES, read_command
+from events.model import GoalRevisionProposed
 from events.refusals import Rejection
 from events.relationship_io import CommandResult
 from mentorflow.action_links import ActionLink, Purpose, sign
@@ -52,9 +55,11 @@ from mentorflow.pages.access import (
     csrf_cookie_name,
     csrf_field,
     csrf_valid,
+    kept_nonce,
+    new_nonce,
     open_any,
 )
-from mentorflow.pages.actions import command_for, page_for
+from mentorflow.pages.actions import command_for, page_for, with_reason
 from mentorflow.pages.forms import FormProblem
 from mentorflow.pages.mute import AUDITED, may_mute, mute_choice, mute_done, mute_page
 from mentorflow.pages.views import Page, refilled
@@ -148,16 +153,19 @@ def _refused(context: ApiContext, request: Request, refusal: Refusal) -> HTMLRes
     return _html("message.html", refusal.status, title=refusal.title, message=refusal.message, kind="problem")
 
 
-def _show(context: ApiContext, opened: Opened | OpenedMute, page: Page, problem: str = "",
+def _show(context: ApiContext, request: Request, opened: Opened | OpenedMute, page: Page, problem: str = "",
           status: int | None = None) -> HTMLResponse:  # fmt: skip
-    nonce = secrets.token_urlsafe(24)
+    # The browser's nonce for this link, when it has one: a new one would make every form of
+    # the link already open in that browser (another tab) fail its CSRF check.
+    kept = kept_nonce(request.cookies.get(csrf_cookie_name(opened.token)))
+    nonce = kept or new_nonce()
     downloads = [(label, f"/p/{opened.token}{suffix}") for label, suffix in page.downloads]
     links = [(label, _link_url(context, opened.link, purpose, subject)) for label, purpose, subject in page.links]
     response = _html(
         "page.html", status or page.status, title=page.title, page=page, problem=problem, downloads=downloads, links=links,
         action=f"/p/{opened.token}", csrf=csrf_field(context, opened.token, nonce), **_footer(context, opened),
     )  # fmt: skip
-    if page.forms:
+    if page.forms and kept is None and request.method != "HEAD":
         response.set_cookie(
             csrf_cookie_name(opened.token), nonce, max_age=FORM_COOKIE_SECONDS, path="/p/", httponly=True,
             samesite="strict", secure=_secure(context),
@@ -188,9 +196,20 @@ async def show(request: Request, token: str) -> Response:
     if isinstance(opened := await _opened(request, token, now), Response):
         return opened
     if isinstance(opened, OpenedMute):
-        return _show(context_of(request), opened, mute_page(opened.link.subject, opened.person))
+        return _show(context_of(request), request, opened, mute_page(opened.link.subject, opened.person))
     query = {key: value for key, value in request.query_params.items()}
-    return _show(context_of(request), opened, page_for(opened.link, opened.state, opened.reader, query, now))
+    return _show(context_of(request), request, opened, await _page(context_of(request), opened, query, now))
+
+
+async def _page(context: ApiContext, opened: Opened, query: Mapping[str, str], now: datetime) -> Page:
+    """The link's page. One that asks to acknowledge a goal change says why it was proposed: that
+    is confidential text, which only the event store keeps (decrypted here, for this party)."""
+    page = page_for(opened.link, opened.state, opened.reader, query, now)
+    if opened.link.purpose is not Purpose.GOAL_REVISION or not page.forms:
+        return page
+    events = await context.event_store(decrypting=True).read_stream(opened.link.relationship_id)
+    proposed = (e for e in events if isinstance(e, GoalRevisionProposed) and e.revision_id == opened.link.subject)
+    return with_reason(page, opened.link, opened.state, opened.reader, next((e.rationale for e in proposed), ""))
 
 
 @router.get("/{token}/meeting.ics")
@@ -229,13 +248,13 @@ async def act(request: Request, token: str) -> Response:
                         "did not come from the page, or the page is too old). Nothing was changed: open the link "
                         "again and press the button there.", 403, kind="problem")  # fmt: skip
     if isinstance(opened, OpenedMute):
-        return await _mute(context, opened, form, audit)
+        return await _mute(context, request, opened, form, audit)
     try:
         context.limiter.check(f"link:{link.person_id}")
         message, fields = command_for(link, opened.state, opened.reader, form, now)
     except FormProblem as problem:
-        page = refilled(page_for(link, opened.state, opened.reader, {}, now), form)
-        return _show(context, opened, page, problem=str(problem), status=422 if page.forms else page.status)
+        page = refilled(await _page(context, opened, {}, now), form)
+        return _show(context, request, opened, page, problem=str(problem), status=422 if page.forms else page.status)
     except ApiProblem as problem:
         return _message(context, opened, "Please wait a moment", "Too many presses; nothing was changed.", problem.status)
     content = json.dumps({"message": message, **fields}, sort_keys=True, separators=(",", ":"))
@@ -267,21 +286,22 @@ async def act(request: Request, token: str) -> Response:
     return _message(context, opened, "Done", words, 200)
 
 
-async def _mute(context: ApiContext, opened: OpenedMute, form: dict[str, str], audit: dict[str, Any]) -> Response:
+async def _mute(context: ApiContext, request: Request, opened: OpenedMute, form: dict[str, str],
+                audit: dict[str, Any]) -> Response:  # fmt: skip
     """Stop (or restart) one kind of email for the link's person, in the directory."""
     link, template = opened.link, opened.link.subject
     try:
         context.limiter.check(f"link:{link.person_id}")
         muted = mute_choice(form)
     except FormProblem as problem:
-        return _show(context, opened, mute_page(template, opened.person), problem=str(problem), status=422)
+        return _show(context, request, opened, mute_page(template, opened.person), problem=str(problem), status=422)
     except ApiProblem as problem:
         return _message(context, opened, "Please wait a moment", "Too many presses; nothing was changed.", problem.status)
     choice = "mute" if muted else "unmute"
     audit.update(message=AUDITED[choice], command_id=link.command_id(choice))
     if not may_mute(template):
         await _audit(context, link, audit, "not_allowed", 403)
-        return _show(context, opened, mute_page(template, opened.person))
+        return _show(context, request, opened, mute_page(template, opened.person))
     changed = await context.directory.set_muted(link.person_id, template, muted)
     await _audit(context, link, audit, "applied" if changed else "replay", 200)
     words, again = mute_done(template, muted)

@@ -11,15 +11,19 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from events.commands import COMMAND_TYPES, ProposeGoalRevision, RecordMeeting, SignAgreement
+from events.commands import COMMAND_TYPES, NudgeRelationship, ProposeGoalRevision, RecordMeeting, SignAgreement
+from events.model import GoalRevisionProposed
+from events.notifications import Notification
 from events.people import Participant
 from mentorflow.action_links import ActionLink, LinkMaker, Purpose, links_for, new_link, verify
 from mentorflow.keyring import Keyring
-from mentorflow.pages.actions import CHOICES, command_for, page_for
+from mentorflow.pages.access import kept_nonce, new_nonce
+from mentorflow.pages.actions import CHOICES, command_for, page_for, with_reason
 from mentorflow.pages.forms import FormProblem
-from mentorflow.pages.views import Page, Reader
+from mentorflow.pages.views import Page, Reader, Section
 from tests.support.domain_story import available, window
 from tests.support.relationship_phases import (
+    COORDINATOR,
     MENTEE,
     MENTOR,
     PROGRAMME,
@@ -159,13 +163,23 @@ def test_feedback_takes_a_score_and_a_comment_and_checks_the_score() -> None:
 def test_a_goal_change_is_shown_side_by_side_and_acknowledged() -> None:
     story = active()
     changed = {"goal_id": "g1", "title": "Run two design reviews"}
-    events = story.do(ProposeGoalRevision, MENTOR, goal=changed, rationale="more ambitious")
-    revision_id = events[0].revision_id  # type: ignore[attr-defined]
+    [proposal] = story.do(ProposeGoalRevision, MENTOR, goal=changed, rationale="more ambitious")
+    assert isinstance(proposal, GoalRevisionProposed)
+    revision_id = proposal.revision_id
     link = link_of(story, Purpose.GOAL_REVISION, revision_id)
-    text = words(show(story, link))
+    page = show(story, link)
+    text = words(page)
     assert "Run a design review" in text and "Run two design reviews" in text
+    # Why, in the proposer's words: from the event (the routes read it from the event store).
+    reasoned = with_reason(page, link, story.state, reader(), proposal.rationale)
+    assert reasoned.sections[1:] == (Section("Why, in Grace Mentor's words", paragraphs=("more ambitious",)),)
+    assert "more ambitious" in words(reasoned)
+    assert with_reason(page, link, story.state, reader(), " \n ") == page  # none given: no "why" at all
+    proposer = link_of(story, Purpose.GOAL_REVISION, revision_id, person=MENTOR)
+    assert with_reason(show(story, proposer), proposer, story.state, reader(MENTOR), "more ambitious") == show(story, proposer)
     press(story, link, "acknowledge")
     assert show(story, link).status == 409
+    assert with_reason(show(story, link), link, story.state, reader(), "more ambitious") == show(story, link)
 
 
 def test_a_review_is_a_short_form() -> None:
@@ -448,6 +462,47 @@ def test_the_match_confirmed_email_leads_to_writing_the_agreement() -> None:
     assert show(story, link).forms[0].button == "Propose the agreement"
 
 
+def reminded(story: Relationship, keyring: Keyring, reminder: Notification) -> tuple[list[str], list[ActionLink]]:
+    """The labels and links of what an agreement reminder asks its recipient, as its email carries them."""
+    assert reminder.template == "agreement_reminder"
+    maker = LinkMaker(keyring, "https://mentoring.example.org")
+    asked = maker.paragraphs(reminder.recipient_id, PROGRAMME, STREAM, links_for(reminder.template, reminder.data),
+                             now=story.now)[0].splitlines()[1:]  # fmt: skip
+    return [line.split(": ")[0] for line in asked], [verify(keyring, line.split("/p/")[1], now=story.now) for line in asked]
+
+
+def test_an_agreement_reminder_leads_to_the_version_it_is_about_like_the_agreements_email() -> None:
+    keyring = Keyring.generate("links-3")
+    story = proposed()
+    story.do(SignAgreement, MENTEE, agreement_version=1)
+    assert story.state.agreement_due_at is not None
+    [reminder] = story.notifications_of(story.advance(to=story.state.agreement_due_at - timedelta(days=3)))
+    labels, (sign, change) = reminded(story, keyring, reminder)
+    assert labels == ["Read and sign the agreement", "Propose changes to the agreement"]
+    emailed = next(n for n in story.notifications() if n.template == "agreement_proposed")
+    assert [(link.purpose, link.subject) for link in (sign, change)] == [
+        (spec.purpose, spec.subject) for spec in links_for(emailed.template, emailed.data)[:2]]  # fmt: skip
+    assert (change.person_id, change.purpose, change.subject) == (MENTOR, Purpose.PROPOSE_AGREEMENT, "1")
+    assert show(story, change).forms[0].button == "Propose it as version 2"  # the form, filled in with version 1
+    assert [form.choice for form in show(story, sign).forms] == ["sign:1"]
+    # A coordinator's nudge sends the same reminder, with the same links.
+    story.advance(timedelta(days=1, hours=12))
+    [nudged] = story.notifications_of(story.do(NudgeRelationship, COORDINATOR))
+    assert [(link.purpose, link.subject) for link in reminded(story, keyring, nudged)[1]] == [
+        (Purpose.SIGN_AGREEMENT, "1"), (Purpose.PROPOSE_AGREEMENT, "1")]  # fmt: skip
+
+
+def test_an_agreement_reminder_before_anything_is_proposed_leads_to_writing_it() -> None:
+    keyring = Keyring.generate("links-4")
+    story = agreeing()
+    assert story.state.agreement_due_at is not None
+    reminders = story.notifications_of(story.advance(to=story.state.agreement_due_at - timedelta(days=3)))
+    assert [n.recipient_id for n in reminders] == [MENTEE, MENTOR] and "agreement_version" not in reminders[0].data
+    labels, [write] = reminded(story, keyring, reminders[1])
+    assert labels == ["Write the agreement"] and (write.purpose, write.subject) == (Purpose.PROPOSE_AGREEMENT, "0")
+    assert show(story, write).forms[0].button == "Propose the agreement"
+
+
 def test_a_recalibrating_review_and_my_relationship_lead_to_the_writing_pages() -> None:
     specs = links_for("review_completed", {"kind": "midpoint", "outcome": "recalibrate"})
     assert (specs[0].label, specs[0].purpose) == ("Propose a change to a goal", Purpose.CHANGE_GOAL)
@@ -465,3 +520,10 @@ def test_a_recalibrating_review_and_my_relationship_lead_to_the_writing_pages() 
     story = closing()
     assert show(story, link_of(story, Purpose.CHANGE_GOAL)).status == 409
     assert show(story, link_of(story, Purpose.MY_RELATIONSHIP)).links == ()
+
+
+def test_a_browser_keeps_its_form_nonce_and_anything_else_in_the_cookie_is_replaced() -> None:
+    made = new_nonce()
+    assert kept_nonce(made) == made and new_nonce() != made
+    for wrong in (None, "", "nonce-1", made[:-1], made + "A", made[:-1] + "=", made[:-1] + '"', made[:-1] + "\u00e9"):
+        assert kept_nonce(wrong) is None, wrong

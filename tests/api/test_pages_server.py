@@ -40,6 +40,7 @@ from mentorflow.action_links import Purpose, new_link, sign, verify
 from mentorflow.config import Settings
 from mentorflow.forgetting import TemporalRuns, forget_relationship
 from mentorflow.keyring import Keyring, format_key, generate_key
+from mentorflow.pages.access import csrf_cookie_name
 from tests.support.api_support import COORDINATOR, ApiStack, api_stack
 from tests.support.session import TEST_KEYRING, project_root
 from tests.support.helpers import RecordingChannel
@@ -66,6 +67,12 @@ def client_of(stack: ApiStack, key: str | None = None) -> httpx.AsyncClient:
                                limits=httpx.Limits(max_keepalive_connections=0))  # fmt: skip
     stack._http.append(client)  # closed with the stack
     return client
+
+
+def form_csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found is not None, page
+    return found[1]
 
 
 class Inbox:
@@ -119,9 +126,7 @@ class Inbox:
 
     async def press(self, url: str, page: str, status: int = 200, **form: str) -> str:
         """Press a button on `page`: its form's CSRF value, with the browser's cookie."""
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
-        assert csrf is not None, page
-        answer = await self.browser.post(url.split("?")[0], data={"csrf": csrf[1], **form})
+        answer = await self.browser.post(url.split("?")[0], data={"csrf": form_csrf(page), **form})
         assert answer.status_code == status, answer.text
         return answer.text
 
@@ -239,6 +244,42 @@ async def test_people_answer_their_emails_and_each_press_counts_once(inbox: Inbo
     await scanner_changes_nothing(inbox)
 
 
+async def test_a_form_open_in_a_tab_still_works_after_its_link_is_opened_again(inbox: Inbox) -> None:
+    await inbox.command("propose_match", actor_id=COORDINATOR, mentor_id=MENTOR)
+    links = await inbox.links("ada@example.org", "Mentoring match proposed")
+    url = links["Accept or decline the match"]
+    first = await inbox.browser.get(url)
+    cookie = csrf_cookie_name(url.split("/p/")[1].split("?")[0])
+    assert [c for c in first.headers.get_list("set-cookie") if c.startswith(f"{cookie}=")]
+    old_tab = first.text
+
+    # The same browser opens the link again (another tab, a reload), another link, and a HEAD:
+    # the browser's nonce stays, so the page's CSRF value does too. A HEAD never sets a cookie.
+    again = await inbox.browser.get(url)
+    assert "set-cookie" not in again.headers and form_csrf(again.text) == form_csrf(old_tab)
+    concern = await inbox.browser.get(links["Raise a concern privately"])
+    assert concern.status_code == 200 and cookie not in concern.headers.get("set-cookie", "")
+    assert "set-cookie" not in (await inbox.browser.head(url)).headers
+    assert "set-cookie" not in (await client_of(inbox.stack).head(url)).headers
+
+    # Still refused: no field, another browser's field with this cookie, this field with another's cookie.
+    before = await inbox.snapshot()
+    stranger = client_of(inbox.stack)
+    theirs = form_csrf((await stranger.get(url)).text)
+    assert theirs != form_csrf(old_tab)
+    for browser, form in ((inbox.browser, {}), (inbox.browser, {"csrf": theirs}), (stranger, {"csrf": form_csrf(old_tab)})):
+        refused = await browser.post(url, data={"choice": "accept", **form})
+        assert refused.status_code == 403 and "Please press the button on the page" in refused.text
+    version, events, audit = await inbox.snapshot()
+    assert (version, events) == before[:2] and audit == before[2] + 3
+
+    # The first tab's form: applied, and so is the concern page's, opened in between.
+    assert "You accepted the match" in await inbox.press(url, old_tab, choice="accept")
+    assert "went to the programme coordinators" in await inbox.press(links["Raise a concern privately"], concern.text,
+                                                                      choice="concern", text="Just checking.")  # fmt: skip
+    assert (await inbox.state())["candidate"]["accepted_by"] == ["mentee"]
+
+
 class FormBoxes(HTMLParser):
     """What a browser sends for one form of a page: its inputs (a checkbox or radio button only
     when checked) and text boxes, as filled in."""
@@ -323,7 +364,7 @@ async def change_a_goal(inbox: Inbox, mine: str) -> None:
     assert len(await proposals(inbox, "GoalRevisionProposed")) == 1
     acknowledge = (await inbox.links("grace@example.org", "A goal change to acknowledge"))["Read and acknowledge the change"]
     page = await inbox.open(acknowledge)
-    assert "Run two design reviews" in page
+    assert "Run two design reviews" in page and "Why, in Ada Lovelace&#39;s words" in page and "The first went well" in page
     await inbox.press(acknowledge, page, choice="acknowledge")
     assert (await inbox.state())["goals"]["g1"]["goal"]["title"] == "Run two design reviews"
 

@@ -82,6 +82,9 @@ def test_a_goal_change_takes_effect_only_once_the_other_side_acknowledges_it() -
     revision_id = proposed.revision_id
     assert (proposed.party, proposed.proposed_by, proposed.goal) == ("mentee", MENTEE, revised_goal)
     assert set(story.state.pending_goal_revisions) == {revision_id}
+    # Why stays in its event (confidential text): the page that asks for the acknowledgement
+    # reads it from the event store, never from the state or a notification.
+    assert proposed.rationale == f"{SECRET} I was too timid" and SECRET not in story.state.model_dump_json()
     assert story.state.goals["g1"].goal.title == "Run a design review"  # not yet
 
     assert story.refuse(AcknowledgeGoalRevision, MENTEE, revision_id=revision_id) == (
