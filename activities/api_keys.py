@@ -5,6 +5,11 @@ key is shown once, when it is made, and never again. `verify` finds the row by t
 and compares the keyed hash in constant time; an unknown key id costs the same HMAC, so the
 answer's timing does not tell whether a key id exists.
 
+A store made with `cache_seconds` (the API's, per replica) trusts a key it verified for that
+long without asking PostgreSQL again: a key revoked, or rotated out, elsewhere (the CLI,
+another replica) is refused at most that long after the change; through the same store, at
+once. Expiry is checked on every request, and a key is still compared in constant time.
+
 Rotation without downtime: `rotate` makes a new key with the same name and scopes and lets
 the old one expire after a grace period, so both are valid while the caller switches over.
 """
@@ -14,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +36,8 @@ ROLES: tuple[Role, ...] = ("participants", "coordinators")
 # last_used_at is written at most this often per key: a write per request would cost more
 # than the request.
 LAST_USE_RESOLUTION = timedelta(minutes=1)
+# Verified keys kept per store (least recently used dropped first), so memory stays bounded.
+MAX_CACHED_KEYS = 10_000
 
 _COLUMNS = "key_id, name, programmes, may_act_as, created_at, expires_at, revoked_at, last_used_at, rotated_from"
 
@@ -115,12 +124,25 @@ def _check_scopes(programmes: Sequence[str], may_act_as: Sequence[str]) -> None:
         raise ApiKeyError(f"may act as: {', '.join(unknown)} is not one of {', '.join(ROLES)} (none: read only)")
 
 
+@dataclass
+class _Verified:
+    """A key this store verified: its keyed hash, its record, and when (time.monotonic())
+    PostgreSQL last confirmed it and this store last recorded its use."""
+
+    secret_hash: bytes
+    key: ApiKey
+    confirmed: float
+    use_recorded: float
+
+
 class ApiKeyStore:
-    def __init__(self, pool: asyncpg.Pool, server_secret: bytes):
+    def __init__(self, pool: asyncpg.Pool, server_secret: bytes, *, cache_seconds: float = 0.0):
         if len(server_secret) < 32:
             raise ApiKeyError("the server secret needs at least 32 bytes")
         self._pool = pool
         self._secret = server_secret
+        self._cache_seconds = cache_seconds
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     def _hash(self, presented: str) -> bytes:
         return hmac.new(self._secret, presented.encode(), hashlib.sha256).digest()
@@ -163,6 +185,7 @@ class ApiKeyStore:
 
     async def revoke(self, key_id: str) -> tuple[ApiKey, bool]:
         """Revoke at once; returns the key and whether this call revoked it (False: it already was)."""
+        self._verified.pop(key_id, None)
         row = await self._pool.fetchrow(
             f"UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING {_COLUMNS}",
             key_id,
@@ -179,6 +202,7 @@ class ApiKeyStore:
         (or until its own earlier expiry). Returns (new key, its secret, old key)."""
         if grace < timedelta(0):
             raise ApiKeyError("the grace period cannot be negative")
+        self._verified.pop(key_id, None)
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id)
             if row is None:
@@ -204,17 +228,44 @@ class ApiKeyStore:
         expected = self._hash(presented)  # computed whatever the key id, for even timing
         if key_id is None:
             return None
-        row = await self._pool.fetchrow(f"SELECT {_COLUMNS}, secret_hash FROM api_keys WHERE key_id = $1", key_id)
-        stored = bytes(row["secret_hash"]) if row is not None else hmac.new(b"\x00" * 32, b"", hashlib.sha256).digest()
-        if not hmac.compare_digest(stored, expected) or row is None:
+        now = time.monotonic()
+        known = self._verified.get(key_id)
+        if known is not None and now - known.confirmed < self._cache_seconds and hmac.compare_digest(
+            known.secret_hash, expected
+        ):
+            self._verified.move_to_end(key_id)
+        else:
+            # A wrong secret for a cached key id is looked up too: its answer takes as long as
+            # an unknown key id's, whatever this replica has seen.
+            known = await self._confirm(key_id, expected, now)
+            if known is None:
+                return None
+        if not known.key.valid_at(datetime.now(UTC)):
+            self._verified.pop(key_id, None)
             return None
-        key = _key(row)
-        if not key.valid_at(datetime.now(UTC)):
-            return None
-        if key.last_used_at is None or datetime.now(UTC) - key.last_used_at >= LAST_USE_RESOLUTION:
+        if now - known.use_recorded >= LAST_USE_RESOLUTION.total_seconds():
+            known.use_recorded = now
             await self._pool.execute(
                 """UPDATE api_keys SET last_used_at = now()
                     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < now() - $2::interval)""",
                 key_id, LAST_USE_RESOLUTION,
             )  # fmt: skip
-        return key
+        return known.key
+
+    async def _confirm(self, key_id: str, expected: bytes, now: float) -> _Verified | None:
+        """The key's row, if its keyed hash is `expected` (kept for `cache_seconds`)."""
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS}, secret_hash FROM api_keys WHERE key_id = $1", key_id)
+        stored = bytes(row["secret_hash"]) if row is not None else hmac.new(b"\x00" * 32, b"", hashlib.sha256).digest()
+        if not hmac.compare_digest(stored, expected) or row is None:
+            if row is None:
+                self._verified.pop(key_id, None)
+            return None
+        key = _key(row)
+        # Its last use as stored (by any replica): recorded again once that is a minute old.
+        age = (datetime.now(UTC) - key.last_used_at).total_seconds() if key.last_used_at else float("inf")
+        known = _Verified(stored, key, confirmed=now, use_recorded=now - age)
+        if self._cache_seconds > 0:
+            self._verified[key_id] = known
+            while len(self._verified) > MAX_CACHED_KEYS:
+                self._verified.popitem(last=False)
+        return known

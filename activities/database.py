@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -12,10 +13,21 @@ import asyncpg
 from migrations import apply_migrations
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size)
+async def create_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 10, session_state: bool = True
+) -> asyncpg.Pool:
+    """A pool of connections. `session_state=False` for a process that never sets session
+    state (SET, LISTEN, session advisory locks, held cursors): a connection given back then
+    skips asyncpg's reset query, a round trip on every use (a transaction left open is still
+    rolled back)."""
+    options: dict[str, Any] = {} if session_state else {"reset": _nothing_to_reset}
+    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, **options)
     assert pool is not None
     return pool
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """The reset of a pool whose connections carry no session state (see `create_pool`)."""
 
 
 async def migrate(pool: asyncpg.Pool) -> list[str]:

@@ -26,6 +26,8 @@ import argparse
 import asyncio
 import json
 import os
+import pstats
+import signal
 import statistics
 import sys
 import tempfile
@@ -83,14 +85,18 @@ class Direct:
 class ThroughApi:
     def __init__(self, http: httpx.AsyncClient, programme: str):
         self.http, self.programme = http, programme
+        # Every request sent, starts and warm-up included (the --profile counts are per request).
+        self.requests = 0
 
     async def start(self, relationship: str, mentee: str) -> None:
+        self.requests += 1
         response = await self.http.post(
             "/v1/relationships", json={"programme_id": self.programme, "relationship_id": relationship, "mentee_id": mentee}
         )
         assert response.status_code == 201, response.text
 
     async def send(self, relationship: str, message: str, payload: dict[str, Any]) -> None:
+        self.requests += 1
         response = await self.http.post(f"/v1/relationships/{self.programme}/{relationship}/commands/{message}", json=payload)
         assert response.status_code == 200 and response.json()["applied"], (message, response.text)
 
@@ -187,8 +193,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     log = (work / "processes.log").open("wb")
     worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "mentorflow.cli", "worker", env=env, stdout=log, stderr=log)
+    profiler = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
     api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mentorflow.api.commands", "api", env=env, stdout=log, stderr=log
+        sys.executable, *profiler, "-m", "mentorflow.api.commands", "api", env=env, stdout=log, stderr=log
     )
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "api": []}
     try:
@@ -196,8 +203,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
                                      timeout=60, limits=limits) as http:  # fmt: skip
+            through_api = ThroughApi(http, programme)
             senders: dict[str, Direct | ThroughApi] = {"direct": Direct(client, task_queue, programme),
-                                                        "api": ThroughApi(http, programme)}  # fmt: skip
+                                                        "api": through_api}  # fmt: skip
             processes = {"api": api.pid, "worker": worker.pid}
             progress("warming up")
             for sender in senders.values():
@@ -212,12 +220,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                              f"worker {result['worker_cpu_ms_per_command']:.2f} ms")  # fmt: skip
     finally:
         for process in (api, worker):
-            process.terminate()
+            # uvicorn raises the signal again once it has stopped: SIGTERM would end the
+            # process before cProfile writes its stats; SIGINT ends it with KeyboardInterrupt.
+            process.send_signal(signal.SIGINT if process is api and args.profile else signal.SIGTERM)
             await process.wait()
         log.close()
         await pool.close()
         await env_server.shutdown()
         pg.cleanup()
+    profile = api_profile(args.profile, through_api.requests) if args.profile else {}
     metrics = ("commands_per_s", "p50_ms", "p99_ms", "api_cpu_ms_per_command", "worker_cpu_ms_per_command")
     medians = {
         name: {metric: statistics.median(run[metric] for run in results) for metric in metrics}
@@ -234,6 +245,34 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         },
         # The API process's own CPU time per command through it (median of the api runs).
         "api_cpu_ms_per_command": medians["api"]["api_cpu_ms_per_command"],
+        **profile,
+    }
+
+
+# asyncpg's own Python functions that run once per round trip to PostgreSQL (its protocol is
+# compiled, out of cProfile's sight): a statement (execute with arguments, fetch…, executemany)
+# enters the connection's exclusive section once; a connection given back to the pool is reset
+# with one plain query.
+POSTGRES_ROUND_TRIPS = {"statements": ("asyncpg/connection.py", "__enter__"),
+                        "resets": ("asyncpg/connection.py", "get_reset_query")}  # fmt: skip
+
+
+def api_profile(path: Path, requests: int) -> dict[str, Any]:
+    """From the API process's cProfile stats: its PostgreSQL round trips per request (the
+    whole life of the process, its start's few queries included)."""
+    stats = pstats.Stats(str(path))
+    entries: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    counts = {
+        what: sum(calls for (file, _, function), (_, calls, *_) in entries.items()
+                  if file.endswith(module) and function == name)
+        for what, (module, name) in POSTGRES_ROUND_TRIPS.items()
+    }  # fmt: skip
+    per_request = {what: count / requests for what, count in counts.items()}
+    progress(f"API process, {requests} requests; per request: " + ", ".join(f"{v:.2f} {k}" for k, v in per_request.items()))
+    return {
+        "api_requests": requests,
+        "api_postgres_per_request": per_request,
+        "api_postgres_round_trips_per_request": per_request["statements"] + per_request["resets"],
     }
 
 
@@ -243,6 +282,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--introductions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="run the API process under cProfile (slower), write its stats to FILE and report its "
+                        "PostgreSQL round trips per request")  # fmt: skip
     from mentorflow.client import run_and_exit
 
     async def entry() -> None:

@@ -76,7 +76,7 @@ class ApiContext:
             api=api,
             client=client,
             pool=pool,
-            keys=ApiKeyStore(pool, api.key_secret_bytes()),
+            keys=ApiKeyStore(pool, api.key_secret_bytes(), cache_seconds=api.key_cache_seconds),
             tokens=TokenVerifier(api) if api.tokens_enabled else None,
             limiter=RateLimiter(api.rate_limit, api.rate_burst),
             failures=RateLimiter(max(api.rate_limit, 5.0), max(api.rate_burst, 20)),
@@ -271,7 +271,8 @@ async def _context_from_env(api: ApiSettings) -> tuple[ApiContext, Any]:
         data_converter=converter_for(settings, sends_commands=True, keyring=keyring),
         tls=settings.temporal_tls(),
     )
-    pool = await create_pool(settings.require_database_url(), max_size=20)
+    # Nothing the API runs sets session state: its connections skip the reset query.
+    pool = await create_pool(settings.require_database_url(), max_size=20, session_state=False)
     await migrate(pool)
     context = ApiContext.build(settings, api, client, pool, keyring)
 

@@ -181,7 +181,7 @@ def list_keys(as_json: JsonOption = False) -> None:
 
 @api_keys_app.command("revoke")
 def revoke_key(key_id: Annotated[str, typer.Argument(help="The key id (see `api-keys list`).")], as_json: JsonOption = False) -> None:
-    """Revoke a key at once."""
+    """Revoke a key: running API replicas refuse it within MENTORFLOW_API_KEY_CACHE_SECONDS (5 s)."""
     key, changed = _with_keys(lambda store: store.revoke(key_id))
     if as_json:
         print(json.dumps({**key.to_json(datetime.now(UTC)), "changed": changed}))

@@ -23,6 +23,9 @@ class ApiSettings(BaseModel):
     # directly or as a file (a mounted secret). Needed to serve and to create keys.
     key_secret: SecretStr | None = None
     key_secret_file: Path | None = None
+    # How long a replica trusts a key it verified without asking PostgreSQL again: the bound
+    # on how late a key revoked or rotated out elsewhere is refused. 0: asked on every request.
+    key_cache_seconds: float = Field(default=5, ge=0, le=60)
     # Single sign-on: people's bearer tokens (JWTs) are verified against this JWKS (a URL
     # or a file), must come from this issuer for this audience, and name the person's
     # participant id in this claim. Without a JWKS only API keys are accepted.

@@ -56,7 +56,9 @@ def refusal_of(error: WorkflowUpdateFailedError) -> ApiProblem:
 async def bounded(call: Awaitable[T], timeout: float, what: str) -> T:
     """`call`'s answer, or the problem it amounts to: 503 after `timeout` seconds."""
     try:
-        return await asyncio.wait_for(call, timeout)
+        # asyncio.timeout, not wait_for: no task of its own per call.
+        async with asyncio.timeout(timeout):
+            return await call
     except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         raise unavailable(f"{what} did not answer within {timeout:g} s; send the same request again later") from None
     except WorkflowUpdateFailedError as error:

@@ -385,7 +385,14 @@ async def test_key_rotation_keeps_both_keys_valid_until_the_grace_ends(stack: Ap
     assert new_record.rotated_from == key_id and old_record.expires_at is not None
     for credential in (old, new):
         assert (await stack.http(credential).get(f"/v1/programmes/{stack.programme}")).status_code == 200
+    # Rotated out by another process (here another store, as `mentorflow api-keys` would):
+    # refused once the replica's trust in the key it verified runs out (key_cache_seconds).
     await stack.store.rotate(new_record.key_id, grace=timedelta(0))
+    loop = asyncio.get_running_loop()
+    rotated_at, bound = loop.time(), stack.context.api.key_cache_seconds
+    while (await stack.http(new).get(f"/v1/programmes/{stack.programme}")).status_code == 200:
+        assert loop.time() - rotated_at < bound + 1, "a rotated-out key was still accepted past the bound"
+        await asyncio.sleep(0.2)
     assert (await stack.http(new).get(f"/v1/programmes/{stack.programme}")).status_code == 401
     assert (await stack.store.get(key_id)).last_used_at is not None  # type: ignore[union-attr]
 

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -57,6 +58,69 @@ async def test_revocation_expiry_and_rotation(pool: asyncpg.Pool) -> None:
     assert await store.verify(soon) is None
     statuses = {k.name: k.status(datetime.now(UTC)) for k in await store.list()}
     assert statuses["temporary"] == "expired"
+
+
+async def test_a_revoked_key_is_refused_within_the_cache_bound_and_its_use_recorded(pool: asyncpg.Pool) -> None:
+    # The API's store trusts a key it verified for cache_seconds; a revocation made elsewhere
+    # (the CLI, another replica: another store) is seen once that runs out.
+    bound = 0.5
+    counted = CountingPool(pool)
+    api = ApiKeyStore(counted, SECRET, cache_seconds=bound)
+    elsewhere = ApiKeyStore(pool, SECRET)
+    key, presented = await elsewhere.create("cached", ["p"], ["participants"])
+    assert await api.verify(presented) == key
+    assert (await elsewhere.get(key.key_id)).last_used_at is not None  # type: ignore[union-attr]
+    # Within the bound, the cache answers: not one query. A wrong secret is refused after the
+    # same lookup as an unknown key id's (no timing tells what the cache holds).
+    asked = counted.asked
+    for _ in range(5):
+        assert await api.verify(presented) is not None
+    assert counted.asked == asked
+    assert await api.verify(presented[:-1] + ("A" if presented[-1] != "A" else "B")) is None
+    assert counted.asked == asked + 1
+    assert await api.verify(presented) is not None and counted.asked == asked + 1
+    revoked_at = asyncio.get_running_loop().time()
+    await elsewhere.revoke(key.key_id)
+    while await api.verify(presented) is not None:
+        assert asyncio.get_running_loop().time() - revoked_at < bound + 0.2, "accepted past the bound"
+        await asyncio.sleep(0.05)
+    assert await api.verify(presented) is None
+    # Through the same store a revocation is seen at once.
+    key, presented = await api.create("cached-2", ["p"], ["participants"])
+    assert await api.verify(presented) is not None
+    await api.revoke(key.key_id)
+    assert await api.verify(presented) is None
+    # An expiry is checked on every request, cached or not.
+    _, soon = await api.create("brief", ["p"], [], expires_at=datetime.now(UTC) + timedelta(seconds=0.3))
+    api = ApiKeyStore(pool, SECRET, cache_seconds=60)
+    assert await api.verify(soon) is not None
+    await asyncio.sleep(0.4)
+    assert await api.verify(soon) is None
+
+
+async def test_last_use_is_written_again_a_minute_later_through_the_cache(pool: asyncpg.Pool) -> None:
+    store = ApiKeyStore(pool, SECRET, cache_seconds=60)
+    key, presented = await store.create("in-use", ["p"], [])
+    assert await store.verify(presented) is not None
+    first = (await store.get(key.key_id)).last_used_at  # type: ignore[union-attr]
+    assert first is not None
+    await pool.execute("UPDATE api_keys SET last_used_at = now() - interval '2 minutes' WHERE key_id = $1", key.key_id)
+    assert await store.verify(presented) is not None  # cached, and used less than a minute ago here
+    assert (await store.get(key.key_id)).last_used_at < first  # type: ignore[union-attr,operator]
+    store._verified[key.key_id].use_recorded -= 61  # a minute on, as this store sees it
+    assert await store.verify(presented) is not None  # still cached: the use is written again
+    assert (await store.get(key.key_id)).last_used_at >= first  # type: ignore[union-attr,operator]
+
+
+class CountingPool:
+    """A pool that counts what is asked of it (each query or connection)."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool, self.asked = pool, 0
+
+    def __getattr__(self, name: str) -> Any:
+        self.asked += 1
+        return getattr(self.pool, name)
 
 
 async def run_cli(*arguments: str, env: dict[str, str]) -> tuple[int, str, str]:

@@ -32,7 +32,7 @@ class AuditPaging:
     limit: int
 
 
-def audit_paging(
+async def audit_paging(  # async: a plain `def` dependency would run in FastAPI's thread pool
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> AuditPaging:
     return AuditPaging(before, limit)

@@ -373,7 +373,8 @@ class CommandTarget:
     idempotency_key: str | None
 
 
-def command_target(programme_id: str, relationship_id: str, idempotency_key: IdempotencyKey = None) -> CommandTarget:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request.
+async def command_target(programme_id: str, relationship_id: str, idempotency_key: IdempotencyKey = None) -> CommandTarget:
     return CommandTarget(programme_id, relationship_id, idempotency_key)
 
 
