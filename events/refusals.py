@@ -14,8 +14,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from events.frozen import Frozen
 from events.sensitivity import NotConfidential
 
 
@@ -53,19 +54,15 @@ REFUSAL_CODES: dict[RefusalCode, str] = {
 }
 
 
-class FieldProblem(BaseModel):
+class FieldProblem(Frozen):
     """One problem with one field of a payload: where (a dotted path) and what is wrong."""
-
-    model_config = ConfigDict(frozen=True)
 
     field: NotConfidential
     message: NotConfidential
 
 
-class Rejection(BaseModel):
+class Rejection(Frozen):
     """Why a command is not allowed now; `reason` is shown to the sender as is."""
-
-    model_config = ConfigDict(frozen=True)
 
     code: RefusalCode
     reason: NotConfidential

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
+from events.frozen import Frozen
 from events.model import AnyEvent, Event
 from events.notifications import Notification
 
@@ -60,14 +61,12 @@ class ConcurrencyConflict(Exception):
 STREAM_OWNED_BY_ANOTHER = "StreamOwnedByAnother"
 
 
-class StreamOwner(BaseModel):
+class StreamOwner(Frozen):
     """Who a stream belongs to: the one relationship workflow that may read and append to it.
 
     Recorded by the stream's first append (migrations/0008_stream_owners.sql) and checked on
     every append and every read made for a workflow. A workflow passes its own
     `workflow.info().workflow_id` and the programme it was started for."""
-
-    model_config = ConfigDict(frozen=True)
 
     programme_id: str = Field(min_length=1)
     workflow_id: str = Field(min_length=1)
@@ -87,10 +86,8 @@ class StreamOwnedByAnother(Exception):
         self.stream_id, self.refused, self.owner = stream_id, refused, owner
 
 
-class AppendRequest(BaseModel):
+class AppendRequest(Frozen):
     """What the workflow hands to the append activity: one batch for one stream."""
-
-    model_config = ConfigDict(frozen=True)
 
     stream_id: str
     expected_version: int
@@ -100,19 +97,15 @@ class AppendRequest(BaseModel):
     owner: StreamOwner
 
 
-class AppendAndNotifyRequest(BaseModel):
+class AppendAndNotifyRequest(Frozen):
     """One batch to store and, once it is stored, the notifications it causes: one local
     activity (one marker in history, one round trip through the worker) instead of two."""
-
-    model_config = ConfigDict(frozen=True)
 
     append: AppendRequest
     notifications: list[Notification]
 
 
-class AppendAndNotifyResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class AppendAndNotifyResult(Frozen):
     notifications_sent: int
     # Something could not be sent at once (a channel down or slow): the workflow hands the
     # notifications to an activity that retries with backoff; the delivery log keeps what
@@ -120,19 +113,15 @@ class AppendAndNotifyResult(BaseModel):
     notifications_pending: bool
 
 
-class ReadStreamRequest(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class ReadStreamRequest(Frozen):
     stream_id: str
     after_version: int = 0
     # The reading workflow: refused unless the stream is this owner's (or has no events).
     owner: StreamOwner
 
 
-class StoredEvent(BaseModel):
+class StoredEvent(Frozen):
     """An event as read back from the store, with its global position."""
-
-    model_config = ConfigDict(frozen=True)
 
     position: int
     event: AnyEvent
