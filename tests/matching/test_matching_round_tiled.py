@@ -192,11 +192,16 @@ async def test_a_round_above_the_threshold_is_solved_tiled_and_proposed(
             "mentee_id": "e-2", "allowed": 0, "mentors": 3,
             "excluded": {"rule 'one or two grades above'": 3, "rule 'other organisation'": 1},
         }]  # fmt: skip
-        # Each pair's relationship got its proposal; closed again, so that nothing is left running.
+        # Each pair's relationship got its proposal. All are read before any is awaited: the
+        # time-skipping server skips time while a result is awaited, and a proposal still open
+        # would expire and be followed by the pool's.
         events = PostgresEventStore(pool, keyring=TEST_KEYRING)
         for row in rows:
             stream = await events.read_stream(row["relationship_id"])
             assert [e.mentor_id for e in stream if isinstance(e, MatchProposed)] == [row["mentor_id"]]
-            handle = env.client.get_workflow_handle(relationship_workflow_id(programme, row["relationship_id"]))
+        # Closed again, so that nothing is left running.
+        handles = [env.client.get_workflow_handle(relationship_workflow_id(programme, row["relationship_id"])) for row in rows]
+        for row, handle in zip(rows, handles, strict=True):
             await handle.execute_update("close_relationship", {"command_id": f"close-{row['mentor_id']}", "actor_id": "e-1"})
+        for handle in handles:
             await handle.result()
