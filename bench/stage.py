@@ -268,7 +268,17 @@ async def worker_on_dev_server(
 
     async with dev_server(directory) as (address, server):
         env = base_settings(base_env, address, task_queue) | (settings or {})
-        client = await connect(address, NAMESPACE, data_converter=converter_for(Settings.from_env(env), sends_commands=True))
+        converter = converter_for(Settings.from_env(env), sends_commands=True)
+        # The port accepts connections a moment before the frontend is healthy.
+        for attempt in range(60):
+            try:
+                client = await connect(address, NAMESPACE, data_converter=converter)
+                break
+            except RuntimeError as error:
+                if "not healthy" not in str(error) or attempt == 59:
+                    raise
+                server.check_alive()
+                await asyncio.sleep(0.5)
         stage = Stage(client, server, spawn(name, command, env, directory / log), env)
         try:
             await wait_for_poller(client, task_queue, stage.worker, its_own=its_own)
