@@ -450,9 +450,6 @@ def _held(held: Sequence[_Job], total: int, sent: int, now: datetime) -> Applica
 # SMTP answers that say "too much at once, try later" (RFC 5321 4.2.5, 4.5.3.1.10): providers
 # throttle with them.
 THROTTLED_CODES = frozenset({421, 450, 451, 452})
-# The retrying activity's backoff (workflows/calls.py NOTIFY_RETRY), repeated here for the
-# throttled case below: first retry after 5 s, doubling, at most 10 minutes.
-THROTTLE_FIRST_RETRY, THROTTLE_MAX_RETRY = timedelta(seconds=5), timedelta(minutes=10)
 
 
 def _throttled(error: BaseException) -> bool:
@@ -467,12 +464,16 @@ def _throttle_delay(left: Sequence[_Job]) -> timedelta | None:
     in the same second comes back in the same second (Temporal adds no jitter), the server
     takes its rate's worth and throttles the rest again, and a burst (a whole programme's
     Monday reminders) drains in ever longer waves with the server idle in between
-    (bench/storm.py, bench/README.md). None otherwise: the retry policy's own backoff. A
-    local first try does not wait (it hands over to the retrying activity)."""
-    if not any(job.throttled for job in left) or not activity.in_activity() or activity.info().is_local:
+    (bench/storm.py, bench/README.md). The backoff is the one this activity runs under
+    (`activity.info().retry_policy`: workflows/calls.py NOTIFY_RETRY). None otherwise: the
+    retry policy's own backoff, as when the server did not send the policy. A local first
+    try does not wait (it hands over to the retrying activity)."""
+    info = activity.info() if any(job.throttled for job in left) and activity.in_activity() else None
+    if info is None or info.is_local or (policy := info.retry_policy) is None:
         return None
-    attempt = max(1, activity.info().attempt)
-    base = min(THROTTLE_FIRST_RETRY.total_seconds() * 2 ** (attempt - 1), THROTTLE_MAX_RETRY.total_seconds())
+    first = policy.initial_interval.total_seconds()  # Temporal's default maximum: 100 times it
+    longest = policy.maximum_interval.total_seconds() if policy.maximum_interval else 100 * first
+    base = min(first * policy.backoff_coefficient ** (max(1, info.attempt) - 1), longest)
     return timedelta(seconds=base * random.uniform(0.5, 1.5))
 
 

@@ -104,6 +104,14 @@ async def answering(stage: str, code: int) -> AsyncIterator[SmtpServer]:
         await server.stop()
 
 
+def retrying() -> ActivityEnvironment:
+    """An environment whose activity runs as the retrying `send_notifications` does: under
+    NOTIFY_RETRY, which a worker reads from the server (`activity.info().retry_policy`)."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, retry_policy=NOTIFY_RETRY)
+    return env
+
+
 @pytest.mark.parametrize(
     ("stage", "code"),
     [("MAIL", 421), ("RCPT", 450), ("RCPT", 452), ("DATA", 451), ("DATA", 421), ("MAIL", 451), ("DATA", 452)],
@@ -114,7 +122,7 @@ async def test_an_smtp_4xx_is_retried_and_then_sent_once(pool: asyncpg.Pool, sta
         acts = email_activities(pool, server.port, [ada])
         batch = [closed(ada)]
         with pytest.raises(ApplicationError) as caught:
-            await ActivityEnvironment().run(acts.send_notifications, batch)
+            await retrying().run(acts.send_notifications, batch)
         assert caught.value.type == "NotificationsPending" and not caught.value.non_retryable
         assert str(code) in caught.value.message and "example.org" not in caught.value.message
         # Throttled: the first retry's 5 s, spread over 2.5 to 7.5 s.
@@ -137,7 +145,7 @@ async def test_throttled_retries_spread_around_the_backoff_and_other_failures_ke
     await server.start()
     ada = person(1)
     acts = email_activities(pool, server.port, [ada])
-    env = ActivityEnvironment()
+    env = retrying()
     delays = []
     try:
         for attempt in (1, 4, 12):
@@ -156,7 +164,7 @@ async def test_throttled_retries_spread_around_the_backoff_and_other_failures_ke
     # A server that is down is not throttling: the retry policy's own backoff applies.
     down = email_activities(pool, free_port(), [ada])
     with pytest.raises(ApplicationError) as caught:
-        await ActivityEnvironment().run(down.send_notifications, [closed(ada)])
+        await retrying().run(down.send_notifications, [closed(ada)])
     assert caught.value.type == "NotificationsPending" and caught.value.next_retry_delay is None
 
 
