@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from events.commands import AgreementTerms, Confidentiality, Goal, Milestone
 from events.goals import MAX_GOALS
@@ -46,8 +46,21 @@ from mentorflow.pages.views import (
 )
 
 Command = tuple[str, dict[str, Any]]
-LONGEST = {"title": 500, "measure": 1000, "milestone": 500, "objective": 4000, "early_exit_plan": 4000}
-MAX_NOTICE_HOURS = 24 * 14
+
+
+def _bound(model: type[BaseModel], field: str, kind: str = "max_length") -> int:
+    """A limit the command's model sets on `field` (its `max_length`, or `le`): the form names
+    the same limits in plain words before the model would refuse the command."""
+    limits = (getattr(item, kind, None) for item in model.model_fields[field].metadata)
+    return int(next(value for value in limits if value is not None))
+
+
+LONGEST = {
+    "title": _bound(Goal, "title"), "measure": _bound(Goal, "measure"), "milestone": _bound(Milestone, "title"),
+    "objective": _bound(AgreementTerms, "objective"), "early_exit_plan": _bound(AgreementTerms, "early_exit_plan"),
+}  # fmt: skip
+MAX_MILESTONES = _bound(Goal, "milestones")
+MAX_NOTICE_HOURS = _bound(AgreementTerms, "cancellation_notice_hours", "le")
 _DEFAULTS = AgreementTerms.model_fields
 
 
@@ -90,8 +103,8 @@ def read_goal(form: Mapping[str, str], prefix: str, label: str, goal_id: str, be
     if len(title) > LONGEST["title"] or len(measure) > LONGEST["measure"]:
         problems.add(f"{label}: please keep the goal under {LONGEST['title']} characters and how it is measured "
                      f"under {LONGEST['measure']}.")  # fmt: skip
-    if len(lines) > 20 or any(len(line) > LONGEST["milestone"] for line in lines):
-        problems.add(f"{label}: at most 20 milestones, each under {LONGEST['milestone']} characters.")
+    if len(lines) > MAX_MILESTONES or any(len(line) > LONGEST["milestone"] for line in lines):
+        problems.add(f"{label}: at most {MAX_MILESTONES} milestones, each under {LONGEST['milestone']} characters.")
     ids = [m.milestone_id for m in before.milestones] if before else []
     while len(ids) < len(lines):
         ids.append(_fresh(set(ids), "m"))
