@@ -51,7 +51,7 @@ def start_round(
 ) -> None:
     """Start a programme's matching round (the MatchingRound workflow); prints its workflow id."""
     from activities.matching import round_workflow_id
-    from workflows.matching_round import MatchingRound, MatchingRoundInput, MatchingRoundResult
+    from workflows.matching_round import MatchingRound, MatchingRoundInput
 
     try:
         round_input = MatchingRoundInput(programme_id=programme, round_id=round_id, coordinator_id=coordinator,
