@@ -8,7 +8,7 @@ and the server's CPU per command (bench/README.md, the load section). This activ
 both in one, in the same order: the notifications go out only once the events are stored.
 
 Notifications must never hold the relationship up (DOMAIN.md): a channel that fails or takes
-longer than `notify_within` does not fail this activity (whose retries would store the batch
+longer than `notify_within` (0: no try here at all) does not fail this activity (whose retries would store the batch
 again and again); the result says something is still to be sent, and the workflow hands the
 notifications to the `send_notifications` activity, which retries with backoff. The delivery
 log keeps what already went out from going out again.
@@ -48,6 +48,8 @@ class StoreAndNotifyActivities:
         # A conflict or an invalid batch raises as `append_events` does: nothing was stored,
         # so nothing is sent.
         await self._store.append_events(request.append)
+        if not self._notify_within:  # no first try here: the retrying activity sends them all
+            return AppendAndNotifyResult(notifications_sent=0, notifications_pending=bool(request.notifications))
         try:
             async with asyncio.timeout(self._notify_within):
                 sent = await self._notifications.send_notifications(request.notifications)

@@ -4,7 +4,7 @@ activity, against a real PostgreSQL and a real SMTP server on loopback."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -54,7 +54,9 @@ def proposal(stream_id: str) -> tuple[AppendRequest, AppendRequest, list[Notific
     return first, second, notifications
 
 
-def together(pool: asyncpg.Pool, smtp_port: int) -> tuple[StoreAndNotifyActivities, PostgresEventStore]:
+def together(
+    pool: asyncpg.Pool, smtp_port: int, **options: timedelta
+) -> tuple[StoreAndNotifyActivities, PostgresEventStore]:
     store = PostgresEventStore(pool)
     channel = EmailChannel(
         SmtpConfig(host="127.0.0.1", port=smtp_port, sender="Mentoring <m@example.org>", security="none", timeout=5)
@@ -62,7 +64,7 @@ def together(pool: asyncpg.Pool, smtp_port: int) -> tuple[StoreAndNotifyActiviti
     notifications = NotificationActivities(
         deliveries=PostgresDeliveryLog(pool), contacts=StaticContacts(PEOPLE), channels=[channel]
     )
-    return StoreAndNotifyActivities(EventStoreActivities(store), notifications), store
+    return StoreAndNotifyActivities(EventStoreActivities(store), notifications, **options), store
 
 
 async def run(activities: StoreAndNotifyActivities, request: AppendAndNotifyRequest) -> AppendAndNotifyResult:
@@ -102,6 +104,32 @@ async def test_a_channel_that_fails_leaves_the_batch_stored_and_the_notification
     # What the workflow then does: the retrying activity, once the server is back, sends each once.
     retrying, _ = together(pool, smtp_server.port)
     sent = await ActivityEnvironment().run(retrying._notifications.send_notifications, notifications)
+    assert sent == 2 and len(smtp_server.inbox.messages) == 2
+
+
+async def test_with_no_first_try_it_stores_the_batch_and_leaves_every_notification_to_the_retries(
+    pool: asyncpg.Pool, smtp_server: SmtpServer
+) -> None:
+    # MENTORFLOW_NOTIFY_FIRST_TRY_SECONDS=0: nothing is sent inside the workflow task.
+    activities, store = together(pool, smtp_server.port, notify_within=timedelta(0))
+    first, second, notifications = proposal("rel-4")
+    await activities._store.append_events(first)
+    real, tried = activities._notifications, []
+
+    class Watched:  # not even begun: a try cut short at once could still claim a delivery
+        async def send_notifications(self, notifications: list[Notification]) -> int:
+            tried.append(notifications)
+            return await real.send_notifications(notifications)
+
+    activities._notifications = Watched()  # type: ignore[assignment]
+    result = await run(activities, AppendAndNotifyRequest(append=second, notifications=notifications))
+
+    assert result == AppendAndNotifyResult(notifications_sent=0, notifications_pending=True)
+    assert tried == []
+    assert len(await store.read_stream("rel-4")) == len(first.events + second.events)
+    assert smtp_server.inbox.messages == []
+    assert await pool.fetchval("SELECT count(*) FROM notification_deliveries") == 0
+    sent = await ActivityEnvironment().run(real.send_notifications, notifications)
     assert sent == 2 and len(smtp_server.inbox.messages) == 2
 
 
