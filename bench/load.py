@@ -1,6 +1,6 @@
 """Load: N relationships at once on the dev server, against Temporal's own ceiling.
 
-For each of two contestants, on a fresh `temporal server start-dev` (its own database file)
+For each contestant, on a fresh `temporal server start-dev` (its own database file)
 with the worker in a separate process:
 
 - **ours**: `mentorflow worker` (the production command, with the encrypting converter and
@@ -9,10 +9,13 @@ with the worker in a separate process:
   updates and signals: propose_match (update), accept_match by the mentee (signal), by the
   mentor (update), propose_agreement (signal), sign_agreement by the mentee (update), by the
   mentor (signal), then record_meeting (update, signal, …);
-- **ceiling**: a trivial workflow (`LoadCeiling`, below) that only counts what it receives,
-  served by a worker process of the same kind (same SDK, same converter and keys), driven
-  with exactly the same messages (names, payloads, signal/update order) at the same
-  concurrency: what this machine's Temporal can do with no work in the workflow.
+- **ceiling**: a trivial workflow (`LoadCeiling`, bench/load_ceilings.py) that only counts
+  what it receives, served by a worker process of the same kind (same SDK, same converter
+  and keys), driven with exactly the same messages (names, payloads, signal/update order)
+  at the same concurrency: what this machine's Temporal can do with no work in the
+  workflow. `--with-upserting-ceiling` and `--with-storing-ceiling` add the ceilings that
+  also upsert a search attribute, and also store each message before answering (that
+  module says what each does).
 
 `--concurrency` drivers each take a relationship, start it and send its commands one after
 the other, then take the next one. Command-to-state latency: for an update, from the call
@@ -31,31 +34,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
+import types
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from temporalio import workflow
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client
-from temporalio.common import RawValue, SearchAttributeKey
 
+from bench.load_ceilings import serve_ceiling
 from bench.stage import (
-    command_line, cpu_seconds, memory_mb, progress, scratch_database, serve_ceiling_worker, worker_command,
-    worker_on_dev_server,
+    command_line, cpu_seconds, memory_mb, progress, scratch_database, worker_command, worker_on_dev_server,
 )
 
 # The programme every bench relationship belongs to: created in the database before the
 # drive (a relationship takes its rules from its programme and refuses to start without one).
 PROGRAMME = "load"
-# workflows.search_attributes.MEETINGS_HELD, spelt out: this module holds a workflow and
-# imports as little of the project as it can.
-MEETINGS_HELD = SearchAttributeKey.for_int("MeetingsHeld")
 # The agreement every bench relationship signs (bench/api.py and bench/history_cost.py too).
 AGREEMENT = {
     "objective": "Become confident leading technical design",
@@ -64,56 +64,6 @@ AGREEMENT = {
     "meeting_minutes": 60,
     "term_months": 12,
 }
-
-
-# -- the ceiling: a workflow that only counts --------------------------------------------------
-
-
-@workflow.defn(name="LoadCeiling", sandboxed=False)
-class LoadCeiling:
-    """Accepts every signal and update by any name and counts them; never ends by itself."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @workflow.run
-    async def run(self, _input: Any) -> int:
-        await workflow.wait_condition(lambda: False)
-        return self.count
-
-    @workflow.signal(dynamic=True)
-    def any_signal(self, _name: str, _args: Sequence[RawValue]) -> None:
-        self._received()
-
-    @workflow.update(dynamic=True)
-    def any_update(self, _name: str, _args: Sequence[RawValue]) -> int:
-        self._received()
-        return self.count
-
-    @workflow.query(name="count")
-    def count_query(self) -> int:
-        return self.count
-
-    def _received(self) -> None:
-        self.count += 1
-
-
-@workflow.defn(name="LoadCeilingUpserting", sandboxed=False)
-class LoadCeilingUpserting(LoadCeiling):
-    """The ceiling plus one search-attribute upsert (MeetingsHeld = the count) per message:
-    what that one workflow command costs on this server (`--with-upserting-ceiling`)."""
-
-    @workflow.run
-    async def run(self, _input: Any) -> int:
-        return await super().run(_input)
-
-    def _received(self) -> None:
-        super()._received()
-        workflow.upsert_search_attributes([MEETINGS_HELD.value_set(self.count)])
-
-
-async def serve_ceiling() -> None:
-    await serve_ceiling_worker([LoadCeiling, LoadCeilingUpserting])
 
 
 # -- what the database costs --------------------------------------------------------------------
@@ -306,6 +256,10 @@ class Ceiling(Contestant):
 
 class UpsertingCeiling(Ceiling):
     name, workflow_type = "ceiling_upserting", "LoadCeilingUpserting"
+
+
+class StoringCeiling(Ceiling):
+    name, workflow_type = "ceiling_storing", "LoadCeilingStoring"
 
 
 async def drive(
@@ -523,20 +477,53 @@ async def ceiling_lost(client: Client, tally: Tally) -> dict[str, int]:
     return {"commands_without_event": missing, "commands_rejected": 0}
 
 
-async def create_programme(database_url: str) -> None:
-    """The programme `load` with the settings the relationships are started with."""
+async def create_programme(database_url: str, people: int = 0) -> None:
+    """The programme `load` with the settings the relationships are started with; with
+    `people`, the mentees and mentors of that many relationships and the coordinator in the
+    directory with email addresses (`--mail-delay`: their notifications go out by SMTP)."""
     from activities.database import create_pool, migrate
     from activities.directory import Directory
-    from events.people import Programme
+    from events.people import Participant, Programme
     from events.settings import ProgrammeSettings
 
     pool = await create_pool(database_url, max_size=2)
     try:
         await migrate(pool)
         settings = ProgrammeSettings(coordinator_ids=("coord-1",))
-        await Directory(pool).create_or_update_programme(Programme(programme_id=PROGRAMME, name="Load", settings=settings))
+        directory = Directory(pool)
+        await directory.create_or_update_programme(Programme(programme_id=PROGRAMME, name="Load", settings=settings))
+        ids = ["coord-1", *(f"{role}-{index}" for index in range(people) for role in ("mentee", "mentor"))]
+        if people:  # in UTC, so inside the default delivery window while the bench runs by day
+            await directory.upsert_participants(
+                [Participant(participant_id=pid, display_name=pid, email=f"{pid}@example.org", timezone="UTC") for pid in ids]
+            )
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def slow_mail_server(delay: float | None) -> AsyncIterator[tuple[dict[str, str], Any]]:
+    """`--mail-delay`: an SMTP server on loopback that takes `delay` seconds to accept each
+    message, and ours' mail settings for it; with None, no server and no settings."""
+    if delay is None:
+        yield {}, None
+        return
+    from bench.storm import sink_settings, timed_sink
+
+    sink = timed_sink()
+    accept = type(sink.inbox).handle_DATA
+
+    async def slowly(inbox: Any, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(delay)
+        answer: str = await accept(inbox, server, session, envelope)
+        return answer
+
+    sink.inbox.handle_DATA = types.MethodType(slowly, sink.inbox)
+    await sink.start()
+    try:
+        yield sink_settings(sink), sink
+    finally:
+        await sink.stop()
 
 
 async def main(argv: list[str]) -> dict[str, Any]:
@@ -548,7 +535,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
         "--poll-ms", type=float, default=5, help="first query interval while waiting for a signal, doubling to 100 (5)"
     )
     parser.add_argument("--poll-max-ms", type=float, default=100, help="longest query interval (100)")
-    parser.add_argument("--only", choices=("ours", "ceiling", "ceiling_upserting"), help="run one contestant")
+    parser.add_argument(
+        "--only", choices=("ours", "ceiling", "ceiling_upserting", "ceiling_storing"), help="run one contestant"
+    )
     parser.add_argument(
         "--ours-variants",
         help="ours' worker settings, e.g. 'workflow_task_slots=100;workflow_task_slots=10,sticky_schedule_to_start_seconds=30':"
@@ -559,15 +548,27 @@ async def main(argv: list[str]) -> dict[str, Any]:
         action="store_true",
         help="also run the ceiling with one search-attribute upsert per message (what an upsert costs)",
     )
+    parser.add_argument(
+        "--with-storing-ceiling",
+        action="store_true",
+        help="also run the upserting ceiling that stores each message in PostgreSQL before counting it",
+    )
+    parser.add_argument(
+        "--mail-delay",
+        type=float,
+        help="people get email, through an SMTP server on loopback that takes this many seconds per message",
+    )
     args = parser.parse_args(argv)
+    optional = {UpsertingCeiling: args.with_upserting_ceiling, StoringCeiling: args.with_storing_ceiling}
 
-    async with scratch_database("load") as (scratch, base_env):
-        await create_programme(base_env["MENTORFLOW_DATABASE_URL"])
+    async with scratch_database("load") as (scratch, base_env), slow_mail_server(args.mail_delay) as (mail, sink):
+        await create_programme(base_env["MENTORFLOW_DATABASE_URL"], args.relationships if sink else 0)
+        base_env.update(mail)  # only ours' worker reads them
         result: dict[str, Any] = {}
-        for contestant in (Ceiling, UpsertingCeiling, Ours):
+        for contestant in (Ceiling, UpsertingCeiling, StoringCeiling, Ours):
             if args.only and contestant.name != args.only:
                 continue
-            if contestant is UpsertingCeiling and not (args.with_upserting_ceiling or args.only == contestant.name):
+            if not optional.get(contestant, True) and args.only != contestant.name:
                 continue
             if contestant is Ours and args.ours_variants:
                 # Ours once per variant, each on a fresh server: "ours" is the first one.
@@ -576,11 +577,16 @@ async def main(argv: list[str]) -> dict[str, Any]:
                     key = "ours" if position == 0 else f"ours_{position + 1}"
                     progress(f"{key}: starting a fresh dev server and worker with {settings}")
                     env = {**base_env, **{f"MENTORFLOW_{name.upper()}": value for name, value in settings.items()}}
+                    arrived = len(sink.inbox.arrived) if sink else 0
                     result[key] = await run_contestant(contestant, args, env, scratch, label=key)
                     result[key]["settings"] = settings
+                    if sink:
+                        result[key]["emails_arrived"] = len(sink.inbox.arrived) - arrived
                 continue
             progress(f"{contestant.name}: starting a fresh dev server and worker")
             result[contestant.name] = await run_contestant(contestant, args, base_env, scratch)
+            if sink and contestant is Ours:
+                result[contestant.name]["emails_arrived"] = len(sink.inbox.arrived)
     ours, ceiling = result.get("ours"), result.get("ceiling")
     if ours and ceiling and ours["commands_per_s"] and ceiling["commands_per_s"]:
         result["throughput_ratio"] = round(ours["commands_per_s"] / ceiling["commands_per_s"], 3)
@@ -595,21 +601,11 @@ async def main(argv: list[str]) -> dict[str, Any]:
         upserting = result.get("ceiling_upserting")
         if upserting and upserting["commands_per_s"]:
             result["upserting_ceiling_throughput_ratio"] = round(upserting["commands_per_s"] / ceiling["commands_per_s"], 3)
-        # Issue #16's goals, against the ceiling that upserts once per message, per run of ours.
-        result["against_the_upserting_ceiling"] = {
-            key: {
-                "settings": figures.get("settings"),
-                "throughput_ratio": round(figures["commands_per_s"] / upserting["commands_per_s"], 3),
-                "p99_ratio": round(figures["latency_ms"]["p99"] / upserting["latency_ms"]["p99"], 2),
-                "signal_p99_ratio": round(figures["latency_ms"]["signal_p99"] / upserting["latency_ms"]["signal_p99"], 2),
-                "worker_cpu_ratio_to_ceiling": round(
-                    figures["worker_cpu_ms_per_command"] / ceiling["worker_cpu_ms_per_command"], 2
-                ),
-                "timed_out_workflow_tasks": figures["timed_out_workflow_tasks"],
-            }
-            for key, figures in result.items()
-            if key.startswith("ours") and upserting and upserting["commands_per_s"] and figures["commands_per_s"]
-        }
+        # Issue #16's goals, against the ceiling that upserts once per message, per run of ours;
+        # and the same ratios against the ceiling that also stores each message before answering.
+        for name in ("upserting", "storing"):
+            if reference := result.get(f"ceiling_{name}"):
+                result[f"against_the_{name}_ceiling"] = against(result, reference, ceiling)
         result["goal_met"] = (
             result["throughput_ratio"] >= 0.7
             and result["p99_ratio"] < 2
@@ -618,13 +614,36 @@ async def main(argv: list[str]) -> dict[str, Any]:
             and ours["commands_rejected"] == 0
             and ours["errors"] == 0
         )
-    result.update({name: getattr(args, name) for name in ("relationships", "meetings", "concurrency", "poll_ms", "poll_max_ms")})
+    result.update(
+        {name: getattr(args, name) for name in ("relationships", "meetings", "concurrency", "poll_ms", "poll_max_ms", "mail_delay")}
+    )
     return result
+
+
+def against(result: dict[str, Any], reference: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
+    """Each run of ours over `reference` (a ceiling that does more than count): issue #16's ratios."""
+    if not reference["commands_per_s"]:
+        return {}
+    return {
+        key: {
+            "settings": figures.get("settings"),
+            "throughput_ratio": round(figures["commands_per_s"] / reference["commands_per_s"], 3),
+            "p99_ratio": round(figures["latency_ms"]["p99"] / reference["latency_ms"]["p99"], 2),
+            "signal_p99_ratio": round(figures["latency_ms"]["signal_p99"] / reference["latency_ms"]["signal_p99"], 2),
+            "worker_cpu_ratio": round(figures["worker_cpu_ms_per_command"] / reference["worker_cpu_ms_per_command"], 2),
+            "worker_cpu_ratio_to_ceiling": round(
+                figures["worker_cpu_ms_per_command"] / ceiling["worker_cpu_ms_per_command"], 2
+            ),
+            "timed_out_workflow_tasks": figures["timed_out_workflow_tasks"],
+        }
+        for key, figures in result.items()
+        if key.startswith("ours") and figures["commands_per_s"]
+    }
 
 
 def report(outcome: dict[str, Any]) -> None:
     """Each contestant's figures in one line on stderr."""
-    for name in ("ceiling", "ceiling_upserting", *(key for key in outcome if key.startswith("ours"))):
+    for name in ("ceiling", "ceiling_upserting", "ceiling_storing", *(key for key in outcome if key.startswith("ours"))):
         if name in outcome and isinstance(outcome[name], dict) and "commands_per_s" in outcome[name]:
             figures = outcome[name]
             progress(
