@@ -8,9 +8,10 @@ relationship exists.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_serializer
 
@@ -53,8 +54,35 @@ def joined(parties: tuple[Party, ...], party: Party) -> tuple[Party, ...]:
     return tuple(sorted({*parties, party}))
 
 
+# pydantic gives every model a set of the fields it was given (`model_fields_set`, read only
+# by `exclude_unset`): a set per applied command and per past meeting, about half of a
+# relationship's state in memory, where only a handful of different sets ever occur. The
+# state's models share one set per content instead; pydantic copies a set before it changes
+# one, and a frozen model never changes its own. At most this many are kept.
+_FIELDS_SETS_KEPT = 4096
+_fields_sets: dict[frozenset[str], set[str]] = {}
+
+
+def _share_fields_set(model: BaseModel) -> None:
+    given = model.__pydantic_fields_set__
+    shared = _fields_sets.get(frozenset(given))
+    if shared is None:
+        if len(_fields_sets) >= _FIELDS_SETS_KEPT:
+            return
+        shared = _fields_sets.setdefault(frozenset(given), given)
+    object.__setattr__(model, "__pydantic_fields_set__", shared)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def model_post_init(self, context: Any, /) -> None:
+        _share_fields_set(self)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        _share_fields_set(copied)
+        return copied
 
 
 class MatchCandidate(_Frozen):

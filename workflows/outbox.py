@@ -94,10 +94,16 @@ class Outbox:
                 await self._adopt_stored_events()
                 continue
             self._stored_version = last
-            self._stored_state = fold(batch, self._stored_state)
             del self._outbox[: len(batch)]
             del self._notifications[: len(notifications)]
-            if not self._outbox:
+            if self._outbox:  # decided while the batch was being stored: not in the store yet
+                self._stored_state = fold(batch, self._stored_state)
+            else:
+                # Everything decided is stored, so the store's state is the workflow's: the
+                # same object rather than an equal copy folded again, which every cached run
+                # would hold on to (issue #16). States are never changed in place (`_apply`
+                # replaces `_state`), so this one stays the store's as later events arrive.
+                self._stored_state = self._state
                 self._redo.clear()
             if together:
                 self._deliveries.send(notifications, notified, tried_with_the_append=outcome)

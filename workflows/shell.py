@@ -35,7 +35,8 @@ class RelationshipShell(Protocol):
     # The events decided but not stored yet, and the notifications they cause.
     _outbox: list[AnyEvent]
     _notifications: list[Notification]
-    # The store's version and state: what a conflict is resolved from.
+    # The store's version and state: what a conflict is resolved from. With the outbox
+    # empty, the state is `_state` itself (Outbox._flush).
     _stored_version: int
     _stored_state: RelationshipState | None
     # The commands behind the events not yet stored, to decide again after a conflict.
