@@ -74,7 +74,7 @@ def build_worker(
         store, notifications, notify_within=timedelta(seconds=settings.notify_first_try_seconds)
     )
     directory = DirectoryActivities(Directory(pool), trust_start_settings=settings.trust_start_settings)
-    matching = MatchingActivities(pool, client, task_queue)
+    matching = MatchingActivities(pool, client, task_queue, tiled_above_pairs=settings.round_tiled_above_pairs)
     return Worker(
         worker_client(client, settings),
         task_queue=task_queue,

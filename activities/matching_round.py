@@ -109,16 +109,14 @@ async def _heartbeating(every: float = 5) -> AsyncIterator[None]:
 class RoundActivities:
     """The round's activities; `client` and `task_queue` are where rounds start relationships."""
 
-    # Pairs above which `solve_round` scores and solves tile by tile (pairing/round_solver.py).
-    tiled_above_pairs = TILED_ABOVE_PAIRS
-
     def __init__(
         self, pool: asyncpg.Pool, client: Client | None = None, task_queue: str | None = None,
         *, keyring: Keyring | None = None, tiled_above_pairs: int | None = None,
     ) -> None:  # fmt: skip
         self._pool = pool
-        if tiled_above_pairs is not None:
-            self.tiled_above_pairs = tiled_above_pairs
+        # Pairs above which `solve_round` scores and solves tile by tile (pairing/round_solver.py);
+        # the worker passes MENTORFLOW_ROUND_TILED_ABOVE_PAIRS.
+        self.tiled_above_pairs = TILED_ABOVE_PAIRS if tiled_above_pairs is None else tiled_above_pairs
         self._client = client
         self._task_queue = task_queue
         # The keys of confidential profile attributes: given, else the client's payload keys.

@@ -110,6 +110,10 @@ class Settings(BaseModel):
     # task time out, nor hold the relationship's next commands up. 0: no first try inside the
     # task; every notification goes to that activity (bench/README.md measures both).
     notify_first_try_seconds: float = Field(default=4, ge=0, le=8)
+    # Pairs (mentees × mentors) above which a matching round scores and solves its cohort a
+    # few mentee rows at a time instead of in one score matrix (pairing/round_solver.py).
+    # Unset: the default measured there (`TILED_ABOVE_PAIRS`); 0: every round tiled.
+    round_tiled_above_pairs: int | None = Field(default=None, ge=0)
 
     # Email notifications over SMTP; without a host they are written to the log instead.
     smtp_host: str | None = None

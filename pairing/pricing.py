@@ -9,23 +9,22 @@ ever holds more than a few tiles.
 1. Candidates, in one pass over every pair: each mentee's best `mentee_candidates` (5)
    mentors (plus its quota − 1) and each mentor's best `mentor_candidates_per_slot` (10)
    × capacity mentees (a running threshold per mentor: a tile keeps only pairs above it).
-   Long mentor lists are what keep the first pricing pass short: in a cohort where most
-   mentees want the same few mentors, their prices depend on mentees far down everyone's
-   own lists.
+   Long mentor lists are what keep the first graph close to the optimum: in a cohort where
+   most mentees want the same few mentors, their prices depend on mentees far down
+   everyone's own lists.
 2. The min-cost flow of `pairing.solver` on the candidate arcs, and its dual prices u
    (mentees), v (mentors), shortest-path potentials of the residual graph, both ≥ 0.
-3. `certify`, a pass over every pair that knows nothing of how the solution was found: the
-   pairs are feasible, and the dual bound Σ qᵢuᵢ + Σ cⱼvⱼ + Σ max(0, w'ᵢⱼ − uᵢ − vⱼ) over
-   every allowed pair equals the solution's total Σ w'ᵢⱼ. The bound is the objective of
-   the dual of the assignment LP (mentee quotas, mentor capacities, each pair at most once),
-   so no assignment can score more: equality proves the solution optimal. The pairs with
-   a positive term that the solution does not use are the violations.
-4. While there are violations, add each mentee's and mentor's worst few to the candidate
-   arcs, with the pairs within `near_fraction` of the highest score of a violation (the
-   prices move when the graph grows: they would be the next pass's violations), and go
-   to 2. Every violation lies outside the candidate graph (inside it the potentials leave
-   none), so this ends; on the benchmark's cohorts after one pricing pass and the
-   certifying one.
+3. `pairing.certificate.certify`, a pass over every pair that knows nothing of how the
+   solution was found (see there). If it proves the solution optimal, done: two passes.
+4. Otherwise add the pairs it lists (each mentee's largest excesses, those within
+   `near_fraction` of the highest score of a violation included: the prices move when the
+   graph grows, and they would be the next violations) and solve again, the potentials
+   starting from the last ones so that they move as little as the new arcs allow. Then
+   `certify(base=…)` proves the new solution from that pass's record, walking again only the
+   mentees whose bound the moved prices break — unless those are more than a third of
+   them: then a whole `certify` again, the record of the next rounds. Every violation lies
+   outside the graph (inside it the potentials leave none), so this ends; on the
+   benchmark's cohorts the uniform ones after two passes, the popular ones after three.
 
 For `max_matched` every pair weighs w + K with K = min(Σ quotas, Σ capacities) × (the
 highest score) + 1, as in `pairing.solver`; the certificate checks K against the highest
@@ -36,28 +35,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
 
 import numpy as np
 
+from pairing.certificate import Certificate, PairSource, Rows, certify, quotas_of, rows_to_walk_again, scan
 from pairing.settings import Objective
-from pairing.solver import Assignment, SolverError, SolveStats, _flow, _most_violated, _potentials
+from pairing.solver import Assignment, SolverError, SolveStats, _flow, _potentials
 
-T = TypeVar("T")
-
-# Pairs held per tile: rows × mentors (a tile of int32 and its int64 work arrays stay in
-# a few MB).
-_TILE_PAIRS = 1 << 19
-
-
-class PairSource(Protocol):
-    @property
-    def shape(self) -> tuple[int, int]: ...
-
-    def tile(self, rows: slice) -> np.ndarray: ...
+__all__ = ["Certificate", "MatrixSource", "PairSource", "TiledSolution", "candidates", "certify", "scan", "solve_tiled"]
 
 
 class MatrixSource:
@@ -67,36 +53,8 @@ class MatrixSource:
         self.scores = np.asarray(scores)
         self.shape = self.scores.shape
 
-    def tile(self, rows: slice) -> np.ndarray:
+    def tile(self, rows: Rows) -> np.ndarray:
         return self.scores[rows].astype(np.int32)
-
-
-def scan(source: PairSource, work: Callable[[slice, np.ndarray], T], workers: int = 2) -> Iterator[T]:
-    """`work(rows, tile)` on every tile of the source, in order, `workers` tiles at a time
-    (numpy releases the GIL in the heavy operations)."""
-    n, m = source.shape
-    if n == 0 or m == 0:
-        return
-    step = max(1, _TILE_PAIRS // m)
-    tiles = [slice(start, min(n, start + step)) for start in range(0, n, step)]
-    if workers <= 1 or len(tiles) <= 1:
-        yield from (work(rows, source.tile(rows)) for rows in tiles)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # A window of submitted tiles, so that memory stays bounded.
-        pending = [pool.submit(lambda rows: work(rows, source.tile(rows)), rows) for rows in tiles[: 2 * workers]]
-        for k in range(len(tiles)):
-            result = pending.pop(0).result()
-            if k + 2 * workers < len(tiles):
-                pending.append(pool.submit(lambda rows: work(rows, source.tile(rows)), tiles[k + 2 * workers]))
-            yield result
-
-
-def _quotas(quotas: np.ndarray | list[int] | None, n: int, m: int) -> np.ndarray:
-    wanted = np.ones(n, dtype=np.int64) if quotas is None else np.asarray(quotas, dtype=np.int64)
-    if wanted.shape != (n,) or (wanted < 0).any():
-        raise ValueError("one non-negative quota per mentee")
-    return np.minimum(wanted, m)
 
 
 # -- 1. candidates ---------------------------------------------------------------------------
@@ -126,7 +84,8 @@ def candidates(
     dead = np.flatnonzero(caps == 0)
     idle = quotas == 0
 
-    def work(rows: slice, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+    def work(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+        rows = slice(int(ids[0]), int(ids[-1]) + 1)
         if idle[rows].any():
             scores[idle[rows]] = -1
         if len(dead):
@@ -135,17 +94,20 @@ def candidates(
         ceiling = np.iinfo(scores.dtype).max
         row_bar = np.full(len(scores), ceiling, dtype=scores.dtype)
         if k > 0:
-            # The k-th best of a sample of columns is at most a row's k-th best: keep what
-            # reaches it (a few times k per row), then the k best of those. (A partition of
-            # the whole tile is slow: scores have many ties.)
-            sample = scores[:, :: max(1, m // max(64 * k, 2048))]
-            at = sample.shape[1] - min(k, sample.shape[1])
-            row_bar = np.maximum(np.partition(sample, at, axis=1)[:, at], threshold).astype(scores.dtype)
+            # The k-th best of the maxima of `blocks` column blocks is at most a row's k-th best
+            # (each is a different pair of the row): keep what reaches it (a few more than k
+            # per row), then the k best of those. One pass of maxima, where a partition of the
+            # row would be slow (scores have many ties).
+            blocks = min(m, max(64, 4 * k))
+            width = m // blocks
+            maxima = scores[:, : blocks * width].reshape(len(scores), blocks, width).max(axis=2)
+            at = blocks - min(k, blocks)
+            row_bar = np.maximum(np.partition(maxima, at, axis=1)[:, at], threshold).astype(scores.dtype)
         with lock:
             column_bar = np.minimum(bar, ceiling).astype(scores.dtype)
         keep = scores >= row_bar[:, None]
         keep |= scores >= column_bar[None, :]
-        ci, cj = np.nonzero(keep)
+        ci, cj = np.divmod(np.flatnonzero(keep), m)
         cw = scores[ci, cj]
         by_row = cw >= row_bar[ci]
         ri, rj, rw = ci[by_row], cj[by_row], cw[by_row]
@@ -158,7 +120,9 @@ def candidates(
 
     def compact() -> None:
         i, j, w = (np.concatenate(x) for x in (pool.i, pool.j, pool.w))
-        order = np.lexsort((-w, j))
+        # By mentor, best first: one sort of a packed key (points are int32), three times
+        # faster than a lexsort of the two.
+        order = np.argsort((j.astype(np.int64) << 32) | (2**31 - 1 - w.astype(np.int64)), kind="stable")
         i, j, w = i[order], j[order], w[order]
         rank = np.arange(len(j)) - np.searchsorted(j, j, side="left")
         kept = rank < wanted[j]
@@ -190,143 +154,6 @@ def candidates(
     return keys // m, keys % m, w[keep][first], top
 
 
-# -- 3. the certificate ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """The check of a solution against every pair: valid iff `problems` is empty and the
-    dual bound equals the solution's total (in weights w' = w + bonus)."""
-
-    primal: int
-    dual: int
-    bonus: int
-    pairs_checked: int
-    problems: tuple[str, ...]
-    # Unused allowed pairs with w' > uᵢ + vⱼ − near: mentee, mentor, points, excess (a few per mentee).
-    violations: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-    seconds: float = 0.0
-
-    @property
-    def valid(self) -> bool:
-        return not self.problems and self.primal == self.dual
-
-
-def certify(
-    source: PairSource,
-    capacities: np.ndarray | list[int],
-    objective: Objective,
-    mentees: np.ndarray,
-    mentors: np.ndarray,
-    u: np.ndarray,
-    v: np.ndarray,
-    *,
-    quotas: np.ndarray | list[int] | None = None,
-    bonus: int = 0,
-    workers: int = 2,
-    violations_per_mentee: int = 4,
-    near: int = 1,
-) -> Certificate:
-    """Check that the pairs (`mentees[k]`, `mentors[k]`) are an optimal assignment of every
-    pair of `source`, with dual prices `u`, `v`: independent of how either was found.
-    `violations` lists unused pairs whose excess w' − uᵢ − vⱼ is above −`near` (1: the
-    violations proper; more: also those close to one, for a solver to add), at most
-    `violations_per_mentee` per mentee, the largest first."""
-    started = time.perf_counter()
-    n, m = source.shape
-    caps = np.asarray(capacities, dtype=np.int64)
-    q = _quotas(quotas, n, m)
-    u, v = np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64)
-    order = np.lexsort((mentors, mentees))
-    pi, pj = np.asarray(mentees, dtype=np.int64)[order], np.asarray(mentors, dtype=np.int64)[order]
-    problems = []
-    threshold = 0 if objective == "max_matched" else 1
-    if len(pi) and ((pi < 0).any() or (pi >= n).any() or (pj < 0).any() or (pj >= m).any()):
-        return Certificate(0, 0, bonus, 0, ("a pair is outside the cohort",), _no_violations())
-    keys = pi * m + pj
-    if len(np.unique(keys)) != len(keys):
-        problems.append("a pair is used twice")
-    if (np.bincount(pj, minlength=m) > caps).any():
-        problems.append("a mentor is over capacity")
-    if (np.bincount(pi, minlength=n) > q).any():
-        problems.append("a mentee is over quota")
-    if (u < 0).any() or (v < 0).any() or u.shape != (n,) or v.shape != (m,):
-        problems.append("dual prices must be one non-negative number per mentee and per mentor")
-        return Certificate(0, 0, bonus, 0, tuple(problems), _no_violations())
-    if objective == "max_matched" and bonus < 1:
-        problems.append("max_matched needs a bonus above any assignment's total")
-    narrow = objective == "max_total" and int(u.max(initial=0)) + int(v.max(initial=0)) < 2**30
-    v_narrow = v.astype(np.int32) if narrow else v
-    limit = u - bonus  # reduced value: w + bonus − u − v = w − limit − v
-    dead = np.flatnonzero(caps == 0)
-
-    def work(rows: slice, scores: np.ndarray) -> tuple[int, int, int, int, bool, tuple[np.ndarray, ...]]:
-        live = q[rows] > 0
-        if len(dead):
-            scores[:, dead] = -1  # a mentor without capacity takes no pair (checked above)
-        first, last = np.searchsorted(pi, [rows.start, rows.stop])
-        ui, uj = pi[first:last], pj[first:last]
-        used_points = scores[ui - rows.start, uj].astype(np.int64)
-        bad_pair = bool((used_points < threshold).any()) or bool((~live[ui - rows.start]).any())
-        # The used pairs' terms (above 0 only where a quota above one meets the x ≤ 1 bound).
-        gap = int(np.maximum(used_points - limit[ui] - v[uj], 0).sum())
-        if narrow:
-            excess = np.subtract(scores, v_narrow[None, :])
-        else:
-            excess = scores.astype(np.int64) - v[None, :]
-        # Not allowed (below the threshold) and used pairs are left out of the rest:
-        # (max_total: a pair below the threshold has w ≤ 0 ≤ u + v, never above 0.)
-        if not narrow:
-            np.putmask(excess, scores < threshold, np.iinfo(excess.dtype).min // 2)
-        excess[ui - rows.start, uj] = np.iinfo(excess.dtype).min // 2
-        # A row's best excess over its price; a mentee without quota takes no pair.
-        row_best = excess.max(axis=1).astype(np.int64) - limit[rows]
-        hot = np.flatnonzero((row_best > -near) & live)
-        found = _no_violations()
-        if len(hot):
-            sub = excess[hot].astype(np.int64) - limit[rows][hot][:, None]
-            gap += int(sub[sub > 0].sum())
-            hi, hj = np.nonzero(sub > -near)
-            he = sub[hi, hj]
-            hi = hot[hi]
-            allowed = scores[hi, hj] >= threshold
-            hi, hj, he = hi[allowed], hj[allowed], he[allowed]
-            order = np.lexsort((-he, hi))
-            hi, hj, he = hi[order], hj[order], he[order]
-            few = (np.arange(len(hi)) - np.searchsorted(hi, hi, side="left")) < violations_per_mentee
-            hi, hj, he = hi[few], hj[few], he[few]
-            found = (hi + rows.start, hj, scores[hi, hj].astype(np.int64), he)
-        top = int(scores.max(axis=1)[live].max(initial=-1))
-        return int(used_points.sum()) + bonus * len(ui), gap, top, len(ui), bad_pair, found
-
-    primal = gap_total = seen = 0
-    top = -1
-    parts: list[tuple[np.ndarray, ...]] = []
-    bad = False
-    for points, gap, best, count, bad_pair, found in scan(source, work, workers):
-        primal += points
-        gap_total += gap
-        top = max(top, best)
-        seen += count
-        bad |= bad_pair
-        if len(found[0]):
-            parts.append(found)
-    if bad:
-        problems.append("a pair is not allowed (or its mentee has no quota)")
-    if seen != len(pi):
-        problems.append("a pair is outside the cohort")
-    if objective == "max_matched" and bonus <= min(int(q.sum()), int(caps.sum())) * max(top, 0):
-        problems.append("the bonus does not outweigh every assignment's total")
-    dual = int((q * u).sum()) + int((caps * v).sum()) + gap_total
-    violations = tuple(np.concatenate([p[k] for p in parts]) for k in range(4)) if parts else _no_violations()
-    return Certificate(primal, dual, bonus, n * m, tuple(problems), violations, time.perf_counter() - started)  # type: ignore[arg-type]
-
-
-def _no_violations() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    empty = np.zeros(0, dtype=np.int64)
-    return empty, empty, empty, empty
-
-
 # -- 2 and 4: solve, price, repeat -----------------------------------------------------------
 
 
@@ -339,6 +166,14 @@ class TiledSolution:
     candidate_seconds: float
     solve_seconds: float
     certify_seconds: float
+    # Walks over every pair: the candidate pass and each full `certify`.
+    passes: int = 0
+    # Processor seconds (every thread) of the same three parts.
+    candidate_cpu: float = 0.0
+    solve_cpu: float = 0.0
+    certify_cpu: float = 0.0
+    # Mentees walked again by `certify(base=…)`, over all its rounds.
+    rows_rescanned: int = 0
 
 
 def solve_tiled(
@@ -351,48 +186,64 @@ def solve_tiled(
     mentor_candidates_per_slot: int = 10,
     max_rounds: int = 50,
     workers: int = 2,
-    near_fraction: float = 0.02,
+    near_fraction: float = 0.05,
+    listed_per_mentee: int = 16,
 ) -> TiledSolution:
     """The optimal assignment of every pair of `source`, with the certificate that proves it."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     n, m = source.shape
     caps = np.asarray(capacities, dtype=np.int64)
     if caps.shape != (m,) or (caps < 0).any():
         raise ValueError("one non-negative capacity per mentor")
-    q = _quotas(quotas, n, m)
+    q = quotas_of(quotas, n, m)
     threshold = 0 if objective == "max_matched" else 1
     ei, ej, ew, top = candidates(source, caps, q, threshold, mentee_candidates, mentor_candidates_per_slot, workers)
     bonus = min(int(q.sum()), int(caps.sum())) * max(top, 0) + 1 if objective == "max_matched" else 0
-    candidate_seconds = time.perf_counter() - started
-    # Pairs within this much of a violation are added with the violations: the prices move
-    # when the graph grows, and they would be the next pass's violations.
+    candidate_seconds, candidate_cpu = time.perf_counter() - started, time.process_time() - cpu
+    solve_cpu = certify_cpu = 0.0
+    # Pairs within this much of a violation are listed (and added) with the violations: the
+    # prices move when the graph grows, and they would be the next pass's violations. The
+    # more a pass lists, the fewer rows the next round walks again, and the larger its flow
+    # and memory: 5 % and 16 a mentee took the popular cohort of 50,000 × 12,500 from three
+    # passes to two (2 % and 8: three; 8 % and 24: two, 1.3 times the arcs; bench/README.md).
     near = max(1, int(near_fraction * max(top, 0)))
-    initial, added, solve_seconds, certify_seconds = len(ei), 0, 0.0, 0.0
+    initial, added, solve_seconds, certify_seconds, passes, rescanned = len(ei), 0, 0.0, 0.0, 1, 0
+    base: Certificate | None = None
+    start: tuple[np.ndarray, np.ndarray] | None = None
+    options = {"quotas": q, "workers": workers, "violations_per_mentee": listed_per_mentee, "near": near}
     for round_number in range(1, max_rounds + 1):
-        solving = time.perf_counter()
+        solving, cpu = time.perf_counter(), time.process_time()
         used = _flow(caps, q, ei, ej, ew + bonus)
-        u, v = _potentials(caps, q, ei, ej, ew + bonus, used)
+        # Warm: the prices that move least from the last full pass's, which `certify(base=…)` needs.
+        start = _potentials(caps, q, ei, ej, ew + bonus, used, start)
         # Only a mentee with quota left over (a mentor with room) can come out below 0:
         # raising it to 0 keeps uᵢ + vⱼ ≥ w'ᵢⱼ wherever it held, and an unused quota's price
         # must be 0 for the bound to meet the total anyway.
-        u, v = np.maximum(u, 0), np.maximum(v, 0)
+        u, v = np.maximum(start[0], 0), np.maximum(start[1], 0)
         solve_seconds += time.perf_counter() - solving
-        certificate = certify(source, caps, objective, ei[used], ej[used], u, v, quotas=q, bonus=bonus, workers=workers,
-                              near=near)  # fmt: skip
+        solve_cpu, cpu = solve_cpu + time.process_time() - cpu, time.process_time()
+        certificate = None
+        # Most rows to walk again: a full pass costs about as much, and bounds later rounds better.
+        if base is not None and rows_to_walk_again(base, q, ei[used], ej[used], u, v) <= n // 3:
+            certificate = certify(source, caps, objective, ei[used], ej[used], u, v, bonus=bonus, base=base, **options)  # type: ignore[arg-type]
+            rescanned += certificate.rows_rescanned
+        if certificate is None:
+            certificate = certify(source, caps, objective, ei[used], ej[used], u, v, bonus=bonus, **options)  # type: ignore[arg-type]
+            base, passes = certificate, passes + 1
         certify_seconds += certificate.seconds
+        certify_cpu += time.process_time() - cpu
         if certificate.valid:
             stats = SolveStats(initial, round_number, added, False, time.perf_counter() - started)
             pi, pj = ei[used], ej[used]
             total = certificate.primal - bonus * len(pi)
-            return TiledSolution(Assignment(pi, pj, total, stats), certificate, u, v,
-                                 candidate_seconds, solve_seconds, certify_seconds)  # fmt: skip
+            return TiledSolution(Assignment(pi, pj, total, stats), certificate, u, v, candidate_seconds, solve_seconds,
+                                 certify_seconds, passes, candidate_cpu, solve_cpu, certify_cpu, rescanned)  # fmt: skip
         vi, vj, vw, excess = certificate.violations
         if certificate.problems or not (excess > 0).any():
             raise SolverError(f"the solution did not certify: {', '.join(certificate.problems) or 'dual bound above it'}")
-        chosen = _most_violated(vi, vj, excess.astype(np.float64), caps, q, mentor_candidates_per_slot)
-        keys = np.concatenate([ei * m + ej, vi[chosen] * m + vj[chosen]])
-        weights = np.concatenate([ew, vw[chosen]])
+        keys = np.concatenate([ei * m + ej, vi * m + vj])
+        weights = np.concatenate([ew, vw])
         keys, first = np.unique(keys, return_index=True)
         ei, ej, ew = keys // m, keys % m, weights[first]
-        added += int(chosen.sum())
+        added += len(keys) - initial - added
     raise SolverError(f"not certified after {max_rounds} pricing rounds")

@@ -140,11 +140,16 @@ def _flow(caps: np.ndarray, quotas: np.ndarray, ei: np.ndarray, ej: np.ndarray, 
 
 
 def _potentials(
-    caps: np.ndarray, quotas: np.ndarray, ei: np.ndarray, ej: np.ndarray, ew: np.ndarray, used: np.ndarray
+    caps: np.ndarray, quotas: np.ndarray, ei: np.ndarray, ej: np.ndarray, ew: np.ndarray, used: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dual values (u per mentee, v per mentor) with uᵢ + vⱼ ≥ w'ᵢⱼ on every unused pair of
     the graph: shortest-path distances in the residual graph from a virtual root joined to
-    every node at cost 0 (vectorised Bellman–Ford over the bipartite structure)."""
+    every node at cost 0 (vectorised Bellman–Ford over the bipartite structure).
+
+    With `start` (earlier values (u, v), say of a smaller graph) the same relaxation begins
+    there instead: it ends at the largest potentials at most those, so only what the new
+    arcs and flow force moves (pairing.pricing needs prices that move little)."""
     n, m = len(quotas), len(caps)
     load = np.bincount(ej[used], minlength=m)
     # Used pairs sorted by mentee: a mentee with several mentors takes the least distance.
@@ -163,8 +168,8 @@ def _potentials(
     starts = np.searchsorted(fj, reached)
     not_full, has_flow = load < caps, load > 0
 
-    mentee_d = np.zeros(n, dtype=np.int64)
-    mentor_d = np.zeros(m, dtype=np.int64)
+    mentee_d = np.zeros(n, dtype=np.int64) if start is None else np.asarray(start[0], dtype=np.int64).copy()
+    mentor_d = np.zeros(m, dtype=np.int64) if start is None else -np.asarray(start[1], dtype=np.int64)
     sink_d = 0
     for _ in range(2 * (n + m) + 3):
         # residual arcs: mentee → mentor on unused pairs (cost −w'), mentor → mentee on used
@@ -178,7 +183,7 @@ def _potentials(
             back = np.minimum.reduceat(new_mentor[matched_mentor] + matched_weight, matched_starts)
             new_mentee[matched_ids] = np.minimum(new_mentee[matched_ids], back)
         new_mentee[has_room] = np.minimum(new_mentee[has_room], sink_d)
-        new_sink = min(sink_d, int(new_mentee[is_matched].min(initial=0)), int(new_mentor[not_full].min(initial=0)))
+        new_sink = min(sink_d, int(new_mentee[is_matched].min(initial=sink_d)), int(new_mentor[not_full].min(initial=sink_d)))
         if new_sink == sink_d and np.array_equal(new_mentee, mentee_d) and np.array_equal(new_mentor, mentor_d):
             return mentee_d - sink_d, sink_d - mentor_d
         mentee_d, mentor_d, sink_d = new_mentee, new_mentor, new_sink

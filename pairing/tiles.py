@@ -91,6 +91,17 @@ def _rule_judge(rule: MatchingRule, points: int) -> Callable[[object, object], t
     return judge
 
 
+def _named(mentees: np.ndarray, mentors: np.ndarray, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The named pairs (`mentees` sorted) that fall in `rows`: their row in the tile, and mentor."""
+    if isinstance(rows, slice):
+        first, last = np.searchsorted(mentees, [rows.start, rows.stop])
+        return mentees[first:last] - rows.start, mentors[first:last]
+    at = np.searchsorted(rows, mentees)
+    inside = at < len(rows)
+    inside[inside] = rows[at[inside]] == mentees[inside]
+    return at[inside], mentors[inside]
+
+
 class TileScorer:
     """`tile(rows)`: the points of mentees `rows` × every mentor, int32, NOT_ALLOWED (-1)
     where a pair may never be proposed — equal to those rows of `score_matrix`."""
@@ -254,10 +265,17 @@ class TileScorer:
 
     # -- a tile -------------------------------------------------------------------------------
 
-    def tile(self, rows: slice) -> np.ndarray:
+    def tile(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Mentees `rows`: a slice, or sorted indices (a certificate walks a few rows again)."""
         n, m = self.shape
-        rows = slice(rows.start or 0, min(n, rows.stop))
+        if isinstance(rows, slice):
+            rows = slice(rows.start or 0, min(n, rows.stop))
         if self._fallback is not None:
+            if not isinstance(rows, slice):
+                # The block computation takes runs of consecutive mentees.
+                runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+                return np.concatenate([self.tile(slice(int(r[0]), int(r[-1]) + 1)) for r in runs if len(r)]
+                                      or [np.zeros((0, m), np.int32)])  # fmt: skip
             total, passes = self._fallback.block(rows)
             allowed = total >= self._min_points
             for _, ok in passes:
@@ -265,8 +283,8 @@ class TileScorer:
             result = np.where(allowed, total, NOT_ALLOWED).astype(np.int32)
         else:
             result = self._fast(rows)
-        first, last = np.searchsorted(self._excluded_i, [rows.start, rows.stop])
-        result[self._excluded_i[first:last] - rows.start, self._excluded_j[first:last]] = NOT_ALLOWED
+        at, j = _named(self._excluded_i, self._excluded_j, rows)
+        result[at, j] = NOT_ALLOWED
         return result
 
     def _buffers(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -300,7 +318,7 @@ class TileScorer:
             found.append((BELOW_MINIMUM, below))
         return found
 
-    def _fast(self, rows: slice) -> np.ndarray:
+    def _fast(self, rows: slice | np.ndarray) -> np.ndarray:
         raw = self._raw(rows)
         # A broken hard rule left raw below the lowest points an allowed pair can have.
         if self._min_points > 0:
@@ -311,10 +329,11 @@ class TileScorer:
             result = np.where(raw >= self._lowest, np.maximum(raw, 0), NOT_ALLOWED)
         return result.astype(np.int32, copy=False)
 
-    def _raw(self, rows: slice) -> np.ndarray:
+    def _raw(self, rows: slice | np.ndarray) -> np.ndarray:
         """Points before the hard rules (below `_lowest` where one breaks): this thread's
         work array, overwritten by its next tile."""
-        product, index, raw, looked_up = self._buffers(rows.stop - rows.start)
+        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        product, index, raw, looked_up = self._buffers(count)
         np.matmul(self._priority[rows], self._level_t, out=product)
         np.copyto(index, product, casting="unsafe")  # exact small integers: covered + the row's offset
         np.take(self._goal_table, index, out=raw, mode="wrap")
@@ -322,8 +341,7 @@ class TileScorer:
             np.add(a[rows, None], b[None, :], out=index)
             np.take(table, index, out=looked_up, mode="wrap")
             raw += looked_up
-        first, last = np.searchsorted(self._asked_i, [rows.start, rows.stop])
-        if last > first:
-            np.add.at(raw, (self._asked_i[first:last] - rows.start, self._asked_j[first:last]),
-                      UNKNOWN * self._settings.weights.preferences)  # fmt: skip
+        at, j = _named(self._asked_i, self._asked_j, rows)
+        if len(at):
+            np.add.at(raw, (at, j), UNKNOWN * self._settings.weights.preferences)
         return raw

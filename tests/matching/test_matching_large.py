@@ -44,7 +44,11 @@ def test_tiles_equal_the_score_matrix(
         scorer = TileScorer(mentees, mentors, matching, WINTER)
     finally:
         pairing.tiles._FACTOR_LIMIT = limit
-    assert np.array_equal(tiled(scorer, rows), score_matrix(mentees, mentors, matching, WINTER))
+    matrix = score_matrix(mentees, mentors, matching, WINTER)
+    assert np.array_equal(tiled(scorer, rows), matrix)
+    # Mentees named one by one (a certificate walks a few again): every other, and the last.
+    picked = np.unique(np.append(np.arange(0, len(mentees), 2), len(mentees) - 1)) if mentees else np.zeros(0, int)
+    assert np.array_equal(scorer.tile(picked), matrix[picked])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -75,6 +79,7 @@ def test_the_benchmark_cohort_tiled_scores_and_solves_as_the_matrix_does(popular
     matrix = score_matrix(mentees, mentors, matching, WEEK)
     matrix[tuple(zip(*excluded, strict=True))] = -1
     assert np.array_equal(tiled(scorer, 7), matrix)
+    assert np.array_equal(scorer.tile(np.array([0, 5, 6, 399])), matrix[[0, 5, 6, 399]])  # excluded and asked pairs
     assert scorer._fallback is None  # the fast tables, not the block path
     for objective in ("max_total", "max_matched"):
         found = solve_tiled(scorer, caps, objective, quotas=np.full(len(mentees), 2), workers=2)
@@ -188,6 +193,42 @@ def test_the_certificate_rejects_a_suboptimal_solution_and_broken_prices() -> No
     small = check(matched.assignment.mentees, matched.assignment.mentors, matched.u, matched.v,
                   objective="max_matched", bonus=5)  # fmt: skip
     assert not small.valid
+
+
+@settings(max_examples=400, deadline=None)
+@given(instances(), st.sampled_from(["max_total", "max_matched"]), st.integers(1, 30), st.integers(1, 3), st.data())
+def test_recertifying_from_an_earlier_walk_gives_what_a_whole_walk_gives(
+    instance: tuple[np.ndarray, list[int], list[int]], objective: Objective, near: int, listed: int, data: st.DataObject
+) -> None:
+    # Any earlier walk (its pairs and prices drawn, optimal or not), any later pairs and prices:
+    # the bound certify computes from the earlier walk, without walking every row again, is the
+    # whole walk's, exactly.
+    scores, caps, quotas = instance
+    n, m = scores.shape
+    source = MatrixSource(scores)
+    bonus = data.draw(st.integers(1, 500)) if objective == "max_matched" else 0
+
+    def drawn(near_to: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
+        pairs = [(i, j) for i in range(n) for j in range(m) if scores[i, j] >= 0 and caps[j] and quotas[i]]
+        chosen = data.draw(st.lists(st.sampled_from(pairs), unique=True) if pairs else st.just([]))
+        kept: list[tuple[int, int]] = []
+        for i, j in chosen:  # as many as quotas and capacities allow
+            if sum(a == i for a, _ in kept) < quotas[i] and sum(b == j for _, b in kept) < caps[j]:
+                kept.append((i, j))
+        # Prices of their own, or a few points from the earlier ones (most rows then stay bounded).
+        uv = np.array(data.draw(st.lists(st.integers(0, 30), min_size=n + m, max_size=n + m)), dtype=np.int64)
+        if near_to is not None and data.draw(st.booleans()):
+            uv = np.maximum(np.concatenate(near_to) + uv % 7 - 3, 0)
+        return (np.array([i for i, _ in kept], dtype=np.int64), np.array([j for _, j in kept], dtype=np.int64),
+                uv[:n], uv[n:])  # fmt: skip
+
+    base = certify(source, caps, objective, *drawn(), quotas=quotas, bonus=bonus, near=near, violations_per_mentee=listed)
+    assert base.prices is not None
+    mentees, mentors, u, v = drawn(base.prices)
+    again = certify(source, caps, objective, mentees, mentors, u, v, quotas=quotas, bonus=bonus, near=near,
+                    violations_per_mentee=listed, base=base)  # fmt: skip
+    whole = certify(source, caps, objective, mentees, mentors, u, v, quotas=quotas, bonus=bonus)
+    assert (again.primal, again.dual, again.problems, again.valid) == (whole.primal, whole.dual, whole.problems, whole.valid)
 
 
 def test_empty_and_one_sided_cohorts() -> None:

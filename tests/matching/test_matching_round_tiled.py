@@ -5,6 +5,7 @@ that path (the threshold lowered), its pairs written and proposed."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -30,7 +31,9 @@ from pairing.profiles import MenteeProfile, MentorProfile
 from pairing.round_solver import RoundCohort, RoundOutcome, solve_cohort, why_unmatched_dense, why_unmatched_tiled
 from pairing.scoring import score_matrix
 from pairing.settings import MatchingSettings, Objective
+from mentorflow.config import ConfigurationError, Settings
 from tests.support.helpers import new_worker
+from worker import build_worker
 from tests.support.matching_cohorts import WEEK, cohorts, ruled_cohorts
 from tests.support.session import TEST_KEYRING
 from workflows.matching_round import MatchingRound, MatchingRoundInput
@@ -139,6 +142,21 @@ def test_both_paths_agree_on_benchmark_cohorts_with_rules_and_quotas(objective: 
     assert pairing.tiles.TileScorer(mentees, mentors, matching, WEEK)._fallback is None  # the tables, not the block path
 
 
+async def test_the_threshold_is_a_worker_setting(time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool) -> None:
+    def threshold(variables: dict[str, str]) -> int:
+        environ = {k: v for k, v in os.environ.items() if k != "MENTORFLOW_ROUND_TILED_ABOVE_PAIRS"} | variables
+        worker = build_worker(time_skipping_env.client, pool, f"tq-{uuid.uuid4()}", settings=Settings.from_env(environ))
+        owners = {getattr(a, "__self__", None) for a in worker.config().get("activities", [])}
+        [activities] = [owner for owner in owners if isinstance(owner, RoundActivities)]
+        return activities.tiled_above_pairs
+
+    assert threshold({}) == pairing.round_solver.TILED_ABOVE_PAIRS
+    assert threshold({"MENTORFLOW_ROUND_TILED_ABOVE_PAIRS": "250000"}) == 250_000
+    for bad in ("-1", "many", "2.5"):
+        with pytest.raises(ConfigurationError, match="MENTORFLOW_ROUND_TILED_ABOVE_PAIRS"):
+            Settings.from_env({"MENTORFLOW_ROUND_TILED_ABOVE_PAIRS": bad})
+
+
 # A round of 2 × 3 pairs with the lowest threshold: the public-sector rules, two mentors a mentee.
 SETTINGS = MatchingSettings.model_validate({**PUBLIC_SECTOR_RULES, "max_open_relationships_per_mentee": 2,
                                             "rule_sets": {"two at once": {"mentors_per_round": 2}}})  # fmt: skip
@@ -153,7 +171,8 @@ async def test_a_round_above_the_threshold_is_solved_tiled_and_proposed(
 ) -> None:
     env = time_skipping_env
     programme = f"cohort-tiled-{uuid.uuid4().hex[:6]}"
-    monkeypatch.setattr(RoundActivities, "tiled_above_pairs", 0)
+    # The worker setting, read from the environment as `mentorflow worker` reads it.
+    monkeypatch.setenv("MENTORFLOW_ROUND_TILED_ABOVE_PAIRS", "0")
     solved_tiled: list[tuple[int, int]] = []
     solve_tiled = pairing.pricing.solve_tiled
 
