@@ -61,7 +61,6 @@ from mentorflow.pages.mute import mute_page
 from tests.support.api_support import COORDINATOR, ApiStack, api_stack
 from tests.support.peers import SmtpServer, eventually
 from tests.support.session import TEST_KEYRING, project_root
-from tests.support.system_packages import ensure_debian_packages, npm_install
 from worker import build_worker
 
 pytestmark = pytest.mark.timeout(300)
@@ -390,11 +389,9 @@ async def test_a_coordinator_nudges_from_the_digest(mail: Mail) -> None:
 UI = project_root() / "tests" / "ui"
 
 
-async def test_the_mute_and_nudge_pages_on_a_phone(mail: Mail, tmp_path: Path) -> None:
+async def test_the_mute_and_nudge_pages_on_a_phone(page_browser: Path, mail: Mail, tmp_path: Path) -> None:
     """tests/ui/pages.mjs at 375 px: axe-core finds nothing, each fits, its button is reached
     and pressed with the keyboard (screenshots kept in tests/artifacts/pages/)."""
-    ensure_debian_packages(["/usr/bin/chromium"], ["chromium"], "the mute pages' browser test (a real browser)")
-    npm_install(UI, ["--no-audit", "--no-fund", "--no-package-lock"], "the mute pages' browser test")
     await mail.send("propose_match", actor_id=COORDINATOR, mentor_id=MENTOR)
     await mail.send("decline_match", actor_id=MENTOR)
     mute = (await mail.links("ada@example.org", "Mentoring match declined"))[f"{STOP} (news that a proposed match was declined)"]

@@ -45,7 +45,6 @@ from tests.support.api_support import COORDINATOR, ApiStack, api_stack
 from tests.support.session import TEST_KEYRING, project_root
 from tests.support.helpers import RecordingChannel
 from tests.support.peers import SmtpServer, eventually
-from tests.support.system_packages import ensure_debian_packages, npm_install
 from worker import build_worker
 
 pytestmark = pytest.mark.timeout(300)
@@ -482,10 +481,7 @@ async def in_browser(pages: list[dict[str, Any]], screenshots: Path) -> list[dic
     return results
 
 
-async def test_the_pages_on_a_phone_pass_an_accessibility_check(inbox: Inbox, tmp_path: Path) -> None:
-    ensure_debian_packages([str(CHROMIUM)], ["chromium"], "the pages' browser test (a real browser)")
-    npm_install(UI_SCRIPTS, ["--no-audit", "--no-fund", "--no-package-lock"],
-                "the pages' browser test (playwright-core and axe-core)")  # fmt: skip
+async def test_the_pages_on_a_phone_pass_an_accessibility_check(page_browser: Path, inbox: Inbox, tmp_path: Path) -> None:
     await inbox.command("propose_match", actor_id=COORDINATOR, mentor_id=MENTOR)
     ada = await inbox.links("ada@example.org", "Mentoring match proposed")
     await in_browser([
