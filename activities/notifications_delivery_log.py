@@ -58,51 +58,51 @@ class PostgresDeliveryLog:
         self._lease = lease
 
     async def claim(self, key: DeliveryKey, notification: Notification, token: str) -> Claim:
-        # One statement, one round trip (issue #16: every email is claimed): `before` locks and
-        # reads the row as it is, if there is one; `taken` inserts it, or takes over a failed
-        # delivery or a claim whose lease has run out. Nothing taken: settled, or busy (also
-        # when another attempt inserted the row between our read and our insert).
-        row = await self._pool.fetchrow(
-            """WITH before AS (
-                   SELECT status, first_attempt_at, attempts FROM notification_deliveries
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                """SELECT status, claimed_until > clock_timestamp() AS leased, first_attempt_at, attempts
+                     FROM notification_deliveries
                     WHERE notification_id = $1 AND channel = $2 AND destination = $3
-                      FOR UPDATE
-               ), taken AS (
-                   INSERT INTO notification_deliveries AS d
-                          (notification_id, channel, destination, relationship_id, recipient_id, template,
-                           status, claim_token, claimed_until)
-                   VALUES ($1, $2, $3, $4, $5, $6, 'sending', $7, clock_timestamp() + $8::interval)
-                   ON CONFLICT (notification_id, channel, destination) DO UPDATE
-                      SET status = 'sending', claim_token = EXCLUDED.claim_token,
-                          claimed_until = EXCLUDED.claimed_until, attempts = d.attempts + 1,
-                          last_attempt_at = clock_timestamp()
-                    WHERE d.status NOT IN ('delivered', 'rejected')
-                      AND (d.status <> 'sending' OR (d.claimed_until > clock_timestamp()) IS NOT TRUE)
-                   RETURNING d.first_attempt_at, d.attempts
-               )
-               SELECT before.status, before.first_attempt_at AS first_before, before.attempts AS attempts_before,
-                      taken.first_attempt_at, taken.attempts
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN before ON true
-                 LEFT JOIN taken ON true""",
-            key.notification_id,
-            key.channel,
-            key.destination,
-            notification.relationship_id,
-            notification.recipient_id,
-            notification.template,
-            uuid.UUID(token),
-            self._lease,
-        )
-        assert row is not None
-        if row["attempts"] is not None:
-            # Claimed: a new row, or taken over (a 'sending' one was interrupted: it may have gone out).
-            return Claim("claimed", row["first_attempt_at"], row["attempts"], row["status"] == "sending")
-        if row["status"] in ("delivered", "rejected"):
-            return Claim(row["status"], row["first_before"], row["attempts_before"])
-        if row["status"] is None:
-            return Claim("busy")  # another attempt claimed it between our read and our insert
-        return Claim("busy", row["first_before"], row["attempts_before"])
+                      FOR UPDATE""",
+                key.notification_id,
+                key.channel,
+                key.destination,
+            )
+            if row is None:
+                first = await connection.fetchval(
+                    """INSERT INTO notification_deliveries
+                           (notification_id, channel, destination, relationship_id, recipient_id, template,
+                            status, claim_token, claimed_until)
+                       VALUES ($1, $2, $3, $4, $5, $6, 'sending', $7, clock_timestamp() + $8::interval)
+                       ON CONFLICT DO NOTHING
+                       RETURNING first_attempt_at""",
+                    key.notification_id,
+                    key.channel,
+                    key.destination,
+                    notification.relationship_id,
+                    notification.recipient_id,
+                    notification.template,
+                    uuid.UUID(token),
+                    self._lease,
+                )
+                # Nothing inserted: another attempt claimed it between our read and our insert.
+                return Claim("claimed", first, 1) if first is not None else Claim("busy")
+            if row["status"] in ("delivered", "rejected"):
+                return Claim(row["status"], row["first_attempt_at"], row["attempts"])
+            if row["status"] == "sending" and row["leased"]:
+                return Claim("busy", row["first_attempt_at"], row["attempts"])
+            await connection.execute(
+                """UPDATE notification_deliveries
+                      SET status = 'sending', claim_token = $4, claimed_until = clock_timestamp() + $5::interval,
+                          attempts = attempts + 1, last_attempt_at = clock_timestamp()
+                    WHERE notification_id = $1 AND channel = $2 AND destination = $3""",
+                key.notification_id,
+                key.channel,
+                key.destination,
+                uuid.UUID(token),
+                self._lease,
+            )
+            return Claim("claimed", row["first_attempt_at"], row["attempts"] + 1, row["status"] == "sending")
 
     async def delivered(self, key: DeliveryKey) -> None:
         # Whoever holds the claim now: the message went out, that is what counts.
