@@ -8,9 +8,10 @@ and the server's CPU per command (bench/README.md, the load section). This activ
 both in one, in the same order: the notifications go out only once the events are stored.
 
 Notifications must never hold the relationship up (DOMAIN.md): a channel that fails or takes
-longer than `notify_within` (0: no try here at all) does not fail this activity (whose retries would store the batch
-again and again); the result says something is still to be sent, and the workflow hands the
-notifications to the `send_notifications` activity, which retries with backoff. The delivery
+longer than `notify_within` (0: no try here at all) does not fail this activity (whose
+retries would store the batch again and again); the result says something is still to be
+sent, and the workflow hands the notifications to the `send_notifications` activity, which
+retries with backoff. The delivery
 log keeps what already went out from going out again.
 """
 

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import statistics
 import time
-import types
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -510,15 +509,7 @@ async def slow_mail_server(delay: float | None) -> AsyncIterator[tuple[dict[str,
         return
     from bench.storm import sink_settings, timed_sink
 
-    sink = timed_sink()
-    accept = type(sink.inbox).handle_DATA
-
-    async def slowly(inbox: Any, server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(delay)
-        answer: str = await accept(inbox, server, session, envelope)
-        return answer
-
-    sink.inbox.handle_DATA = types.MethodType(slowly, sink.inbox)
+    sink = timed_sink(delay)
     await sink.start()
     try:
         yield sink_settings(sink), sink

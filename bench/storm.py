@@ -222,7 +222,8 @@ async def run_ceiling(args: argparse.Namespace, base_env: dict[str, str], scratc
 # -- ours -----------------------------------------------------------------------------------------
 
 
-def timed_sink() -> Any:
+def timed_sink(delay: float = 0) -> Any:
+    """The SMTP sink; `delay`: seconds it takes to accept each message (a slow mail server)."""
     from tests.support.peers import Inbox, SmtpServer
 
     class TimedInbox(Inbox):
@@ -233,6 +234,8 @@ def timed_sink() -> Any:
             self.arrived: list[tuple[float, str, str]] = []
 
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            if delay:
+                await asyncio.sleep(delay)
             answer = await super().handle_DATA(server, session, envelope)
             if answer.startswith("250"):
                 message = self.messages[-1].message
