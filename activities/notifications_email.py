@@ -4,7 +4,7 @@ notification describes a meeting."""
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -43,6 +43,11 @@ class EmailChannel:
     kind: ChannelKind = "email"
 
     def __init__(self, config: SmtpConfig):
+        # The TLS context once, not per message: left to aiosmtplib, every connection built
+        # its own and read the system's trust store again, which cost 8 times the rest of
+        # sending an email (bench/README.md, `bench.mail`). The same trust and checks.
+        if config.tls_context is None and config.security != "none":
+            config = replace(config, tls_context=ssl.create_default_context(ssl.Purpose.SERVER_AUTH))
         self._config = config
         name, address = parseaddr(config.sender)
         if "@" not in address:

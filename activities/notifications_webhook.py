@@ -32,6 +32,10 @@ class WebhookChannel:
             raise ValueError("a webhook channel needs at least one signing secret")
         self._keys = [webhook_key(secret) for secret in secrets]
         self._timeout = timeout
+        # httpx's own default trust, built once: a client per delivery keeps one broken
+        # connection from touching the next, but building the context with it cost each
+        # delivery about 25 ms of CPU reading the certificate bundle.
+        self._tls = httpx.create_ssl_context()
 
     def body(self, delivery: Delivery) -> bytes:
         notification, rendered = delivery.notification, delivery.message
@@ -69,7 +73,7 @@ class WebhookChannel:
         body = self.body(delivery)
         headers = self.headers(delivery.delivery_id, body, int(time.time()))
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
+            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, verify=self._tls) as client:
                 response = await client.post(delivery.address, content=body, headers=headers)
         except httpx.InvalidURL:
             raise DeliveryRejected("the webhook address is not a valid URL") from None

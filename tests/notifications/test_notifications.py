@@ -292,6 +292,48 @@ async def test_implicit_tls_is_used_when_configured(pool: asyncpg.Pool) -> None:
         await server.stop()
 
 
+def tls_contexts_built(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every `ssl.create_default_context` call from now on (aiosmtplib and httpx build their
+    default contexts with it)."""
+    built: list[object] = []
+    original = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    return built
+
+
+async def test_the_system_trust_is_read_once_per_channel_not_per_email(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """STARTTLS with the default trust (no MENTORFLOW_SMTP_CA_FILE): the channel builds its
+    TLS context when it is made, and every message reuses it, still checking the server's
+    certificate (here trusted through SSL_CERT_FILE, as a system trust store would be)."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    server = await SmtpServer(free_port(), tls_context=server_context, require_starttls=True).start()
+    try:
+        channel = email_channel(server.port, security="starttls")
+        built = tls_contexts_built(monkeypatch)
+        acts = activities(pool, [ADA, GRACE], [channel])
+        assert await send(acts, [closed(ADA), closed(GRACE), reminder(ADA)]) == 3
+        assert [m.tls for m in server.inbox.messages] == [True, True, True]
+        assert built == [], f"a TLS context built per message: {len(built)}"
+
+        monkeypatch.delenv("SSL_CERT_FILE")  # a channel made without that trust refuses the server
+        untrusting = email_channel(server.port, security="starttls")
+        await send_expecting_retry(activities(pool, [GRACE], [untrusting]), [closed(GRACE)])
+        assert len(server.inbox.messages) == 3
+    finally:
+        await server.stop()
+
+
 async def test_a_refused_mailbox_is_recorded_and_not_retried(pool: asyncpg.Pool, smtp_server: SmtpServer) -> None:
     smtp_server.inbox.refuse.add("grace@example.org")
     acts = activities(pool, [ADA, GRACE], [email_channel(smtp_server.port)])
@@ -331,6 +373,17 @@ async def test_a_webhook_is_signed_per_standard_webhooks(pool: asyncpg.Pool, rec
     # The signature is over these exact bytes: any change breaks it.
     with pytest.raises(AssertionError, match="bad signature"):
         verify_signature(SECRET, Request(request.method, request.path, request.headers, request.body + b" "))
+
+
+async def test_webhooks_build_their_tls_context_once_per_channel(
+    pool: asyncpg.Pool, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = WebhookChannel([SECRET])
+    built = tls_contexts_built(monkeypatch)
+    people = [hooked(ADA, receiver.url), hooked(GRACE, receiver.url)]
+    assert await send(activities(pool, people, [channel]), [reminder(people[0]), closed(people[0]), closed(people[1])]) == 3
+    assert len(receiver.requests) == 3
+    assert built == [], f"a TLS context built per delivery: {len(built)}"
 
 
 async def test_every_rotating_secret_signs(pool: asyncpg.Pool, receiver: WebhookReceiver) -> None:
