@@ -131,7 +131,28 @@ def resource(actor: str, step: int) -> Command:
     return Command("update", "share_resource", {"command_id": f"c-{uuid.uuid4().hex[:16]}", "actor_id": actor, "title": f"Reading {step}"})
 
 
-async def build_ours(client: Client, task_queue: str, relationships: int, events: int, concurrency: int) -> list[str]:
+class RunsHistory:
+    """The history events of a workflow over all its runs: the current run's, plus each
+    run before it that continued as new (asked often enough that at most one run ended
+    between two calls: a run holds at least 100 events)."""
+
+    def __init__(self, client: Client, workflow_id: str) -> None:
+        self._client, self._workflow_id = client, workflow_id
+        self._earlier = 0
+        self._run: tuple[str, int] | None = None  # the current run's id and last length seen
+
+    async def length(self) -> int:
+        described = await self._client.get_workflow_handle(self._workflow_id).describe()
+        if self._run is not None and self._run[0] != described.run_id:
+            earlier = self._client.get_workflow_handle(self._workflow_id, run_id=self._run[0])
+            self._earlier += (await earlier.describe()).history_length
+        self._run = (described.run_id, described.history_length)
+        return self._earlier + described.history_length
+
+
+async def build_ours(
+    client: Client, task_queue: str, relationships: int, events: int, concurrency: int, limit: int | None = None
+) -> list[str]:
     contestant = Ours(task_queue)
     queue = list(range(relationships))
     ids: list[str] = []
@@ -141,9 +162,10 @@ async def build_ours(client: Client, task_queue: str, relationships: int, events
         nonlocal done
         relationship_id, mentee, builders = plan(index, 0)
         workflow_id = contestant.workflow_id(relationship_id)
-        handle = await client.start_workflow(
-            "Relationship", contestant.start_input(relationship_id, mentee), id=workflow_id, task_queue=task_queue
-        )
+        start = contestant.start_input(relationship_id, mentee)
+        if limit is not None:
+            start = start.model_copy(update={"history_event_limit": limit})
+        handle = await client.start_workflow("Relationship", start, id=workflow_id, task_queue=task_queue)
         for build in builders:
             command = build()
             try:
@@ -152,9 +174,9 @@ async def build_ours(client: Client, task_queue: str, relationships: int, events
                 raise RuntimeError(f"{command.name}: {error.cause}") from error
         # A year: the schedule's meetings (the default biweekly one has 26), then resources
         # shared until the history is long enough.
-        step = 0
+        step, history = 0, RunsHistory(client, workflow_id)
         while True:
-            if step % 4 == 0 and (await handle.describe()).history_length >= events:
+            if step % 4 == 0 and await history.length() >= events:
                 break
             actor = mentee if step % 2 == 0 else f"mentor-{index}"
             if step < MEETINGS:
@@ -202,27 +224,44 @@ async def build_ceiling(client: Client, task_queue: str, relationships: int, eve
 
 
 async def task_timeouts(client: Client, workflow_ids: list[str], concurrency: int = 16) -> dict[str, Any]:
-    """Workflow-task timeouts and failures over every history, by kind; and the history lengths."""
+    """Workflow-task timeouts and failures over every history (each run of a workflow that
+    continued as new), by kind; the history lengths over all runs, and the current run's
+    (what a cold worker replays)."""
     counts: dict[str, int] = {}
-    lengths: list[int] = []
+    totals: list[int] = []
+    current: list[int] = []
     queue = list(workflow_ids)
 
     async def reader() -> None:
         while queue:
-            history = await client.get_workflow_handle(queue.pop()).fetch_history()
-            lengths.append(len(history.events))
-            for event in history.events:
-                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
-                    kind = event.workflow_task_timed_out_event_attributes.timeout_type
-                    name = "timed_out_" + TimeoutType.Name(kind).removeprefix("TIMEOUT_TYPE_").lower()
-                elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                    name = "failed"
-                else:
-                    continue
-                counts[name] = counts.get(name, 0) + 1
+            workflow_id, run_id, total = queue.pop(), "", 0
+            while True:
+                history = await client.get_workflow_handle(workflow_id, run_id=run_id or None).fetch_history()
+                if not run_id:
+                    current.append(len(history.events))
+                total += len(history.events)
+                for event in history.events:
+                    if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                        kind = event.workflow_task_timed_out_event_attributes.timeout_type
+                        name = "timed_out_" + TimeoutType.Name(kind).removeprefix("TIMEOUT_TYPE_").lower()
+                    elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                        name = "failed"
+                    else:
+                        continue
+                    counts[name] = counts.get(name, 0) + 1
+                run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+                if not run_id:
+                    break
+            totals.append(total)
 
     await asyncio.gather(*(reader() for _ in range(concurrency)))
-    return {"by_kind": counts, "history_events_mean": round(sum(lengths) / max(1, len(lengths)), 1), "history_events_max": max(lengths, default=0)}
+    return {
+        "by_kind": counts,
+        "history_events_mean": round(sum(totals) / max(1, len(totals)), 1),
+        "history_events_max": max(totals, default=0),
+        "current_run_events_mean": round(sum(current) / max(1, len(current)), 1),
+        "current_run_events_max": max(current, default=0),
+    }
 
 
 async def answer_all(
@@ -256,10 +295,15 @@ async def answer_all(
     return times, errors, again
 
 
-async def run_contestant(name: str, args: argparse.Namespace, base_env: dict[str, str], scratch: Path) -> dict[str, Any]:
-    directory = scratch / name
+async def run_contestant(
+    name: str, args: argparse.Namespace, base_env: dict[str, str], scratch: Path, limit: int | None = None
+) -> dict[str, Any]:
+    """`name` is "ceiling" or "ours"; ours' relationships start with `limit` as their
+    history limit (None: the product's default)."""
+    label = name if limit is None else f"{name}-limit-{limit}"
+    directory = scratch / label
     directory.mkdir()
-    task_queue = f"recovery-{name}"
+    task_queue = f"recovery-{label}"
     command = worker_command(name, "bench.recovery")
     result: dict[str, Any] = {"rounds": []}
     async with worker_on_dev_server(
@@ -269,12 +313,13 @@ async def run_contestant(name: str, args: argparse.Namespace, base_env: dict[str
         progress(f"{name}: building {args.relationships} histories of at least {args.events} events")
         started = time.perf_counter()
         if name == "ours":
-            ids = await build_ours(client, task_queue, args.relationships, args.events, args.concurrency)
+            ids = await build_ours(client, task_queue, args.relationships, args.events, args.concurrency, limit)
         else:
             ids = await build_ceiling(client, task_queue, args.relationships, args.events)
         result["build_seconds"] = round(time.perf_counter() - started, 1)
         before = await task_timeouts(client, ids)
         result["history_events_mean"] = before["history_events_mean"]
+        result["current_run_events_mean"] = before["current_run_events_mean"]
         result["timeouts_while_building"] = before["by_kind"]
         seen = dict(before["by_kind"])
         for number in range(args.rounds):
@@ -315,6 +360,7 @@ async def run_contestant(name: str, args: argparse.Namespace, base_env: dict[str
                     "worker_cpu_seconds": round(worker_cpu, 1),
                     "worker_rss_mb": round(rss, 1),
                     "history_events_mean": after["history_events_mean"],
+                    "current_run_events_mean": after["current_run_events_mean"],
                 }
                 result["rounds"].append(figures)
                 progress(
@@ -351,22 +397,30 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--kill", action="store_true", help="stop the worker with SIGKILL instead of SIGTERM")
     parser.add_argument("--answer-timeout", type=float, default=600, help="longest wait for one answer, s (600)")
     parser.add_argument("--only", choices=("ours", "ceiling"), help="run one contestant")
+    parser.add_argument(
+        "--history-event-limit", default="",
+        help="ours once per value, comma-separated: the relationships' history_event_limit (default: the product's)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.slots = [int(value) for value in args.slots.split(",")]
+    limits: list[int | None] = [int(value) for value in args.history_event_limit.split(",") if value] or [None]
 
     result: dict[str, Any] = {}
     async with scratch_database("recovery") as (scratch, base_env):
         await create_programme(base_env["MENTORFLOW_DATABASE_URL"])
-        for name in ("ceiling", "ours"):
+        contestants = [("ceiling", None)] + [("ours", limit) for limit in limits]
+        for name, limit in contestants:
             if args.only and name != args.only:
                 continue
-            progress(f"{name}: a fresh dev server and worker")
-            result[name] = await run_contestant(name, args, base_env, scratch)
-            result[name]["by_slots"] = summary(result[name], args.slots)
+            label = name if limit is None else f"{name}_limit_{limit}"
+            progress(f"{label}: a fresh dev server and worker")
+            result[label] = await run_contestant(name, args, base_env, scratch, limit)
+            result[label]["by_slots"] = summary(result[label], args.slots)
     goal = {}
-    if "ours" in result:
-        for value, figures in result["ours"]["by_slots"].items():
-            goal[value] = figures["p99_s_median"] <= 10 and not any(figures["workflow_task_timeouts"]) and not any(figures["errors"])
+    for label in [key for key in result if key.startswith("ours")]:
+        for value, figures in result[label]["by_slots"].items():
+            met = figures["p99_s_median"] <= 10 and not any(figures["workflow_task_timeouts"]) and not any(figures["errors"])
+            goal[value if label == "ours" else f"{label}:{value}"] = met
     result.update(
         relationships=args.relationships,
         events=args.events,

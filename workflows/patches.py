@@ -34,6 +34,10 @@ SETTINGS_FROM_THE_PROGRAMME = "settings-come-from-the-programme"
 # when the first such payload reaches a run: a run that accepted plain payloads before keeps
 # them on replay.
 REFUSE_PLAIN_PAYLOADS = "refuse-plain-payloads"
+# A run whose history passed its limit continues as new a second after it is next idle
+# (before: only when its next deadline's timer fired, which may be weeks away, so a busy
+# relationship's run grew far past the limit and a cold worker replayed all of it).
+CONTINUE_WHEN_IDLE = "continue-as-new-when-idle-past-the-limit"
 # CoordinatorDigests (workflows/digest.py): a programme's digests go to the notification
 # activity at once, which holds each until its coordinator's daytime (before: the run waited
 # for each coordinator's daytime on a timer of its own, then sent that wave).

@@ -81,6 +81,7 @@ from workflows.messages import command_id_of, digest_of, message_handlers, read_
 from workflows.outbox import Deliveries, Outbox
 from workflows.patches import (
     ANCHORED_CADENCE,
+    CONTINUE_WHEN_IDLE,
     REFUSE_PLAIN_PAYLOADS,
     RESERVE_EVERY_PROPOSAL,
     SETTINGS_FROM_THE_PROGRAMME,
@@ -126,6 +127,9 @@ class Relationship(Outbox, MentorPool):
         # The timer of the deadline being waited for; kept across commands that leave the
         # deadline unchanged, instead of cancelling and starting a new one each time.
         self._timer: tuple[Deadline, asyncio.Task[None]] | None = None
+        # Once the history passes its limit: a short timer after which the run continues as
+        # new if nothing is going on (`_wait_for_command_or_deadline`).
+        self._continue_timer: asyncio.Task[None] | None = None
 
     @workflow.run
     async def run(self, start: StartInput) -> RelationshipSummary:
@@ -377,7 +381,12 @@ class Relationship(Outbox, MentorPool):
         assert deadline is not None, "an open relationship always has a next deadline"
         if deadline.at > workflow.now():
             timer = self._timer_for(deadline)
-            await workflow.wait_condition(lambda: bool(self._outbox) or timer.done())
+            soon = self._continue_soon()
+            await workflow.wait_condition(lambda: bool(self._outbox) or timer.done() or (soon is not None and soon.done()))
+            if soon is not None and soon.done():
+                self._continue_timer = None
+                if not timer.done():
+                    return self._idle(continuing=True)
             if not timer.done():
                 return False
             self._timer = None
@@ -441,6 +450,17 @@ class Relationship(Outbox, MentorPool):
         meanwhile (see `_wait_for_command_or_deadline` for why)."""
         await workflow.sleep(timedelta(seconds=1), summary="Settle before ending the run")
         return self._idle(continuing=False)
+
+    def _continue_soon(self) -> asyncio.Task[None] | None:
+        """Past the history limit, a timer of a second: its workflow task continues the run
+        as new if nothing arrived meanwhile. A cold worker replays the whole run before it
+        can answer, so the run is kept near the limit rather than left to grow until the
+        next deadline (docs/deploying.md, "Replay after a restart")."""
+        if self._continue_timer is None and self._history_is_long() and workflow.patched(CONTINUE_WHEN_IDLE):
+            self._continue_timer = asyncio.create_task(
+                workflow.sleep(timedelta(seconds=1), summary="Settle before continuing as new")
+            )
+        return self._continue_timer
 
     def _history_is_long(self) -> bool:
         info = workflow.info()

@@ -36,7 +36,6 @@ from tests.support.relationship_phases import (
     MENTOR,
     PROGRAMME,
     STREAM,
-    T0,
     Relationship,
     active,
     closing,

@@ -217,3 +217,36 @@ async def _until(probe: Any, what: str, timeout: float = 120) -> None:
     while not await probe():
         assert loop.time() < deadline, f"not within {timeout:g} s: {what}"
         await asyncio.sleep(0.1)
+
+
+async def test_a_run_past_its_limit_continues_as_new_once_idle_not_at_its_next_deadline(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    """Commands alone take a run past its history limit while its next deadline is weeks
+    away: a second after the last command it continues as new, so a cold worker replays a
+    run of about the limit, not all the commands until that deadline."""
+    env = time_skipping_env
+    async with new_worker(env.client, pool) as worker:
+        handle = await start_relationship(env.client, worker, history_event_limit=100)
+        first_run = (await handle.describe()).run_id
+        await activate(handle)
+        for week in range(14):  # about 150 events: past the limit
+            await handle.execute_update("share_resource", cmd("mentor-1", title=f"Reading {week}"))
+        before = await state_of(handle)
+        started_waiting = await env.get_current_time()
+        await env.sleep(timedelta(seconds=5))
+
+        lengths = await runs_of(env.client, handle.id)
+        assert len(lengths) == 2, f"expected one continue-as-new, runs of {lengths} events"
+        first = await env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
+        assert first.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        switched_at = first.events[-1].event_time.ToDatetime(tzinfo=started_waiting.tzinfo)
+        assert switched_at - started_waiting < timedelta(seconds=5), "it waited for a deadline"
+        assert lengths[-1] < 200, f"the first run grew to {lengths[-1]} events"
+
+        latest = env.client.get_workflow_handle_for(Relationship.run, handle.id)
+        after = await state_of(latest)
+        assert after == before, "the state changed across the switch"
+        await latest.execute_update("share_resource", cmd("mentee-1", title="After the switch"))
+        assert (await state_of(latest)).version == before.version + 1
+        assert await failed_workflow_tasks(latest) == 0

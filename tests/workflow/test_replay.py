@@ -38,6 +38,7 @@ from worker import build_worker
 from workflows.matching_round import MatchingRound
 from workflows.patches import (
     ANCHORED_CADENCE,
+    CONTINUE_WHEN_IDLE,
     RESERVE_EVERY_PROPOSAL,
     SETTINGS_FROM_THE_PROGRAMME,
     STORE_AND_NOTIFY_TOGETHER,
@@ -69,7 +70,7 @@ def by_file(outcomes: list[ReplayOutcome], paths: list[Path]) -> dict[str, Repla
 # Each folder holds one recording of every phase, made by the code of its time: the oldest
 # in tests/histories/ itself, later ones (recorded to cover a new path behind patched())
 # in subfolders. Relationships recorded by each may be running somewhere.
-RECORDINGS = [HISTORIES, HISTORIES / "store-and-notify", HISTORIES / "contract-v2"]
+RECORDINGS = [HISTORIES, HISTORIES / "store-and-notify", HISTORIES / "contract-v2", HISTORIES / "continue-when-idle"]
 # The patches each recording must show in use (so that it covers the path it was made for).
 PATCHES_IN_USE = {
     HISTORIES / "store-and-notify": {STORE_AND_NOTIFY_TOGETHER},
@@ -77,6 +78,10 @@ PATCHES_IN_USE = {
     # meetings anchored to the agreement.
     HISTORIES / "contract-v2": {
         STORE_AND_NOTIFY_TOGETHER, SETTINGS_FROM_THE_PROGRAMME, RESERVE_EVERY_PROPOSAL, ANCHORED_CADENCE
+    },
+    # A run past its history limit continues as new a second after it is idle.
+    HISTORIES / "continue-when-idle": {
+        STORE_AND_NOTIFY_TOGETHER, SETTINGS_FROM_THE_PROGRAMME, RESERVE_EVERY_PROPOSAL, ANCHORED_CADENCE, CONTINUE_WHEN_IDLE
     },
 }
 
@@ -104,7 +109,8 @@ def test_there_is_a_recorded_history_of_every_phase(folder: Path) -> None:
     second_run = json.loads((folder / "continued-as-new-second-run.json").read_text())["events"]
     assert second_run[0]["workflowExecutionStartedEventAttributes"].get("continuedExecutionRunId")
     if folder in PATCHES_IN_USE:
-        assert PATCHES_IN_USE[folder] <= patches_in(folder / "active.json")
+        used = patches_in(folder / "active.json") | patches_in(folder / "continued-as-new-first-run.json")
+        assert PATCHES_IN_USE[folder] <= used
     else:
         assert STORE_AND_NOTIFY_TOGETHER not in patches_in(folder / "active.json")
 
