@@ -14,6 +14,9 @@ their way to people. The one road of a notification (docs/notifications.md):
 4. A run that continues as new hands what is still retrying (`Deliveries.undelivered`) to
    the next run, which starts it again at step 3.
 
+An update answers once what its command did is stored (`Outbox._until_stored`); after a
+conflict, from what the store then holds (`AwaitedAnswer`).
+
 Every try ends in the same activity code (`NotificationActivities.send_notifications`),
 whose delivery log keeps anything from going out twice.
 """
@@ -21,8 +24,9 @@ whose delivery log keeps anything from going out twice.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -31,7 +35,9 @@ with workflow.unsafe.imports_passed_through():
     from events.commands import Command
     from events.notifications import Notification, notifications_for
     from events.operator_view import describe_notifications
-    from events.state import RelationshipState
+    from events.refusals import RefusalCode, Rejection, refuse
+    from events.relationship_io import CommandResult
+    from events.state import AppliedCommand, Phase, RejectedCommand, RelationshipState
     from events.decider import evolve, fold
     from events.store import (
         AppendAndNotifyRequest,
@@ -43,10 +49,20 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.activity_refs import APPEND_EVENTS, APPEND_EVENTS_AND_NOTIFY, READ_STREAM, SEND_NOTIFICATIONS
 from workflows.calls import NOTIFY_FIRST_TRY, call_activity, call_local, send_retrying
-from workflows.patches import ADOPT_AFTER_CONFLICT, RETRY_AFTER_FAILED_FIRST_TRY, STORE_AND_NOTIFY_TOGETHER
+from workflows.messages import refusal_error
+from workflows.patches import (
+    ADOPT_AFTER_CONFLICT,
+    ANSWER_FROM_THE_STORE,
+    RETRY_AFTER_FAILED_FIRST_TRY,
+    STORE_AND_NOTIFY_TOGETHER,
+)
 
 if TYPE_CHECKING:
     from workflows.shell import RelationshipShell
+
+    class AnsweringShell(RelationshipShell, Protocol):
+        # The updates waiting for their answer (`Outbox._until_stored`).
+        _awaiting: list[AwaitedAnswer]
 
 
 def is_conflict(error: Exception) -> bool:
@@ -67,6 +83,7 @@ class Outbox:
     _stored_version: int
     _stored_state: RelationshipState | None
     _redo: list[tuple[type[Command], Any]]
+    _awaiting: list[AwaitedAnswer]
 
     async def _flush(self: RelationshipShell) -> None:
         """Store every pending event, then send the notifications they caused."""
@@ -115,12 +132,13 @@ class Outbox:
         """This workflow as the one owner of its relationship's stream (the store checks it)."""
         return StreamOwner(programme_id=self.current.programme_id, workflow_id=workflow.info().workflow_id)
 
-    async def _adopt_stored_events(self: RelationshipShell) -> None:
+    async def _adopt_stored_events(self: AnsweringShell) -> None:
         """The store holds events this run does not know: a local activity of a workflow
         task that was never completed (a crash, a refused completion) stored them before the
         task's history was written. They happened — their notifications may be out — so the
         store wins: fold them in, then decide again the commands still pending (a command
-        already applied there is recognised by its id and skipped)."""
+        already applied there is recognised by its id and skipped), and tell the updates
+        waiting for them what that made of their command (`AwaitedAnswer`)."""
         stored = await call_activity(
             READ_STREAM,
             ReadStreamRequest(
@@ -142,11 +160,82 @@ class Outbox:
         self._outbox.clear()
         self._notifications.clear()
         redo, self._redo = self._redo, []
-        for model, payload in redo:
-            self._decide_signal(model, payload)
+        from_the_store = workflow.patched(ANSWER_FROM_THE_STORE)
+        for entry in redo:
+            rejections = self.current.rejected_commands
+            self._decide_signal(*entry)
+            for awaited in self._awaiting if from_the_store else ():
+                if awaited.redo is entry:
+                    awaited.decided_again(self.current, rejections)
+        if from_the_store:
+            self._redo = redo  # not stored yet: a second conflict decides them again
         self._catch_up(workflow.now())
         if adopted:  # the delivery log drops what already went out
             self._deliveries.send(adopted, describe_notifications(adopted, self.current))
+
+    async def _until_stored(self: AnsweringShell, awaited: AwaitedAnswer) -> AwaitedAnswer:
+        """Keep the update's command pending until what it did is stored: its events, up to
+        `awaited.version`, or where deciding it again after a conflict put it."""
+        self._redo.append(awaited.redo)
+        self._awaiting.append(awaited)
+        await workflow.wait_condition(lambda: self._stored_version >= awaited.version)
+        self._awaiting.remove(awaited)
+        return awaited
+
+
+@dataclass(eq=False)  # one per waiting update, found by identity
+class AwaitedAnswer:
+    """An update waiting for what its command did to be stored. A conflict decides the
+    command again on the events the store holds: then the answer is what the store holds, not
+    the first decision (runs begun before ANSWER_FROM_THE_STORE answer with the first decision,
+    as soon as the store's version passes it).
+
+    A command the lost task had applied is answered as applied by the update that was fresh
+    here, as a retry by any other: the run decides the lost task's messages again, so that
+    update is (the new attempt of) the one that applied it — one command, one "applied"."""
+
+    command_id: str
+    # The command's entry in `_redo`, this very tuple: what a conflict decides again.
+    redo: tuple[type[Command], Any]
+    # The store's version at which what the command did is stored.
+    version: int
+    # False for a retry: its command had been applied already when the update came.
+    fresh: bool
+    redecided: bool = False
+    # Decided again and refused: what the caller is told.
+    refusal: Rejection | None = None
+
+    def decided_again(self, after: RelationshipState, rejections: tuple[RejectedCommand, ...]) -> None:
+        """Note what deciding the command again on the adopted events did: `after` is the state
+        then, `rejections` the refusals before (`_decide_signal` records a refusal, once)."""
+        self.redecided = True
+        applied = self.command_id in after.processed_command_ids and after.rejected_commands == rejections
+        self.refusal = None if applied else self._refusal_in(after)
+        record = after.applied_commands.get(self.command_id) if applied else None
+        self.version = record.version if record else after.version
+
+    def _refusal_in(self, state: RelationshipState) -> Rejection:
+        # Recorded just now, or the same payload's earlier refusal (`already_refused`).
+        for refused in reversed(state.rejected_commands):
+            if refused.command_id == self.command_id:
+                return Rejection(code=refused.code, reason=refused.reason, problems=refused.problems)
+        return refuse(RefusalCode.INTERNAL_ERROR, f"command {self.command_id} was refused when decided again")
+
+    def answer(self, stored: RelationshipState, phase: Phase) -> CommandResult:
+        """The update's answer once `decided_again`, from the `stored` state; `phase` the
+        relationship's now, as a first application answers."""
+        if self.refusal is not None:
+            raise refusal_error(self.refusal)
+        record = stored.applied_commands.get(self.command_id) or AppliedCommand(version=self.version, phase=phase)
+        replay = not self.fresh
+        return CommandResult(
+            command_id=self.command_id,
+            applied=not replay,
+            replay=replay,
+            events=list(record.events),
+            version=record.version,
+            phase=record.phase if replay else phase,
+        )
 
 
 class Deliveries:

@@ -38,6 +38,12 @@ REFUSE_PLAIN_PAYLOADS = "refuse-plain-payloads"
 # (before: only when its next deadline's timer fired, which may be weeks away, so a busy
 # relationship's run grew far past the limit and a cold worker replayed all of it).
 CONTINUE_WHEN_IDLE = "continue-as-new-when-idle-past-the-limit"
+# An update whose command a conflict made the run decide again answers once what it did is
+# stored, from the store: where its events landed (where the lost task put them, if it had
+# applied the command), or the refusal when the adopted events made it impossible (before: it
+# could answer at once, with its first decision). Its commands stay pending until stored, so
+# a second conflict decides them again too. See workflows/outbox.py.
+ANSWER_FROM_THE_STORE = "answer-an-update-from-the-store-after-a-conflict"
 # CoordinatorDigests (workflows/digest.py): a programme's digests go to the notification
 # activity at once, which holds each until its coordinator's daytime (before: the run waited
 # for each coordinator's daytime on a timer of its own, then sent that wave).

@@ -78,7 +78,7 @@ from workflows.activity_refs import CHECK_PARTICIPANTS
 from workflows.calls import call_activity
 from workflows.mentor_pool import MentorPool, slot_work_for
 from workflows.messages import command_id_of, digest_of, message_handlers, read_message, refusal_error
-from workflows.outbox import Deliveries, Outbox
+from workflows.outbox import AwaitedAnswer, Deliveries, Outbox
 from workflows.patches import (
     ANCHORED_CADENCE,
     CONTINUE_WHEN_IDLE,
@@ -115,6 +115,7 @@ class Relationship(Outbox, MentorPool):
         self._stored_state: RelationshipState | None = self._input.state
         # The commands behind the events not yet stored, to decide again after a conflict.
         self._redo: list[tuple[type[Command], Any]] = []
+        self._awaiting: list[AwaitedAnswer] = []
         self._outbox: list[AnyEvent] = []
         self._notifications: list[Notification] = []
         self._deliveries = Deliveries()
@@ -334,10 +335,11 @@ class Relationship(Outbox, MentorPool):
         if isinstance(decision, Rejection):  # only if the state moved since validation
             raise refusal_error(decision)
         self._apply(decision)
-        self._redo.append((model, payload))
         first = None if decision else self.current.applied_commands.get(command.command_id)
         version = self.current.version if first is None else first.version
-        await workflow.wait_condition(lambda: self._stored_version >= version)
+        awaited = AwaitedAnswer(command.command_id, (model, payload), version, fresh=bool(decision))
+        if (await self._until_stored(awaited)).redecided:
+            return awaited.answer(self._stored_state or self.current, self.current.phase)
         if first is not None:
             return CommandResult(
                 command_id=command.command_id,

@@ -6,22 +6,36 @@ These tests put events in the store behind the run's back, as the local activity
 workflow task that was never completed does, and check that the run's next append
 conflicts, adopts exactly those events on top of the state it had stored, and decides the
 pending command again: had the shared object been the run's newer state, folding the
-adopted events onto it would fail the workflow task (their versions would not follow)."""
+adopted events onto it would fail the workflow task (their versions would not follow).
+
+An update whose command is decided again answers from what the store then holds: the
+version its events landed at (those of the lost task, if it had applied the command), or the
+refusal if the adopted events made it impossible — and only once that is stored."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.event_store import PostgresEventStore
-from events.commands import Command, ProposeAgreement, RecordIntroduction, read_command
+from events.commands import CloseRelationship, Command, ProposeAgreement, RaiseConcern, RecordIntroduction, read_command
 from events.decider import decide, fold
 from events.model import AnyEvent
 from events.refusals import Rejection
 from events.state import Phase
 from events.store import StreamOwner
+from mentorflow.replay import replay_histories
 from tests.support.helpers import (
     AGREEMENT,
     activate,
@@ -29,10 +43,13 @@ from tests.support.helpers import (
     cmd,
     failed_workflow_tasks,
     matched,
+    reflect,
     running_relationship,
     state_of,
 )
 from tests.support.session import TEST_KEYRING
+from workflows.patches import ANSWER_FROM_THE_STORE
+from workflows.relationship import Relationship
 
 
 async def _store_behind_the_runs_back(
@@ -52,8 +69,75 @@ async def _store_behind_the_runs_back(
     return len(stored) + len(events)
 
 
+async def _introductions_behind_the_runs_back(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, workflow_id: str, *by: str
+) -> tuple[list[str], int]:
+    """An introduction recorded by each of `by`, stored behind the run's back: their command
+    ids, and the store's version afterwards."""
+    command_ids, version = [], 0
+    for person in by:
+        payload = cmd(person, introduced_to=f"a colleague of {person}")
+        version = await _store_behind_the_runs_back(env, pool, workflow_id, RecordIntroduction, payload)
+        command_ids.append(payload["command_id"])
+    return command_ids, version
+
+
 async def _stored(pool: asyncpg.Pool, workflow_id: str) -> list[AnyEvent]:
     return await PostgresEventStore(pool, TEST_KEYRING).read_stream(workflow_id.rpartition("/")[2])
+
+
+@asynccontextmanager
+async def _active(env: WorkflowEnvironment, pool: asyncpg.Pool) -> AsyncIterator[tuple[WorkflowHandle[Any, Any], int]]:
+    """An active relationship (`activate`), and how many events its stream holds."""
+    async with running_relationship(env, pool) as handle:
+        await activate(handle)
+        yield handle, len(await _stored(pool, handle.id))
+
+
+async def _answered_after_its_append(handle: WorkflowHandle[Any, Any], update_id: str) -> bool:
+    """Whether the update's answer is recorded after the first append since its acceptance
+    that went through (the one that stored what the command did): history keeps the order
+    in which the workflow answered and ran its local activities."""
+    events = list((await handle.fetch_history()).events)
+
+    def update_event(kind: EventType.ValueType) -> int:
+        for index, event in enumerate(events):
+            if event.event_type == kind:
+                attributes = (
+                    event.workflow_execution_update_accepted_event_attributes.accepted_request.meta
+                    if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+                    else event.workflow_execution_update_completed_event_attributes.meta
+                )
+                if attributes.update_id == update_id:
+                    return index
+        raise AssertionError(f"no {EventType.Name(kind)} for update {update_id}")
+
+    def stored_events(event: Any) -> bool:
+        marker = event.marker_recorded_event_attributes
+        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED or marker.HasField("failure"):
+            return False
+        return bool(marker.details["data"].payloads) and json.loads(
+            marker.details["data"].payloads[0].data
+        )["activity_type"].startswith("append_events")
+
+    accepted = update_event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+    completed = update_event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED)
+    appended = [index for index, event in enumerate(events) if index > accepted and stored_events(event)]
+    return bool(appended) and appended[0] < completed
+
+
+async def _replays_on_the_answering_path(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> None:
+    """The run took the path of ANSWER_FROM_THE_STORE (its marker is in history) and its
+    history replays on it."""
+    history = await handle.fetch_history()
+    assert any(
+        event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and event.marker_recorded_event_attributes.marker_name == "core_patch"
+        and ANSWER_FROM_THE_STORE.encode() in event.marker_recorded_event_attributes.details["patch-data"].payloads[0].data
+        for event in history.events
+    ), "no marker of the patch: the run answered on the old path"
+    [outcome] = await replay_histories([history], env.client.data_converter, workflows=[Relationship])
+    assert outcome.verdict == "ok", outcome.summary()
 
 
 async def test_a_command_already_stored_by_a_lost_task_is_adopted_not_repeated(
@@ -61,17 +145,24 @@ async def test_a_command_already_stored_by_a_lost_task_is_adopted_not_repeated(
 ) -> None:
     async with running_relationship(time_skipping_env, pool) as handle:
         await matched(handle)
+        # The lost task decided a concern first, then the agreement.
+        concern = cmd("mentor-1", text="We have not agreed on goals yet")
+        await _store_behind_the_runs_back(time_skipping_env, pool, handle.id, RaiseConcern, concern)
         payload = cmd("mentee-1", terms=AGREEMENT)
         version = await _store_behind_the_runs_back(time_skipping_env, pool, handle.id, ProposeAgreement, payload)
 
         # The run does not know those events: it decides the command itself, its append
-        # conflicts, and it adopts the stored decision instead of storing a second one.
+        # conflicts, and it adopts the stored decision instead of storing a second one. The
+        # answer is the stored one's (the lost task was this update's first attempt): where
+        # the lost task put it, after the concern, not where the run had first decided it.
         result = await handle.execute_update("propose_agreement", payload)
-        assert result["applied"] and result["phase"] == "agreement", result
+        assert result["applied"] and not result["replay"] and result["phase"] == "agreement", result
 
         stored = await _stored(pool, handle.id)
         assert len(stored) == version, "the run stored the command a second time"
         assert sum(1 for event in stored if event.command_id == payload["command_id"]) == 1
+        assert stored[-1].command_id == payload["command_id"]
+        assert result["version"] == version and result["events"] == [stored[-1].type], result
         assert await state_of(handle) == fold(stored)
 
         # And it goes on from there.
@@ -81,28 +172,84 @@ async def test_a_command_already_stored_by_a_lost_task_is_adopted_not_repeated(
         assert state.phase is Phase.ACTIVE and state == fold(await _stored(pool, handle.id))
         assert await failed_workflow_tasks(handle) == 0
         await close(handle)
+        await _replays_on_the_answering_path(time_skipping_env, handle)
 
 
 async def test_another_command_is_decided_again_on_the_adopted_events(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    async with running_relationship(time_skipping_env, pool) as handle:
-        await activate(handle)
-        first = cmd("mentor-1", introduced_to="a staff engineer")
-        version = await _store_behind_the_runs_back(time_skipping_env, pool, handle.id, RecordIntroduction, first)
+    async with _active(time_skipping_env, pool) as (handle, before):
+        adopted, version = await _introductions_behind_the_runs_back(
+            time_skipping_env, pool, handle.id, "mentor-1", "mentee-1"
+        )
 
-        # A second introduction: decided on a state without the first, refused by the
-        # store, decided again after the first is adopted.
+        # A third introduction: decided on a state without the other two, refused by the
+        # store, decided again after they are adopted. Its answer says where it landed, and
+        # comes only once it is stored there.
         second = cmd("mentor-1", introduced_to="the platform lead")
-        result = await handle.execute_update("record_introduction", second)
+        update_id = f"update-{uuid.uuid4()}"
+        result = await handle.execute_update("record_introduction", second, id=update_id)
         assert result["applied"] and result["events"] == ["IntroductionRecorded"], result
 
         stored = await _stored(pool, handle.id)
-        assert [(event.type, event.command_id) for event in stored[version - 1 :]] == [
-            ("IntroductionRecorded", first["command_id"]),
+        assert [(event.type, event.command_id) for event in stored[before:]] == [
+            ("IntroductionRecorded", adopted[0]),
+            ("IntroductionRecorded", adopted[1]),
             ("IntroductionRecorded", second["command_id"]),
         ]
+        assert result["version"] == version + 1 == len(stored), f"answered {result['version']}, stored at {len(stored)}"
+        assert await _answered_after_its_append(handle, update_id), "the update answered before its events were stored"
         state = await state_of(handle)
-        assert state == fold(stored) and state.introductions == 2
+        assert state == fold(stored) and state.introductions == 3
         assert await failed_workflow_tasks(handle) == 0
         await close(handle)
+        await _replays_on_the_answering_path(time_skipping_env, handle)
+
+
+async def test_one_command_sent_twice_across_a_conflict_is_applied_once_and_answered_so(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    async with _active(time_skipping_env, pool) as (handle, _):
+        _, version = await _introductions_behind_the_runs_back(time_skipping_env, pool, handle.id, "mentor-1")
+
+        # The same command by two updates at once (a caller's retry): whether the second
+        # comes before the conflict is resolved or after, one answer says applied and the
+        # other is a retry's, both with where the command is stored.
+        again = cmd("mentor-1", introduced_to="the platform lead")
+        results = await asyncio.gather(*(handle.execute_update("record_introduction", again) for _ in range(2)))
+        stored = await _stored(pool, handle.id)
+        assert [(event.type, event.command_id) for event in stored[version:]] == [
+            ("IntroductionRecorded", again["command_id"])
+        ]
+        assert sorted((result["applied"], result["replay"]) for result in results) == [(False, True), (True, False)], results
+        assert {result["version"] for result in results} == {version + 1}, results
+        assert await failed_workflow_tasks(handle) == 0
+        await close(handle)
+
+
+async def test_a_command_the_adopted_events_made_impossible_is_refused_to_the_caller(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    async with _active(time_skipping_env, pool) as (handle, before):
+        # The lost task closed the relationship: it is closing, where only reflections count.
+        await _store_behind_the_runs_back(time_skipping_env, pool, handle.id, CloseRelationship, cmd("mentee-1"))
+
+        # Allowed on the run's state, refused once the close is adopted: the run records the
+        # refusal (as for a signal) and the caller gets it, not an answer that it was applied.
+        late = cmd("mentor-1", introduced_to="the platform lead")
+        update_id = f"update-{uuid.uuid4()}"
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update("record_introduction", late, id=update_id)
+        cause = refused.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "wrong_phase", cause
+
+        stored = await _stored(pool, handle.id)
+        mine = [event.type for event in stored[before:] if event.command_id == late["command_id"]]
+        assert mine == ["CommandRejected"], [(event.type, event.command_id) for event in stored[before:]]
+        assert await _answered_after_its_append(handle, update_id), "the update answered before its refusal was stored"
+        state = await state_of(handle)
+        assert state == fold(stored) and state.introductions == 0 and state.phase is Phase.CLOSING
+        assert await failed_workflow_tasks(handle) == 0
+        await reflect(handle)
+        await handle.result()
+        await _replays_on_the_answering_path(time_skipping_env, handle)
