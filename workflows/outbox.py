@@ -64,6 +64,9 @@ if TYPE_CHECKING:
         # The updates waiting for their answer (`Outbox._until_stored`).
         _awaiting: list[AwaitedAnswer]
 
+        # `checked`: the command came by update, and was checked then (`CheckedCommand`).
+        def _decide_signal(self, model: type[Command], payload: Any, *, checked: bool = False) -> None: ...
+
 
 def is_conflict(error: Exception) -> bool:
     """Whether a failed append_events was refused as a concurrency conflict.
@@ -138,7 +141,8 @@ class Outbox:
         task's history was written. They happened — their notifications may be out — so the
         store wins: fold them in, then decide again the commands still pending (a command
         already applied there is recognised by its id and skipped), and tell the updates
-        waiting for them what that made of their command (`AwaitedAnswer`)."""
+        waiting for them what that made of their command (`AwaitedAnswer`). A command that
+        came by update is decided again as checked (`CheckedCommand`)."""
         stored = await call_activity(
             READ_STREAM,
             ReadStreamRequest(
@@ -163,7 +167,7 @@ class Outbox:
         from_the_store = workflow.patched(ANSWER_FROM_THE_STORE)
         for entry in redo:
             rejections = self.current.rejected_commands
-            self._decide_signal(*entry)
+            self._decide_signal(*entry, checked=from_the_store and isinstance(entry, CheckedCommand))
             for awaited in self._awaiting if from_the_store else ():
                 if awaited.redo is entry:
                     awaited.decided_again(self.current, rejections)
@@ -183,6 +187,19 @@ class Outbox:
         return awaited
 
 
+class CheckedCommand(tuple[type[Command], Any]):
+    """The `_redo` entry of a command that came by update: checked when it came (the
+    validator refuses anyone acting as the system, `_round_holds` confirms a matching round's
+    claim). Decided again after a conflict (`_decide_signal(checked=True)`), it must not be
+    refused for its actor as a signal naming the round is: the round would be told "refused"
+    for a proposal it really made, and a command the store holds as applied would be stored
+    as refused too. Whether its update still waits or has answered (its entry stays in
+    `_redo` while later events are not stored). Under ANSWER_FROM_THE_STORE only: runs begun
+    before it decide it again as a signal."""
+
+    __slots__ = ()
+
+
 @dataclass(eq=False)  # one per waiting update, found by identity
 class AwaitedAnswer:
     """An update waiting for what its command did to be stored. A conflict decides the
@@ -196,7 +213,7 @@ class AwaitedAnswer:
 
     command_id: str
     # The command's entry in `_redo`, this very tuple: what a conflict decides again.
-    redo: tuple[type[Command], Any]
+    redo: CheckedCommand
     # The store's version at which what the command did is stored.
     version: int
     # False for a retry: its command had been applied already when the update came.

@@ -42,7 +42,11 @@ CONTINUE_WHEN_IDLE = "continue-as-new-when-idle-past-the-limit"
 # stored, from the store: where its events landed (where the lost task put them, if it had
 # applied the command), or the refusal when the adopted events made it impossible (before: it
 # could answer at once, with its first decision). Its commands stay pending until stored, so
-# a second conflict decides them again too. See workflows/outbox.py.
+# a second conflict decides them again too. A command that came by update is decided again as
+# checked when it came (`CheckedCommand`): a matching round's proposal is not refused for its
+# actor, as a signal naming the round is, nor recorded refused when the store holds it
+# applied. New, and only written on a conflict: no other patch guards that. See
+# workflows/outbox.py.
 ANSWER_FROM_THE_STORE = "answer-an-update-from-the-store-after-a-conflict"
 # CoordinatorDigests (workflows/digest.py): a programme's digests go to the notification
 # activity at once, which holds each until its coordinator's daytime (before: the run waited

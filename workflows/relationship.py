@@ -78,7 +78,7 @@ from workflows.activity_refs import CHECK_PARTICIPANTS
 from workflows.calls import call_activity
 from workflows.mentor_pool import MentorPool, slot_work_for
 from workflows.messages import command_id_of, digest_of, message_handlers, read_message, refusal_error
-from workflows.outbox import AwaitedAnswer, Deliveries, Outbox
+from workflows.outbox import AwaitedAnswer, CheckedCommand, Deliveries, Outbox
 from workflows.patches import (
     ANCHORED_CADENCE,
     CONTINUE_WHEN_IDLE,
@@ -257,9 +257,9 @@ class Relationship(Outbox, MentorPool):
             return payload, refused_as_plain(payload)
         return payload.get("payload"), None
 
-    def _decide_signal(self, model: type[Command], payload: Any) -> None:
+    def _decide_signal(self, model: type[Command], payload: Any, *, checked: bool = False) -> None:
         # A signal handler that raises fails the workflow task over and over; so nothing
-        # here may raise: every problem becomes a recorded rejection.
+        # here may raise: every problem becomes a recorded rejection. `checked`: CheckedCommand.
         now = workflow.now()
         command: Command | None = None
         payload, plain = self._unwrap_plain(payload)
@@ -273,7 +273,7 @@ class Relationship(Outbox, MentorPool):
         if isinstance(read, Rejection):
             decision: list[AnyEvent] | Rejection = read
             command_id = command_id_of(payload)
-        elif read.actor_id in INTERNAL_ACTORS and workflow.patched(VERIFY_INTERNAL_ACTORS):
+        elif read.actor_id in INTERNAL_ACTORS and not checked and workflow.patched(VERIFY_INTERNAL_ACTORS):
             # No signal can be the system: a round proposes by update, and is checked there.
             command, command_id = read, read.command_id
             decision = refuse_from_outside(read) or refuse(
@@ -337,7 +337,7 @@ class Relationship(Outbox, MentorPool):
         self._apply(decision)
         first = None if decision else self.current.applied_commands.get(command.command_id)
         version = self.current.version if first is None else first.version
-        awaited = AwaitedAnswer(command.command_id, (model, payload), version, fresh=bool(decision))
+        awaited = AwaitedAnswer(command.command_id, CheckedCommand((model, payload)), version, fresh=bool(decision))
         if (await self._until_stored(awaited)).redecided:
             return awaited.answer(self._stored_state or self.current, self.current.phase)
         if first is not None:

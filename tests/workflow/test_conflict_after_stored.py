@@ -10,7 +10,9 @@ adopted events onto it would fail the workflow task (their versions would not fo
 
 An update whose command is decided again answers from what the store then holds: the
 version its events landed at (those of the lost task, if it had applied the command), or the
-refusal if the adopted events made it impossible — and only once that is stored."""
+refusal if the adopted events made it impossible — and only once that is stored. A matching
+round's proposal, whose claim was checked when its update came, is decided again as checked:
+never refused for its actor as a signal naming the round would be."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -29,13 +32,23 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.event_store import PostgresEventStore
-from events.commands import CloseRelationship, Command, ProposeAgreement, RaiseConcern, RecordIntroduction, read_command
+from events.commands import (
+    ROUND_ACTOR,
+    CloseRelationship,
+    Command,
+    ProposeAgreement,
+    ProposeMatch,
+    RaiseConcern,
+    RecordIntroduction,
+    read_command,
+)
 from events.decider import decide, fold
 from events.model import AnyEvent
 from events.refusals import Rejection
 from events.state import Phase
 from events.store import StreamOwner
 from mentorflow.replay import replay_histories
+from pairing.rounds import round_command_id
 from tests.support.helpers import (
     AGREEMENT,
     activate,
@@ -253,3 +266,75 @@ async def test_a_command_the_adopted_events_made_impossible_is_refused_to_the_ca
         await reflect(handle)
         await handle.result()
         await _replays_on_the_answering_path(time_skipping_env, handle)
+
+
+async def _a_round_settled_on(pool: asyncpg.Pool, handle: WorkflowHandle[Any, Any], mentor: str) -> dict[str, Any]:
+    """A matching round of the relationship's programme settled on `mentor` for it: its stored
+    pair, which `_round_holds` confirms. Returned: the round's proposal, as the round sends it
+    (activities/matching_round.py, `_propose`)."""
+    state = await state_of(handle)
+    round_id = f"round-{uuid.uuid4().hex[:6]}"
+    await pool.execute(
+        "INSERT INTO matching_rounds (programme_id, round_id, objective, week_of) VALUES ($1, $2, 'max_total', $3)",
+        state.programme_id, round_id, date(2027, 1, 4),
+    )  # fmt: skip
+    await pool.execute(
+        """INSERT INTO matching_round_pairs (programme_id, round_id, mentee_id, mentor_id, relationship_id, points,
+                                             score, explanation) VALUES ($1, $2, $3, $4, $5, 5, 0.9, 'both speak Go')""",
+        state.programme_id, round_id, state.mentee_id, mentor, state.relationship_id,
+    )  # fmt: skip
+    command_id = round_command_id(state.relationship_id)
+    return cmd(ROUND_ACTOR, command_id, mentor_id=mentor, explanation="both speak Go", score=0.9)
+
+
+async def _a_rounds_proposal_across_a_conflict(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, *, lost_task_proposed: bool
+) -> None:
+    """A round proposes by update while the store holds events the run does not know (a
+    concern raised, and, if `lost_task_proposed`, the round's proposal itself: the lost task
+    was this update's first attempt). The run decides the round's proposal again on them: it
+    was checked when the update came (`_round_holds`), so it is decided, not refused for its
+    actor, and the round is told it was applied, where the store holds it."""
+    async with running_relationship(env, pool) as handle:
+        # Answered once stored: the stream holds the start and this concern.
+        await handle.execute_update("raise_concern", cmd("coord-1", text="The mentee waits for a mentor"))
+        proposal = await _a_round_settled_on(pool, handle, "mentor-1")
+        await _store_behind_the_runs_back(env, pool, handle.id, RaiseConcern, cmd("mentee-1", text="Still waiting"))
+        version = None
+        if lost_task_proposed:
+            version = await _store_behind_the_runs_back(env, pool, handle.id, ProposeMatch, proposal)
+
+        update_id = f"update-{uuid.uuid4()}"
+        result = await handle.execute_update("propose_match", proposal, id=update_id)
+
+        stored = await _stored(pool, handle.id)
+        mine = [event for event in stored if event.command_id == proposal["command_id"]]
+        assert [event.type for event in mine] == ["MatchProposed"], [(event.type, event.command_id) for event in stored]
+        if version is None:
+            version = len(stored)
+        assert (mine[0].version, mine[0].proposed_by, mine[0].mentor_id) == (version, ROUND_ACTOR, "mentor-1"), mine
+        assert result["applied"] and not result["replay"], result
+        assert (result["version"], result["events"], result["phase"]) == (version, ["MatchProposed"], "matching"), result
+        if not lost_task_proposed:  # else stored before the update came: nothing left to append
+            assert await _answered_after_its_append(handle, update_id), "the update answered before its events were stored"
+        state = await state_of(handle)
+        assert state == fold(stored) and state.candidate is not None and state.candidate.mentor_id == "mentor-1"
+        assert state.rejected_commands == (), state.rejected_commands
+        assert await failed_workflow_tasks(handle) == 0
+
+        await handle.execute_update("accept_match", cmd("mentee-1"))
+        await handle.execute_update("accept_match", cmd("mentor-1"))
+        await close(handle)
+        await _replays_on_the_answering_path(env, handle)
+
+
+async def test_a_rounds_proposal_decided_again_after_a_conflict_is_applied_not_refused_for_its_actor(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    await _a_rounds_proposal_across_a_conflict(time_skipping_env, pool, lost_task_proposed=False)
+
+
+async def test_a_rounds_proposal_the_lost_task_stored_is_answered_as_applied_where_it_is_stored(
+    time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    await _a_rounds_proposal_across_a_conflict(time_skipping_env, pool, lost_task_proposed=True)
