@@ -89,5 +89,5 @@ def test_start_options_carry_ids_and_settings_into_summary_details_and_memo() ->
     assert f"- coordinator_ids: {COORDINATOR}" in details and "- proposal_ttl_days: 7" in details
     assert options["memo"] == {
         "programme_id": "prog-1", "relationship_id": "r-1", "mentee_id": "emp-1", "started_by": "a test",
-        "start_parameters": {"settings": "programme", "ask_pool_first": False, "history_event_limit": 1000, "round_id": "r7"},
+        "start_parameters": {"settings": "programme", "ask_pool_first": False, "history_event_limit": 150, "round_id": "r7"},
     }  # fmt: skip
