@@ -110,8 +110,8 @@ def visibility_query(
 ) -> str:
     """The list query for these filters: the same text an operator pastes into the Web UI."""
     clauses = ["WorkflowType = 'Relationship'"]
-    if not include_closed:
-        clauses.append("ExecutionStatus = 'Running'")
+    # A relationship is its latest run: the runs it continued as new from are not listed.
+    clauses.append("ExecutionStatus != 'ContinuedAsNew'" if include_closed else "ExecutionStatus = 'Running'")
     if programme:
         clauses.append(f"{sa.MENTORING_PROGRAMME.name} = {_quoted(programme)}")
     if phase:
