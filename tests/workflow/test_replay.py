@@ -37,7 +37,9 @@ from tests.support.workflow_variants import PATCH_ID, PatchedActivity, PatchedTi
 from worker import build_worker
 from workflows.matching_round import MatchingRound
 from workflows.patches import (
+    ADOPT_AFTER_CONFLICT,
     ANCHORED_CADENCE,
+    ANSWER_FROM_THE_STORE,
     CONTINUE_WHEN_IDLE,
     RESERVE_EVERY_PROPOSAL,
     SETTINGS_FROM_THE_PROGRAMME,
@@ -113,6 +115,22 @@ def test_there_is_a_recorded_history_of_every_phase(folder: Path) -> None:
         assert PATCHES_IN_USE[folder] <= used
     else:
         assert STORE_AND_NOTIFY_TOGETHER not in patches_in(folder / "active.json")
+
+
+# Runs that met a concurrency conflict (a lost task's events adopted from the store),
+# recorded before ANSWER_FROM_THE_STORE: an update decided again, a command the lost task
+# had applied, one the adopted events refused, one still open. Not a phase each, so apart.
+CONFLICTS = HISTORIES / "conflicts"
+
+
+async def test_runs_that_met_a_conflict_before_answers_came_from_the_store_replay() -> None:
+    paths = sorted(CONFLICTS.glob("*.json"))
+    assert [path.stem for path in paths] == ["another-open", "another", "lost-task", "refused"]
+    for path in paths:
+        used = patches_in(path)
+        assert ADOPT_AFTER_CONFLICT in used and ANSWER_FROM_THE_STORE not in used, path.name
+    outcomes = by_file(await replay_histories(load_histories(CONFLICTS), histories_converter()), paths)
+    assert {name: o.detail for name, o in outcomes.items() if o.verdict != "ok"} == {}
 
 
 @pytest.mark.parametrize("folder", RECORDINGS, ids=lambda folder: folder.name)
