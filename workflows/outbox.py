@@ -184,6 +184,10 @@ class Outbox:
         self._awaiting.append(awaited)
         await workflow.wait_condition(lambda: self._stored_version >= awaited.version)
         self._awaiting.remove(awaited)
+        if awaited.refusal is not None:
+            # Refused and stored so, the caller is about to be told: a later conflict must
+            # not decide it again (it might apply by then), so it leaves the pending commands.
+            self._redo[:] = [entry for entry in self._redo if entry is not awaited.redo]
         return awaited
 
 
