@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -151,7 +152,8 @@ class RunsHistory:
 
 
 async def build_ours(
-    client: Client, task_queue: str, relationships: int, events: int, concurrency: int, limit: int | None = None
+    client: Client, task_queue: str, relationships: int, events: int, concurrency: int, limit: int | None = None,
+    spread: int = 0,
 ) -> list[str]:
     contestant = Ours(task_queue)
     queue = list(range(relationships))
@@ -160,6 +162,7 @@ async def build_ours(
 
     async def one(index: int) -> None:
         nonlocal done
+        target = events + (random.Random(index).randrange(spread) if spread else 0)
         relationship_id, mentee, builders = plan(index, 0)
         workflow_id = contestant.workflow_id(relationship_id)
         start = contestant.start_input(relationship_id, mentee)
@@ -176,7 +179,7 @@ async def build_ours(
         # shared until the history is long enough.
         step, history = 0, RunsHistory(client, workflow_id)
         while True:
-            if step % 4 == 0 and await history.length() >= events:
+            if step % 4 == 0 and await history.length() >= target:
                 break
             actor = mentee if step % 2 == 0 else f"mentor-{index}"
             if step < MEETINGS:
@@ -313,7 +316,7 @@ async def run_contestant(
         progress(f"{name}: building {args.relationships} histories of at least {args.events} events")
         started = time.perf_counter()
         if name == "ours":
-            ids = await build_ours(client, task_queue, args.relationships, args.events, args.concurrency, limit)
+            ids = await build_ours(client, task_queue, args.relationships, args.events, args.concurrency, limit, args.spread)
         else:
             ids = await build_ceiling(client, task_queue, args.relationships, args.events)
         result["build_seconds"] = round(time.perf_counter() - started, 1)
@@ -397,6 +400,11 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--kill", action="store_true", help="stop the worker with SIGKILL instead of SIGTERM")
     parser.add_argument("--answer-timeout", type=float, default=600, help="longest wait for one answer, s (600)")
     parser.add_argument("--only", choices=("ours", "ceiling"), help="run one contestant")
+    parser.add_argument(
+        "--spread", type=int, default=0,
+        help="ours: each relationship grows to --events plus a random 0..SPREAD-1 more, so that "
+        "runs that continue as new are caught at different points of their run (0)",
+    )  # fmt: skip
     parser.add_argument(
         "--history-event-limit", default="",
         help="ours once per value, comma-separated: the relationships' history_event_limit (default: the product's)",
