@@ -84,6 +84,26 @@ def scan(source: PairSource, work: Callable[[np.ndarray, np.ndarray], T], worker
             yield result
 
 
+def rank_in_runs(keys: np.ndarray) -> np.ndarray:
+    """Each element's place in its run of equal `keys` (sorted): 0 for the first of a run.
+    Linear, where a binary search of every key for its run's start is n log n."""
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else np.zeros(0, np.int64)
+    return np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
+
+
+def kth_largest_at_most(values: np.ndarray, k: int) -> np.ndarray:
+    """For each row of `values` (at least k columns), a number at most its k-th largest
+    value, in one pass: the k-th largest of the maxima of at least k column blocks (each a
+    different entry of the row). Keeping what reaches it keeps a few more than k a row, where
+    a partition of every row would be slow (scores have many ties)."""
+    rows, m = values.shape
+    blocks = min(m, max(64, 4 * k))
+    width = m // blocks
+    maxima = values[:, : blocks * width].reshape(rows, blocks, width).max(axis=2)
+    kth: np.ndarray = np.partition(maxima, blocks - k, axis=1)[:, blocks - k]
+    return kth
+
+
 def quotas_of(quotas: np.ndarray | list[int] | None, n: int, m: int) -> np.ndarray:
     wanted = np.ones(n, dtype=np.int64) if quotas is None else np.asarray(quotas, dtype=np.int64)
     if wanted.shape != (n,) or (wanted < 0).any():
@@ -232,15 +252,32 @@ def _walk(source: PairSource, c: _Check, workers: int, near: int, per_mentee: in
         excess -= (scores < c.threshold).view(np.int8) * excess.dtype.type(-lowest)
         excess[at, uj] = lowest
         excess[~live] = lowest
-        flat = np.flatnonzero(excess > -near)
+        # Each row's cut: its pairs above −near, but where a row has more than it lists, only
+        # those that can be among its largest (at the first prices of the popular 100,000 ×
+        # 25,000 cohort, thousands a row are within near: sorting them all took a quarter of
+        # the walk).
+        cut = np.full(len(ids), 1 - near, dtype=excess.dtype)
+        if 0 < per_mentee < m:
+            np.maximum(cut, kth_largest_at_most(excess, per_mentee), out=cut)
+        flat = np.flatnonzero(excess >= cut[:, None])
+        # Every positive excess is a term of the bound: the flat pairs' where the cut is at
+        # most 1, the whole row's where it is above.
+        above = cut > 1
+        if above.any():
+            gap += int(np.maximum(excess[above], 0).sum(dtype=np.int64))
         found = no_pairs()
         if len(flat):
             hi, hj = np.divmod(flat, m)
             he = excess.ravel()[flat].astype(np.int64)
-            gap += int(he[he > 0].sum())
-            order = np.lexsort((-he, hi))
+            gap += int(he[(he > 0) & ~above[hi]].sum())
+            # By mentee, largest first: one sort of a packed key where the excess fits 32 bits
+            # (a lexsort of two keys is slower).
+            if narrow:
+                order = np.argsort((hi << 32) | (2**31 - 1 - he))
+            else:
+                order = np.lexsort((-he, hi))
             hi, hj, he = hi[order], hj[order], he[order]
-            few = (np.arange(len(hi)) - np.searchsorted(hi, hi, side="left")) < per_mentee
+            few = rank_in_runs(hi) < per_mentee
             hi, hj, he = hi[few], hj[few], he[few]
             excess[hi, hj] = lowest
             found = (ids[hi], hj, scores[hi, hj].astype(np.int64), he)

@@ -32,23 +32,38 @@ def tiled(scorer: TileScorer, rows: int) -> np.ndarray:
 # -- scores a tile at a time -------------------------------------------------------------------
 
 
+# Each way a tile can be scored: goals as gathered rows or a product, each group as rows
+# gathered whole or looked up pair by pair, a tile in chunks of one row or all at once, and
+# the block computation of pairing.scoring (too many distinct values).
+PATHS = {
+    "gathered": {},
+    "product": {"_GATHERED_GOALS": 0, "_EXPANDED_LIMIT": 0},
+    "gathered, a row at a time": {"_CHUNK_PAIRS": 1},
+    "product, a row at a time": {"_GATHERED_GOALS": 0, "_EXPANDED_LIMIT": 0, "_CHUNK_PAIRS": 1},
+    "fallback": {"_FACTOR_LIMIT": 0},
+}
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cohorts(), st.booleans(), st.integers(1, 3))
+@given(cohorts(), st.sampled_from(sorted(PATHS)), st.integers(1, 3))
 def test_tiles_equal_the_score_matrix(
-    cohort: tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings], fallback: bool, rows: int
+    cohort: tuple[list[MenteeProfile], list[MentorProfile], MatchingSettings], path: str, rows: int
 ) -> None:
     mentees, mentors, matching = cohort
-    limit = pairing.tiles._FACTOR_LIMIT
-    pairing.tiles._FACTOR_LIMIT = 0 if fallback else limit  # too many distinct values: the block path
-    try:
-        scorer = TileScorer(mentees, mentors, matching, WINTER)
-    finally:
-        pairing.tiles._FACTOR_LIMIT = limit
-    matrix = score_matrix(mentees, mentors, matching, WINTER)
-    assert np.array_equal(tiled(scorer, rows), matrix)
+    saved = {name: getattr(pairing.tiles, name) for name in PATHS[path]}
+    for name, value in PATHS[path].items():
+        setattr(pairing.tiles, name, value)
     # Mentees named one by one (a certificate walks a few again): every other, and the last.
     picked = np.unique(np.append(np.arange(0, len(mentees), 2), len(mentees) - 1)) if mentees else np.zeros(0, int)
-    assert np.array_equal(scorer.tile(picked), matrix[picked])
+    try:
+        scorer = TileScorer(mentees, mentors, matching, WINTER)
+        tiles, picked_tile = tiled(scorer, rows), scorer.tile(picked)
+    finally:
+        for name, value in saved.items():
+            setattr(pairing.tiles, name, value)
+    matrix = score_matrix(mentees, mentors, matching, WINTER)
+    assert np.array_equal(tiles, matrix)
+    assert np.array_equal(picked_tile, matrix[picked])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,6 +244,33 @@ def test_recertifying_from_an_earlier_walk_gives_what_a_whole_walk_gives(
                     violations_per_mentee=listed, base=base)  # fmt: skip
     whole = certify(source, caps, objective, mentees, mentors, u, v, quotas=quotas, bonus=bonus)
     assert (again.primal, again.dual, again.problems, again.valid) == (whole.primal, whole.dual, whole.problems, whole.valid)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(60, 300), st.integers(0, 2**31), st.integers(1, 400), st.integers(1, 20),
+       st.sampled_from(["max_total", "max_matched"]))  # fmt: skip
+def test_the_dual_bound_and_the_listed_pairs_are_those_of_every_pair(
+    n: int, m: int, seed: int, near: int, listed: int, objective: Objective
+) -> None:
+    # Rows wider than the walk's column blocks (it lists from each row's block maxima): the
+    # bound is still Σ qu + Σ cv + Σ max(0, w' − u − v) over every allowed pair, and each
+    # row lists exactly its largest excesses above −near.
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-1, 1000, (n, m)).astype(np.int32)
+    scores[:, rng.random(m) < 0.1] += 2000  # popular mentors: many pairs of a row near a violation
+    caps, quotas = rng.integers(0, 3, m), rng.integers(0, 3, n)
+    u, v = rng.integers(0, 3000, n), rng.integers(0, 3000, m)
+    bonus = 10**6 if objective == "max_matched" else 0
+    empty = np.zeros(0, dtype=np.int64)
+    found = certify(MatrixSource(scores), caps, objective, empty, empty, u, v, quotas=quotas, bonus=bonus, near=near,
+                    violations_per_mentee=listed, workers=1)  # fmt: skip
+    allowed = (scores >= (0 if bonus else 1)) & (quotas[:, None] > 0) & (caps[None, :] > 0)
+    excess = np.where(allowed, scores.astype(np.int64) + bonus - u[:, None] - v[None, :], -(2**40))
+    assert found.dual == int((quotas * u).sum() + (caps * v).sum() + np.maximum(excess, 0).sum())
+    mentees, _, _, listed_excess = found.violations
+    for i in range(n):
+        row = np.sort(excess[i][excess[i] > -near])[::-1][:listed]
+        assert np.array_equal(np.sort(listed_excess[mentees == i])[::-1], row)
 
 
 def test_empty_and_one_sided_cohorts() -> None:
