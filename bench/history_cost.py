@@ -46,6 +46,7 @@ from events.people import Programme
 from events.settings import ProgrammeSettings
 from mentorflow.client import data_converter
 from mentorflow.keyring import Keyring
+from tests.support.runs import every_run
 from worker import build_worker
 from workflows.relationship import Relationship, RelationshipInput
 
@@ -68,19 +69,15 @@ def cmd(actor: str, **fields: Any) -> dict[str, Any]:
 async def history_cost(client: Client, workflow_id: str) -> dict[str, int]:
     """Counts over every run of the workflow, following continue-as-new back to the first."""
     counts: Counter[str] = Counter()
-    runs, run_id = 0, None
-    while True:
-        runs += 1
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    runs = await every_run(client, workflow_id)
+    for _, history in runs:
         for event in history.events:
             counts["history_events"] += 1
             counts["history_bytes"] += event.ByteSize()
             counts[f"type:{EventType.Name(event.event_type).removeprefix('EVENT_TYPE_')}"] += 1
             counts["workflow_tasks"] += event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
             counts["billable_actions"] += event.event_type in BILLABLE
-        run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
-        if not run_id:
-            return {**counts, "runs": runs}
+    return {**counts, "runs": len(runs)}
 
 
 # -- ours ----------------------------------------------------------------------------------

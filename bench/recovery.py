@@ -50,6 +50,7 @@ from bench.stage import (
     command_line, cpu_seconds, memory_mb, progress, scratch_database, serve_ceiling_worker, spawn,
     wait_for_poller, worker_command, worker_on_dev_server,
 )
+from tests.support.runs import every_run
 
 # What the server answers when it gave up waiting for an update, or refuses it for now
 # ("Workflow Task in failed state": until a task of the workflow completes): sent again.
@@ -237,25 +238,18 @@ async def task_timeouts(client: Client, workflow_ids: list[str], concurrency: in
 
     async def reader() -> None:
         while queue:
-            workflow_id, run_id, total = queue.pop(), "", 0
-            while True:
-                history = await client.get_workflow_handle(workflow_id, run_id=run_id or None).fetch_history()
-                if not run_id:
-                    current.append(len(history.events))
-                total += len(history.events)
-                for event in history.events:
-                    if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
-                        kind = event.workflow_task_timed_out_event_attributes.timeout_type
-                        name = "timed_out_" + TimeoutType.Name(kind).removeprefix("TIMEOUT_TYPE_").lower()
-                    elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                        name = "failed"
-                    else:
-                        continue
-                    counts[name] = counts.get(name, 0) + 1
-                run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
-                if not run_id:
-                    break
-            totals.append(total)
+            runs = await every_run(client, queue.pop())
+            current.append(len(runs[0][1].events))
+            totals.append(sum(len(history.events) for _, history in runs))
+            for event in (event for _, history in runs for event in history.events):
+                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                    kind = event.workflow_task_timed_out_event_attributes.timeout_type
+                    name = "timed_out_" + TimeoutType.Name(kind).removeprefix("TIMEOUT_TYPE_").lower()
+                elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                    name = "failed"
+                else:
+                    continue
+                counts[name] = counts.get(name, 0) + 1
 
     await asyncio.gather(*(reader() for _ in range(concurrency)))
     return {
@@ -299,11 +293,10 @@ async def answer_all(
 
 
 async def run_contestant(
-    name: str, args: argparse.Namespace, base_env: dict[str, str], scratch: Path, limit: int | None = None
+    name: str, label: str, args: argparse.Namespace, base_env: dict[str, str], scratch: Path, limit: int | None = None
 ) -> dict[str, Any]:
-    """`name` is "ceiling" or "ours"; ours' relationships start with `limit` as their
-    history limit (None: the product's default)."""
-    label = name if limit is None else f"{name}-limit-{limit}"
+    """`name` is "ceiling" or "ours", `label` its key in the result; ours' relationships
+    start with `limit` as their history limit (None: the product's default)."""
     directory = scratch / label
     directory.mkdir()
     task_queue = f"recovery-{label}"
@@ -422,7 +415,7 @@ async def main(argv: list[str]) -> dict[str, Any]:
                 continue
             label = name if limit is None else f"{name}_limit_{limit}"
             progress(f"{label}: a fresh dev server and worker")
-            result[label] = await run_contestant(name, args, base_env, scratch, limit)
+            result[label] = await run_contestant(name, label, args, base_env, scratch, limit)
             result[label]["by_slots"] = summary(result[label], args.slots)
     goal = {}
     for label in [key for key in result if key.startswith("ours")]:

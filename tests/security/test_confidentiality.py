@@ -38,7 +38,6 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, WorkflowExecution
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
@@ -52,6 +51,7 @@ from events.sensitivity import confidential_paths
 from events.settings import ProgrammeSettings
 from mentorflow.client import dev_server_flags
 from mentorflow.dev import _die_with_parent
+from tests.support.runs import every_run
 from tests.support.session import DATA_CONVERTER, TEST_KEYRING, project_root
 from tests.support.helpers import (
     RecordingChannel,
@@ -160,19 +160,6 @@ class DevServer:
             self.process.wait()
         self._log.close()
         return self.log_file.read_text(errors="replace")
-
-
-async def every_run(client: Client, workflow_id: str) -> tuple[list[HistoryEvent], int]:
-    """The events of every run of `workflow_id`, followed back from the latest through each
-    run's first event (the relationship continues as new on the way), and how many runs."""
-    events: list[HistoryEvent] = []
-    run_id, runs = None, 0
-    while True:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        events, runs = history.events + events, runs + 1
-        run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id or None
-        if run_id is None:
-            return events, runs
 
 
 def payloads_in(message: Message) -> Iterator[Payload]:
@@ -312,7 +299,9 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
             assert summary.meetings_held == 1 and summary.concerns_raised == 1
             assert await failed_workflow_tasks(handle) == 0
 
-            events, runs = await every_run(raw, handle.id)
+            # Every run's events: the relationship continues as new on the way.
+            runs = await every_run(raw, handle.id)
+            events = [event for _, history in reversed(runs) for event in history.events]
             description = await raw.workflow_service.describe_workflow_execution(
                 DescribeWorkflowExecutionRequest(namespace="mentorflow", execution=WorkflowExecution(workflow_id=handle.id))
             )
@@ -336,7 +325,7 @@ async def test_confidential_text_appears_only_through_the_decrypting_paths(
     assert sum(SHARED.encode() in p.data for p in decoded) >= 6  # a command of each kind, and more
     assert sum(json.dumps(e.model_dump(mode="json")).count(SENTINEL) for e in stored) == STORED_SECRETS
     assert sum(json.dumps(e.model_dump(mode="json")).count(SHARED) for e in stored) == STORED_SHARED
-    assert len(events) > 50 and runs > 1 and "server" in server_log.lower() and listed
+    assert len(events) > 50 and len(runs) > 1 and "server" in server_log.lower() and listed
 
     # Nowhere else.
     places = {

@@ -42,6 +42,7 @@ from tests.support.helpers import (
     what_temporal_has,
 )
 from tests.support.owners import owner
+from tests.support.runs import every_run
 
 SECRET = f"FORGET{uuid.uuid4().hex}"
 # Deleting a closed run waits until the server's transfer queue has acknowledged its close.
@@ -62,13 +63,7 @@ def without_codec(env: WorkflowEnvironment) -> Client:
 
 async def run_ids(client: Client, workflow_id: str) -> list[str]:
     """The latest run and every run it continued as new from, newest first."""
-    runs: list[str] = []
-    run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
-    while run_id:
-        runs.append(run_id)
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
-    return runs
+    return [run_id for run_id, _ in await every_run(client, workflow_id)]
 
 
 async def listed(client: Client, workflow_id: str) -> list[str]:

@@ -22,21 +22,19 @@ from tests.support.session import TEST_KEYRING
 from tests.support.helpers import (AGREEMENT, RecordingChannel, activate, close, cmd, failed_workflow_tasks, new_worker, reflect,
                            start_relationship, state_of)
 from tests.support.peers import eventually
+from tests.support.runs import every_run
 from workflows.relationship import Relationship
 
 WEEKLY_TWO_YEARS = {**AGREEMENT, "meeting_frequency": "weekly", "meeting_minutes": 45, "term_months": 24}
 
 
 async def runs_of(client: Client, workflow_id: str) -> list[int]:
-    """History length of every run, newest first, following continue-as-new back."""
-    lengths, run_id = [], None
-    while True:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    """History length of every run, newest first; no run had a failed workflow task."""
+    lengths = []
+    for _, history in await every_run(client, workflow_id):
         lengths.append(len(history.events))
         assert not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events)
-        run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
-        if not run_id:
-            return lengths
+    return lengths
 
 
 async def test_two_years_of_weekly_meetings_continue_as_new_without_losing_a_message(
