@@ -11,8 +11,7 @@ Notifications must never hold the relationship up (DOMAIN.md): a channel that fa
 longer than `notify_within` (0: no try here at all) does not fail this activity (whose
 retries would store the batch again and again); the result says something is still to be
 sent, and the workflow hands the notifications to the `send_notifications` activity, which
-retries with backoff. The delivery
-log keeps what already went out from going out again.
+retries with backoff. The delivery log keeps what already went out from going out again.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class RelationshipInput(BaseModel):
     # replays a relationship's current run before it can answer it, at about 0.3 ms of CPU
     # an event: with 150, a worker restarted under commands to 200 relationships answered
     # them all within 8 s (p99), against 43 s with 1,000 (a year, ~630 events, in one run);
-    # a relationship-year continues as new about four times (docs/deploying.md, "Replay
+    # a standard relationship-year continues as new three times (docs/deploying.md, "Replay
     # after a restart"). Lower it to exercise continue-as-new.
     history_event_limit: int = Field(default=150, ge=100)
 

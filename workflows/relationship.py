@@ -92,6 +92,9 @@ from workflows.visibility import Visibility
 
 # How often, at most, a relationship asks the directory whether its people are still here.
 PARTICIPANT_CHECK_INTERVAL = timedelta(days=1)
+# The timer whose own workflow task ends a run, or continues it as new, if nothing arrived
+# meanwhile (`_quiet_switch`, `_continue_soon`).
+SETTLE = timedelta(seconds=1)
 
 __all__ = ["CommandResult", "RelationshipInput", "StartInput", "describe_validation_error"]  # names callers import from here
 
@@ -450,7 +453,7 @@ class Relationship(Outbox, MentorPool):
     async def _quiet_switch(self) -> bool:
         """Give completing a workflow task of its own, and say whether nothing arrived
         meanwhile (see `_wait_for_command_or_deadline` for why)."""
-        await workflow.sleep(timedelta(seconds=1), summary="Settle before ending the run")
+        await workflow.sleep(SETTLE, summary="Settle before ending the run")
         return self._idle(continuing=False)
 
     def _continue_soon(self) -> asyncio.Task[None] | None:
@@ -459,9 +462,7 @@ class Relationship(Outbox, MentorPool):
         can answer, so the run is kept near the limit rather than left to grow until the
         next deadline (docs/deploying.md, "Replay after a restart")."""
         if self._continue_timer is None and self._history_is_long() and workflow.patched(CONTINUE_WHEN_IDLE):
-            self._continue_timer = asyncio.create_task(
-                workflow.sleep(timedelta(seconds=1), summary="Settle before continuing as new")
-            )
+            self._continue_timer = asyncio.create_task(workflow.sleep(SETTLE, summary="Settle before continuing as new"))
         return self._continue_timer
 
     def _history_is_long(self) -> bool:
