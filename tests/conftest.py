@@ -20,7 +20,7 @@ from tests.support.api_support import SIGNING_JWK
 from tests.support.dev_stack import DevProcess
 from tests.support.peers import SmtpServer, WebhookReceiver
 from tests.support.session import DATA_CONVERTER, start_dev_server
-from tests.support.system_packages import ensure_debian_packages, npm_install
+from tests.support.system_packages import CHROMIUM, UI_SCRIPTS, ensure_debian_packages, npm_install
 
 # The tests configure every server and worker they start themselves: settings exported in
 # the shell that runs them (a MENTORFLOW_BUILD_ID would make every test worker versioned and
@@ -157,7 +157,6 @@ def page_browser() -> Path:
     missing; the scripts' folder. Ask for it before any fixture that starts a worker: an
     install runs for minutes in this process and blocks the event loop an in-process worker
     answers its workflow tasks on, so they would time out (seen on a fresh machine)."""
-    ensure_debian_packages(["/usr/bin/chromium"], ["chromium"], "the pages' browser tests (a real browser)")
-    scripts = Path(__file__).parent / "ui"
-    npm_install(scripts, ["--no-audit", "--no-fund", "--no-package-lock"], "the pages' browser tests (playwright-core, axe-core)")
-    return scripts
+    ensure_debian_packages([str(CHROMIUM)], ["chromium"], "the pages' browser tests (a real browser)")
+    npm_install(UI_SCRIPTS, ["--no-audit", "--no-fund", "--no-package-lock"], "the pages' browser tests (playwright-core, axe-core)")
+    return UI_SCRIPTS

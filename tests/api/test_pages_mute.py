@@ -60,6 +60,7 @@ from mentorflow.pages.access import csrf_cookie_name, csrf_field
 from mentorflow.pages.mute import mute_page
 from tests.support.api_support import COORDINATOR, ApiStack, api_stack
 from tests.support.peers import SmtpServer, eventually
+from tests.support.system_packages import CHROMIUM, UI_SCRIPTS
 from tests.support.session import TEST_KEYRING, project_root
 from worker import build_worker
 
@@ -386,9 +387,6 @@ async def test_a_coordinator_nudges_from_the_digest(mail: Mail) -> None:
 
 # -- in a real browser --------------------------------------------------------------------------------
 
-UI = project_root() / "tests" / "ui"
-
-
 async def test_the_mute_and_nudge_pages_on_a_phone(page_browser: Path, mail: Mail, tmp_path: Path) -> None:
     """tests/ui/pages.mjs at 375 px: axe-core finds nothing, each fits, its button is reached
     and pressed with the keyboard (screenshots kept in tests/artifacts/pages/)."""
@@ -404,9 +402,9 @@ async def test_the_mute_and_nudge_pages_on_a_phone(page_browser: Path, mail: Mai
         {"name": "people-mute-kept", "url": f"{mail.stack.url}/p/{sign(TEST_KEYRING, kept)}"},
         {"name": "people-nudge", "url": nudge, "press": "Send the reminder again", "expect": "The reminder went out"},
     ]
-    config = {"chromium": "/usr/bin/chromium", "axe": str(UI / "node_modules" / "axe-core" / "axe.min.js"),
+    config = {"chromium": str(CHROMIUM), "axe": str(UI_SCRIPTS / "node_modules" / "axe-core" / "axe.min.js"),
               "screenshots": str(tmp_path), "width": 375, "pages": steps}  # fmt: skip
-    node = await asyncio.create_subprocess_exec("node", str(UI / "pages.mjs"), json.dumps(config), cwd=UI,
+    node = await asyncio.create_subprocess_exec("node", str(UI_SCRIPTS / "pages.mjs"), json.dumps(config), cwd=UI_SCRIPTS,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
     out, err = await asyncio.wait_for(node.communicate(), 180)
     assert out.strip(), err.decode()[-3000:]

@@ -45,6 +45,7 @@ from tests.support.api_support import COORDINATOR, ApiStack, api_stack
 from tests.support.session import TEST_KEYRING, project_root
 from tests.support.helpers import RecordingChannel
 from tests.support.peers import SmtpServer, eventually
+from tests.support.system_packages import CHROMIUM, UI_SCRIPTS
 from worker import build_worker
 
 pytestmark = pytest.mark.timeout(300)
@@ -446,8 +447,6 @@ async def test_links_that_must_not_work_change_nothing(inbox: Inbox, dev_env: Wo
 
 # -- in a real browser -----------------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-UI_SCRIPTS = project_root() / "tests" / "ui"
 ARTIFACTS = project_root() / "tests" / "artifacts" / "pages"
 
 

@@ -31,12 +31,10 @@ from typer.testing import CliRunner
 from mentorflow.cli import app
 from mentorflow.operations import ensure_search_attributes
 from tests.support.session import project_root
-from tests.support.system_packages import ensure_debian_packages, ensure_node, npm_install
+from tests.support.system_packages import CHROMIUM, UI_SCRIPTS, ensure_debian_packages, ensure_node, npm_install
 from tests.support.dev_stack import DevProcess, dev_environment
 from workflows.search_attributes import ALL_KEYS
 
-CHROMIUM = Path("/usr/bin/chromium")
-UI_SCRIPTS = project_root() / "tests" / "ui"
 ARTIFACTS = project_root() / "tests" / "artifacts" / "web-ui"
 PROGRAMME = "ui-prog"
 MENTEE = "emp-ui-1"

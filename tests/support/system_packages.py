@@ -22,6 +22,10 @@ APT_TIMEOUT = 900
 # Two test runs at once (say two checkouts) must not run apt-get at the same time; apt's own
 # lock would make the second one fail rather than wait.
 APT_LOCK = Path("/tmp/mentorflow-tests-apt.lock")
+# Debian's chromium: the browser every browser test drives.
+CHROMIUM = Path("/usr/bin/chromium")
+# The browser tests' scripts, with their npm packages (tests/ui/package.json).
+UI_SCRIPTS = Path(__file__).resolve().parents[1] / "ui"
 
 
 def fail(message: str) -> NoReturn:
