@@ -153,6 +153,14 @@ async def _replays_on_the_answering_path(env: WorkflowEnvironment, handle: Workf
     assert outcome.verdict == "ok", outcome.summary()
 
 
+async def _closes_on_the_answering_path(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> None:
+    """No workflow task failed; the relationship closes; its history replays on the path of
+    ANSWER_FROM_THE_STORE."""
+    assert await failed_workflow_tasks(handle) == 0
+    await close(handle)
+    await _replays_on_the_answering_path(env, handle)
+
+
 async def test_a_command_already_stored_by_a_lost_task_is_adopted_not_repeated(
     time_skipping_env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
@@ -183,9 +191,7 @@ async def test_a_command_already_stored_by_a_lost_task_is_adopted_not_repeated(
         await handle.execute_update("sign_agreement", cmd("mentor-1", agreement_version=1))
         state = await state_of(handle)
         assert state.phase is Phase.ACTIVE and state == fold(await _stored(pool, handle.id))
-        assert await failed_workflow_tasks(handle) == 0
-        await close(handle)
-        await _replays_on_the_answering_path(time_skipping_env, handle)
+        await _closes_on_the_answering_path(time_skipping_env, handle)
 
 
 async def test_another_command_is_decided_again_on_the_adopted_events(
@@ -214,9 +220,7 @@ async def test_another_command_is_decided_again_on_the_adopted_events(
         assert await _answered_after_its_append(handle, update_id), "the update answered before its events were stored"
         state = await state_of(handle)
         assert state == fold(stored) and state.introductions == 3
-        assert await failed_workflow_tasks(handle) == 0
-        await close(handle)
-        await _replays_on_the_answering_path(time_skipping_env, handle)
+        await _closes_on_the_answering_path(time_skipping_env, handle)
 
 
 async def test_one_command_sent_twice_across_a_conflict_is_applied_once_and_answered_so(
@@ -320,12 +324,9 @@ async def _a_rounds_proposal_across_a_conflict(
         state = await state_of(handle)
         assert state == fold(stored) and state.candidate is not None and state.candidate.mentor_id == "mentor-1"
         assert state.rejected_commands == (), state.rejected_commands
-        assert await failed_workflow_tasks(handle) == 0
-
         await handle.execute_update("accept_match", cmd("mentee-1"))
         await handle.execute_update("accept_match", cmd("mentor-1"))
-        await close(handle)
-        await _replays_on_the_answering_path(env, handle)
+        await _closes_on_the_answering_path(env, handle)
 
 
 async def test_a_rounds_proposal_decided_again_after_a_conflict_is_applied_not_refused_for_its_actor(
